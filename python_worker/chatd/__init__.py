@@ -1,0 +1,3 @@
+"""chatd: durable LLM chat sessions on PostgreSQL."""
+
+__version__ = "0.1.0"

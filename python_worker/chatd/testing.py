@@ -1,0 +1,253 @@
+"""Test harness: a real PostgreSQL for tests, a migrated template, factories.
+
+Where the database comes from, in order:
+
+1. ``CHATD_TEST_DATABASE_URL``: an existing server (the role needs CREATEDB;
+   pgTAP and plpgsql_check must be installable there);
+2. a testcontainers PostgreSQL when a Docker engine answers (pgTAP and
+   plpgsql_check are installed into the container with apt);
+3. a throwaway local cluster from the PostgreSQL binaries on this machine
+   (see chatd.localpg), removed at the end;
+4. otherwise a hard failure saying what to install. Never a silent skip.
+
+One template database is migrated per session (migrations, repeatable sql/,
+the pgTAP and plpgsql_check extensions, and the SQL fixture factories of
+tests/sql/_*.sql); each test gets a fresh database cloned from it with
+``CREATE DATABASE ... TEMPLATE``, which takes a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from chatd import migrate
+from chatd.localpg import LocalCluster, PostgresNotFound
+
+__all__ = ["PGTAP_ASSERTIONS", "DatabaseServer", "Factory", "HarnessError", "start_server"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_GLOB = "_*.sql"
+
+# Settings for the throwaway test cluster: durability off, since a crash of
+# a test cluster loses nothing of value; enough connections for race tests.
+TEST_CLUSTER_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+}
+
+
+# pgTAP assertions passed per file, filled by tests/test_pgtap.py and printed
+# in the session summary.
+PGTAP_ASSERTIONS: dict[str, int] = {}
+
+
+class HarnessError(RuntimeError):
+    """No usable test database; the message says what to install or set."""
+
+
+@dataclass
+class DatabaseServer:
+    """A PostgreSQL server the tests may create databases on."""
+
+    admin_dsn: str
+    source: str  # env | testcontainers | local
+    cluster: LocalCluster | None = None
+    _stop: list[Any] = field(default_factory=list)
+
+    def dsn(self, dbname: str) -> str:
+        params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
+        params["dbname"] = dbname
+        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.admin_dsn, autocommit=True)
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        with self.admin() as conn:
+            if template:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template)
+                    )
+                )
+            else:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.dsn(name)
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def stop(self) -> None:
+        for stop in reversed(self._stop):
+            stop()
+        self._stop.clear()
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+def _start_container() -> DatabaseServer:
+    from testcontainers.postgres import PostgresContainer
+
+    image = os.environ.get("CHATD_TEST_IMAGE", "postgres:15")
+    container = PostgresContainer(image, username="postgres", password="postgres", dbname="postgres")
+    container.start()
+    major = image.split(":")[-1].split(".")[0] if ":" in image else "15"
+    code, output = container.exec(
+        [
+            "sh", "-c",
+            "apt-get update -qq && apt-get install -y -qq "
+            f"postgresql-{major}-pgtap postgresql-{major}-plpgsql-check",
+        ]
+    )
+    if code != 0:
+        container.stop()
+        raise HarnessError(f"could not install pgTAP in the test container:\n{output!r}")
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(5432)
+    server = DatabaseServer(f"postgresql://postgres:postgres@{host}:{port}/postgres", "testcontainers")
+    server._stop.append(container.stop)
+    return server
+
+
+def start_server() -> DatabaseServer:
+    """Find or start a PostgreSQL server for the test session (see module doc)."""
+    env_dsn = os.environ.get("CHATD_TEST_DATABASE_URL")
+    if env_dsn:
+        try:
+            with psycopg.connect(env_dsn, connect_timeout=10):
+                pass
+        except psycopg.Error as exc:
+            raise HarnessError(
+                f"CHATD_TEST_DATABASE_URL is set but the database is unreachable: {exc}"
+            ) from exc
+        return DatabaseServer(env_dsn, "env")
+    if os.environ.get("CHATD_TEST_DOCKER", "auto") != "never" and _docker_engine_answers():
+        return _start_container()
+    try:
+        cluster = LocalCluster.create(settings=TEST_CLUSTER_SETTINGS).start()
+    except PostgresNotFound as exc:
+        raise HarnessError(
+            "no test database: CHATD_TEST_DATABASE_URL is unset, no Docker engine answers, "
+            f"and {exc}"
+        ) from exc
+    server = DatabaseServer(cluster.dsn(), "local", cluster)
+    server._stop.append(cluster.stop)
+    return server
+
+
+def fixture_files(root: Path = REPO_ROOT) -> list[Path]:
+    return sorted((root / "tests" / "sql").glob(FIXTURE_GLOB))
+
+
+def build_template(server: DatabaseServer, name: str | None = None) -> str:
+    """Create and migrate the template database; returns its name."""
+    name = name or f"chatd_template_{uuid.uuid4().hex[:8]}"
+    dsn = server.create_database(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for extension in ("pgtap", "plpgsql_check"):
+            try:
+                conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
+            except psycopg.Error as exc:
+                raise HarnessError(
+                    f"the test database cannot load the {extension} extension ({exc}). "
+                    "Install it: apt-get install postgresql-15-pgtap postgresql-15-plpgsql-check "
+                    "(`make setup` does this as root)"
+                ) from exc
+    migrate.apply(dsn, log=lambda _message: None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for path in fixture_files():
+            with conn.transaction():
+                conn.execute(path.read_text(encoding="utf-8").encode())
+    return name
+
+
+class Factory:
+    """Python access to the SQL fixture factories (tests/sql/_fixtures.sql).
+
+    Every method takes keyword overrides named like the SQL parameters
+    without their ``p_`` prefix and returns the new row's id.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def _call(self, function: str, **kwargs: Any) -> Any:
+        # Every given keyword is passed, None as NULL (an unpriced model, say);
+        # the SQL defaults cover the rest.
+        args = list(kwargs.values())
+        names = list(kwargs)
+        query = sql.SQL("SELECT chatd_test.{}({})").format(
+            sql.Identifier(function),
+            sql.SQL(", ").join(
+                sql.SQL("{} => %s").format(sql.Identifier(f"p_{n}")) for n in names
+            ),
+        )
+        row = self.conn.execute(query, args).fetchone()
+        assert row is not None
+        return row[0]
+
+    def org(self, **kw: Any) -> uuid.UUID:
+        return self._call("org", **kw)  # type: ignore[no-any-return]
+
+    def user(self, org: uuid.UUID | None = None, **kw: Any) -> uuid.UUID:
+        return self._call("user", org=org, **kw)  # type: ignore[no-any-return]
+
+    def member(self, org: uuid.UUID, user: uuid.UUID) -> None:
+        self._call("member", org=org, user=user)
+
+    def group(
+        self, org: uuid.UUID, limit_micros: int | None = None,
+        members: Sequence[uuid.UUID] = (), **kw: Any,
+    ) -> uuid.UUID:
+        return self._call(  # type: ignore[no-any-return]
+            "grp", org=org, limit_micros=limit_micros, members=list(members), **kw
+        )
+
+    def workspace(self, org: uuid.UUID, **kw: Any) -> uuid.UUID:
+        return self._call("workspace", org=org, **kw)  # type: ignore[no-any-return]
+
+    def provider(self, **kw: Any) -> uuid.UUID:
+        return self._call("provider", **kw)  # type: ignore[no-any-return]
+
+    def model_config(self, **kw: Any) -> uuid.UUID:
+        return self._call("model_config", **kw)  # type: ignore[no-any-return]
+
+    def chat(self, owner: uuid.UUID, **kw: Any) -> uuid.UUID:
+        return self._call("chat", owner=owner, **kw)  # type: ignore[no-any-return]
+
+    def message(self, chat: uuid.UUID, **kw: Any) -> int:
+        return self._call("message", chat=chat, **kw)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def fresh_database(server: DatabaseServer, template: str) -> Iterator[str]:
+    """A database cloned from the template, dropped afterwards; yields its DSN."""
+    name = f"chatd_test_{uuid.uuid4().hex[:12]}"
+    dsn = server.create_database(name, template)
+    try:
+        yield dsn
+    finally:
+        server.drop_database(name)

@@ -17,7 +17,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from chatd.testing import PGTAP_ASSERTIONS, DatabaseServer, Factory, HarnessError, build_template, fresh_database, start_server
+from chatd.testing import (
+    PGTAP_ASSERTIONS,
+    DatabaseServer,
+    Factory,
+    HarnessError,
+    build_template,
+    fresh_database,
+    start_server,
+)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ from pathlib import Path
 import psycopg
 import sqlparse
 from psycopg import sql as pgsql
+from psycopg.rows import TupleRow
 
 from chatd import __version__
 
@@ -171,7 +172,7 @@ def find_sql_root() -> Path:
     if explicit:
         return Path(explicit)
     checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "migrations").is_dir() and (checkout / "sql").is_dir():
+    if (checkout / "migrations").is_dir():
         return checkout
     return Path(__file__).resolve().parent / "_sql"
 
@@ -261,7 +262,7 @@ def _first_line(text: str) -> str:
     return first if len(first) <= 120 else first[:117] + "..."
 
 
-def _run_file(conn: psycopg.Connection[object], path: Path, text: str) -> None:
+def _run_file(conn: psycopg.Connection[TupleRow], path: Path, text: str) -> None:
     statements = split_statements(text)
     _check_no_transaction_control(path, statements)
     for index, stmt in enumerate(statements, start=1):
@@ -293,7 +294,7 @@ def redact(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
-def connect(dsn: str | None) -> psycopg.Connection[object]:
+def connect(dsn: str | None) -> psycopg.Connection[TupleRow]:
     """An autocommit connection, with errors an operator can act on."""
     if not dsn:
         raise MigrationError(
@@ -305,7 +306,7 @@ def connect(dsn: str | None) -> psycopg.Connection[object]:
     except psycopg.ProgrammingError as exc:
         raise MigrationError(f"invalid database URL: {exc}") from exc
     try:
-        conn: psycopg.Connection[object] = psycopg.connect(
+        conn: psycopg.Connection[TupleRow] = psycopg.connect(
             dsn, autocommit=True, connect_timeout=10, application_name="chatd-migrate"
         )
     except psycopg.OperationalError as exc:
@@ -316,7 +317,7 @@ def connect(dsn: str | None) -> psycopg.Connection[object]:
 class _Locked:
     """Hold the migration advisory lock (session level) for a block."""
 
-    def __init__(self, conn: psycopg.Connection[object]) -> None:
+    def __init__(self, conn: psycopg.Connection[TupleRow]) -> None:
         self.conn = conn
 
     def __enter__(self) -> None:
@@ -327,13 +328,13 @@ class _Locked:
             self.conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
 
 
-def _ensure_ledger(conn: psycopg.Connection[object]) -> None:
+def _ensure_ledger(conn: psycopg.Connection[TupleRow]) -> None:
     with conn.transaction():
         for stmt in split_statements(LEDGER_DDL):
             conn.execute(stmt.text.encode())
 
 
-def read_ledger(conn: psycopg.Connection[object]) -> Ledger:
+def read_ledger(conn: psycopg.Connection[TupleRow]) -> Ledger:
     ledger = Ledger()
     exists = conn.execute("SELECT to_regclass('chatd_meta.migrations') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
@@ -443,7 +444,7 @@ def apply(
     return result
 
 
-def _record_repeatables(conn: psycopg.Connection[object], sources: Sources) -> None:
+def _record_repeatables(conn: psycopg.Connection[TupleRow], sources: Sources) -> None:
     conn.execute("DELETE FROM chatd_meta.repeatables")
     for repeatable in sources.repeatables:
         conn.execute(

@@ -1,0 +1,77 @@
+# chatd developer entry points. `make test` and `make demo` work on a fresh
+# machine: they create the virtualenv and, as root on Debian/Ubuntu, install
+# the PostgreSQL test extensions themselves.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PG_MAJOR ?= 15
+APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps test test-python lint migrate db db-stop demo bench clean
+
+help:
+	@echo "make setup    create $(VENV), install chatd with dev extras, install PostgreSQL test extensions"
+	@echo "make test     setup, then lint + the whole suite (pgTAP, Python, migrations)"
+	@echo "make lint     sqlfluff (migrations/, sql/, tests/sql/), ruff, mypy"
+	@echo "make migrate  apply migrations to \$$DATABASE_URL"
+	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
+	@echo "make demo     run chatd end to end on a throwaway database and a scripted LLM"
+	@echo "make bench    run the benchmarks in bench/"
+
+setup: system-deps $(STAMP)
+
+# The test suite needs pgTAP, plpgsql_check and pg_prove next to the server.
+system-deps:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	elif command -v dpkg-query >/dev/null; then \
+	  echo "missing Debian packages:$$missing"; \
+	  echo "install them with: sudo apt-get install$$missing (or run make as root)"; exit 1; \
+	else \
+	  echo "note: not a Debian system; the tests need PostgreSQL $(PG_MAJOR) with pgTAP, plpgsql_check and pg_prove installed"; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/sqlfluff lint --disable-progress-bar migrations/ sql/ tests/sql/
+	$(BIN)/ruff check python_worker tests bench
+	$(BIN)/mypy
+
+migrate: $(STAMP)
+	$(BIN)/chatd migrate
+
+db: setup
+	@$(BIN)/chatd db start
+
+db-stop: $(STAMP)
+	@$(BIN)/chatd db stop
+
+demo: $(STAMP)
+	$(BIN)/chatd demo
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .chatd .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS chatd.messages_created_idx;

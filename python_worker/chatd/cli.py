@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("chatd.migrate", "apply, revert, inspect or print schema migrations"),
     "db": ("chatd.dbcmd", "start or stop a throwaway local PostgreSQL cluster"),
+    "worker": ("chatd.worker", "run a worker: claim chats, call the LLM, stream, write back"),
     "fakellm": ("chatd.fakellm", "run the scriptable fake LLM server (OpenAI and Anthropic APIs)"),
 }
 

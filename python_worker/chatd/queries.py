@@ -1,0 +1,51 @@
+"""Every SQL statement the worker sends, by name. Each is one call of a chatd
+function: the decisions live in SQL, and one statement is one round trip."""
+
+from __future__ import annotations
+
+from typing import Final
+
+WORKER_SETTINGS: Final = (
+    "SELECT heartbeat_interval_ms, startup_timeout_ms, stale_after_ms FROM chatd.worker_settings()"
+)
+
+# One round trip gives a claimed turn everything it needs: lease, model and
+# provider, and the prompt.
+ACQUIRE_CHATS: Final = (
+    "SELECT chat_id, lease, attempt, model, messages FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+)
+
+HEARTBEAT: Final = "SELECT chat_id FROM chatd.heartbeat(%(worker_id)s, %(chat_ids)s, %(leases)s)"
+
+PUBLISH_PARTS: Final = "SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq)s, %(parts)s)"
+
+FINISH_TURN: Final = (
+    "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s)"
+)
+
+SAVE_INTERRUPTED_TURN: Final = (
+    "SELECT chatd.save_interrupted_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s)"
+)
+
+RECORD_FAILURE: Final = (
+    "SELECT status, attempt, next_attempt_at "
+    "FROM chatd.record_failure(%(chat_id)s, %(lease)s, %(error)s, %(retry_after_ms)s)"
+)
+
+RELEASE_CHATS: Final = "SELECT chatd.release_chats(%(worker_id)s, %(chat_ids)s)"
+
+RECOVER_STALE_CHATS: Final = "SELECT chatd.recover_stale_chats()"
+
+JANITOR: Final = "SELECT chatd.janitor()"
+
+# Preflight: is the schema there (migrations applied)?
+SCHEMA_PRESENT: Final = "SELECT to_regprocedure('chatd.acquire_chats(text, integer)') IS NOT NULL"
+
+WAKE_CHANNEL: Final = "chatd_wake"
+
+
+def chat_channel(chat_id: object) -> str:
+    """The per-chat notification channel."""
+    return f"chatd_chat_{chat_id}"

@@ -1,0 +1,623 @@
+"""`chatd worker`: listen, claim, call the LLM, stream, write back.
+
+The worker decides nothing about chat state: SQL does (see
+docs/state-machine.md). It runs four loops on one event loop:
+
+* claim: races the wake event (set by a `chatd_wake` notification, a
+  finished turn, or a reconnect) against the poll interval, then claims at
+  most as many chats as it has room for;
+* listener: one autocommit connection LISTENing on `chatd_wake` and on the
+  per-chat channel of every turn it runs (so an interrupt cancels the turn at
+  once); after a lost connection it reconnects with capped backoff,
+  re-LISTENs and rescans, since NOTIFY is not durable;
+* heartbeat: one batched statement per interval; cancels the turns SQL says
+  this worker no longer owns;
+* maintenance: recover_stale_chats() and janitor() now and then.
+
+Every database call has a deadline (``db_timeout``), so a stalled database
+cannot wedge a task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from chatd import queries
+from chatd.config import WorkerConfig, add_worker_arguments, config_from_args
+from chatd.errors import ChatError, ChatErrorKind, ChatTurnError
+from chatd.llm import (
+    ClientCache,
+    Finished,
+    ModelSpec,
+    PromptMessage,
+    ReasoningDelta,
+    TextDelta,
+    stream_turn,
+)
+from chatd.logs import setup_logging
+from chatd.metrics import Metrics, serve_metrics
+
+__all__ = ["Worker", "WorkerFatal", "add_arguments", "run"]
+
+log = logging.getLogger("chatd.worker")
+
+LEASE_LOST = "CD004"
+INVALID_TRANSITION = "CD003"
+# Errors after which reconnecting cannot help: wrong password, no such role or
+# database, no pg_hba entry.
+_FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.conf entry",
+                        "password authentication", "permission denied")
+
+StreamFn = Callable[..., Any]
+
+
+class WorkerFatal(RuntimeError):
+    """A condition the worker cannot recover from by retrying."""
+
+
+class LeaseLost(Exception):
+    """SQL refused a write: this worker no longer owns the turn."""
+
+
+@dataclass
+class Turn:
+    chat_id: UUID
+    lease: int
+    task: asyncio.Task[None] | None = None
+    # why the worker cancelled the task: "lost" (SQL says it is not ours any
+    # more: interrupted, recovered) or "shutdown"
+    cancel_reason: str | None = None
+
+
+@dataclass
+class Claim:
+    chat_id: UUID
+    lease: int
+    attempt: int
+    model: Mapping[str, Any]
+    messages: Sequence[Mapping[str, Any]]
+
+    def spec(self) -> ModelSpec:
+        provider = self.model["provider"]
+        return ModelSpec(
+            provider_kind=provider["kind"],
+            provider_name=provider["name"],
+            base_url=provider.get("base_url"),
+            api_key_env=provider.get("api_key_env"),
+            model=self.model["model"],
+            max_output_tokens=int(self.model["max_output_tokens"]),
+        )
+
+    def prompt(self) -> list[PromptMessage]:
+        return [PromptMessage(m["role"], m["content"]) for m in self.messages]
+
+
+@dataclass
+class _Output:
+    """What a turn has produced so far, and what is not yet published."""
+
+    reasoning: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    pending: list[dict[str, str]] = field(default_factory=list)
+    pending_bytes: int = 0
+
+    def add(self, kind: str, delta: str) -> None:
+        (self.text if kind == "text" else self.reasoning).append(delta)
+        if self.pending and self.pending[-1]["type"] == kind:
+            self.pending[-1]["text"] += delta  # coalesce adjacent deltas
+        else:
+            self.pending.append({"type": kind, "text": delta})
+        self.pending_bytes += len(delta.encode())
+
+    def content(self) -> list[dict[str, str]]:
+        parts = []
+        if self.reasoning:
+            parts.append({"type": "reasoning", "text": "".join(self.reasoning)})
+        if self.text:
+            parts.append({"type": "text", "text": "".join(self.text)})
+        return parts
+
+
+def _usage_json(finished: Finished | None) -> dict[str, int]:
+    if finished is None:
+        return {}
+    usage = finished.usage
+    values = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, *, stream: StreamFn = stream_turn) -> None:
+        self.config = config
+        self.stream = stream
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.turns: dict[UUID, Turn] = {}
+        self.metrics = Metrics()
+        self.clients = ClientCache()
+        self.heartbeat_interval = config.heartbeat_interval or 5.0
+        self.startup_timeout = 60.0
+        self._pool: AsyncConnectionPool | None = None
+        self._listen_changes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
+
+    # ------------------------------------------------------------------ db
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        assert self._pool is not None, "worker not started"
+        return self._pool
+
+    async def _fetch(
+        self, query: str, params: Mapping[str, Any], *, deadline: float | None = None
+    ) -> list[TupleRow]:
+        """One statement on a pooled autocommit connection, under a deadline."""
+        self.metrics.inc("chatd_worker_db_calls_total")
+        try:
+            async with asyncio.timeout(deadline or self.config.db_timeout):
+                async with self.pool.connection() as conn:
+                    cursor = await conn.execute(query, params)
+                    return await cursor.fetchall() if cursor.description else []
+        except psycopg.Error as exc:
+            if exc.sqlstate == LEASE_LOST:
+                raise LeaseLost(str(exc)) from exc
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Open the pool after a preflight that tells fatal problems (auth,
+        missing schema) from transient ones (network), retrying the latter."""
+        delay = 0.2
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.config.database_url, connect_timeout=10, autocommit=True
+                ) as conn:
+                    row = await (await conn.execute(queries.SCHEMA_PRESENT)).fetchone()
+                    if not row or not row[0]:
+                        raise WorkerFatal(
+                            "the chatd schema is missing from this database: run `chatd migrate` first"
+                        )
+                    settings = await (await conn.execute(queries.WORKER_SETTINGS)).fetchone()
+                break
+            except psycopg.OperationalError as exc:
+                message = str(exc)
+                if any(hint in message for hint in _FATAL_CONNECT_HINTS):
+                    raise WorkerFatal(f"cannot use the database: {message.strip()}") from exc
+                if self.stopping.is_set():
+                    raise WorkerFatal("stopped before the database could be reached") from exc
+                log.warning("database unreachable, retrying in %.1fs: %s", delay, message.strip())
+                await self._sleep_unless_stopping(delay)
+                delay = min(delay * 2, 10.0)
+        if settings:
+            heartbeat_ms, startup_ms, _stale_ms = settings
+            if self.config.heartbeat_interval is None:
+                self.heartbeat_interval = heartbeat_ms / 1000
+            self.startup_timeout = startup_ms / 1000
+        self._pool = AsyncConnectionPool(
+            self.config.database_url,
+            min_size=1,
+            max_size=self.config.pool_size,
+            kwargs={"autocommit": True, "application_name": f"chatd-worker {self.config.worker_id}"},
+            open=False,
+            reconnect_timeout=0,  # keep trying; failures surface as per-call timeouts
+        )
+        await self._pool.open(wait=True, timeout=30)
+
+    async def run(self) -> None:
+        await self.connect()
+        mode = "passive" if self.config.passive else "poll-only" if self.config.poll_only else "listening"
+        log.info("worker %s started (%s, max_chats=%d)", self.config.worker_id, mode, self.config.max_chats)
+        loops = [self._heartbeat_loop(), self._maintenance_loop()]
+        if not self.config.poll_only:
+            loops.append(self._listener_loop())
+        else:
+            self.ready.set()
+        if not self.config.passive:
+            loops.append(self._claim_loop())
+        metrics_server = None
+        if self.config.metrics_port is not None:
+            metrics_server = await serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_wait and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.stopping.set()
+            await self._drain()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+            if metrics_server is not None:
+                metrics_server.close()
+            await self.clients.aclose()
+            await self.pool.close()
+            log.info("worker %s stopped", self.config.worker_id)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self.stopping.set()
+        self.wake.set()
+
+    async def _drain(self) -> None:
+        """Let in-flight turns finish within the grace period, then cancel and
+        release the rest back to `pending` for another worker."""
+        if not self.turns:
+            return
+        tasks = [t.task for t in self.turns.values() if t.task]
+        log.info("draining %d turn(s), grace %.0fs", len(tasks), self.config.shutdown_grace)
+        await asyncio.wait(tasks, timeout=self.config.shutdown_grace)
+        left = [t for t in self.turns.values() if t.task and not t.task.done()]
+        for turn in left:
+            turn.cancel_reason = "shutdown"
+            assert turn.task is not None
+            turn.task.cancel()
+        await asyncio.gather(*(t.task for t in left if t.task), return_exceptions=True)
+        if left:
+            try:
+                await self._fetch(
+                    queries.RELEASE_CHATS,
+                    {"worker_id": self.config.worker_id, "chat_ids": [t.chat_id for t in left]},
+                )
+                log.info("released %d unfinished turn(s)", len(left))
+            except (psycopg.Error, TimeoutError, LeaseLost) as exc:
+                log.warning("could not release %d turn(s); stale recovery will: %s", len(left), exc)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+
+    # ------------------------------------------------------------------ loops
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            self.wake.clear()  # before claiming: a wake during the claim is kept
+            room = self.config.max_chats - len(self.turns)
+            if room > 0:
+                try:
+                    rows = await self._fetch(
+                        queries.ACQUIRE_CHATS, {"worker_id": self.config.worker_id, "limit": room}
+                    )
+                    failures = 0
+                except (psycopg.Error, TimeoutError) as exc:
+                    failures += 1
+                    log.warning("claim failed: %s", exc)
+                    await self._sleep_unless_stopping(min(0.1 * 2**failures, 5.0))
+                    continue
+                for row in rows:
+                    self._start_turn(Claim(*row))
+                if rows and len(rows) == room:
+                    pass  # full: a finishing turn sets wake
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.poll_interval):
+                    await self.wake.wait()
+
+    def _start_turn(self, claim: Claim) -> None:
+        turn = Turn(claim.chat_id, claim.lease)
+        self.turns[claim.chat_id] = turn
+        self.metrics.inc("chatd_worker_turns_claimed_total")
+        self._listen_changes.put_nowait(("LISTEN", queries.chat_channel(claim.chat_id)))
+        turn.task = asyncio.create_task(self._run_turn(turn, claim), name=f"turn {claim.chat_id}")
+        turn.task.add_done_callback(lambda _t: self._turn_done(turn))
+
+    def _turn_done(self, turn: Turn) -> None:
+        if self.turns.get(turn.chat_id) is turn:
+            del self.turns[turn.chat_id]
+            self._listen_changes.put_nowait(("UNLISTEN", queries.chat_channel(turn.chat_id)))
+        self.wake.set()
+
+    def _cancel_lost(self, chat_id: UUID, lease: int | None = None) -> None:
+        turn = self.turns.get(chat_id)
+        if turn and turn.task and not turn.task.done() and (lease is None or lease == turn.lease):
+            turn.cancel_reason = "lost"
+            turn.task.cancel()
+
+    async def _listener_loop(self) -> None:
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.config.database_url, autocommit=True, connect_timeout=10,
+                    application_name=f"chatd-listener {self.config.worker_id}",
+                ) as conn:
+                    await conn.execute(f"LISTEN {queries.WAKE_CHANNEL}")
+                    for chat_id in list(self.turns):
+                        await conn.execute(f'LISTEN "{queries.chat_channel(chat_id)}"')
+                    delay = 0.1  # a successful connection resets the backoff
+                    # NOTIFY is not durable: rescan what changed while deaf.
+                    self.wake.set()
+                    if self.turns:
+                        await self._heartbeat_once()
+                    self.ready.set()
+                    await self._listen(conn)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                if self.stopping.is_set():
+                    return
+                self.metrics.inc("chatd_worker_listener_reconnects_total")
+                log.warning("listener connection lost, reconnecting in %.1fs: %s", delay, exc)
+                await self._sleep_unless_stopping(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        while not self.stopping.is_set():
+            while not self._listen_changes.empty():
+                command, channel = self._listen_changes.get_nowait()
+                await conn.execute(f'{command} "{channel}"')
+            async for note in conn.notifies(timeout=0.25):
+                self._on_notification(note.channel, note.payload)
+                if not self._listen_changes.empty():
+                    break
+            # notifies() returning is also how a dead connection is noticed
+            if conn.closed or conn.broken:
+                raise psycopg.OperationalError("listener connection closed")
+
+    def _on_notification(self, channel: str, payload: str) -> None:
+        if channel == queries.WAKE_CHANNEL:
+            self.metrics.inc("chatd_worker_wakeups_total")
+            self.wake.set()
+            return
+        try:
+            hint = json.loads(payload)
+            chat_id = UUID(hint["chat_id"])
+        except (ValueError, KeyError, TypeError):
+            return
+        status = hint.get("status")
+        if status is None or chat_id not in self.turns:
+            return
+        if status != "running" or hint.get("worker_id") not in (None, self.config.worker_id):
+            log.info("chat %s left running (%s): cancelling its turn", chat_id, status)
+            self._cancel_lost(chat_id)
+
+    async def _heartbeat_once(self) -> None:
+        turns = [t for t in self.turns.values() if t.task and not t.task.done()]
+        if not turns:
+            return
+        rows = await self._fetch(
+            queries.HEARTBEAT,
+            {
+                "worker_id": self.config.worker_id,
+                "chat_ids": [t.chat_id for t in turns],
+                "leases": [t.lease for t in turns],
+            },
+        )
+        self.metrics.inc("chatd_worker_heartbeats_total")
+        for (chat_id,) in rows:
+            log.info("chat %s is no longer ours: cancelling its turn", chat_id)
+            self._cancel_lost(chat_id)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            await self._sleep_unless_stopping(self.heartbeat_interval)
+            try:
+                await self._heartbeat_once()
+            except (psycopg.Error, TimeoutError, LeaseLost) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _maintenance_loop(self) -> None:
+        next_janitor = 0.0
+        while not self.stopping.is_set():
+            try:
+                rows = await self._fetch(queries.RECOVER_STALE_CHATS, {})
+                recovered = rows[0][0] if rows else 0
+                if recovered:
+                    log.info("recovered %d stale chat(s)", recovered)
+                    self.metrics.inc("chatd_worker_recovered_total", recovered)
+                if time.monotonic() >= next_janitor:
+                    await self._fetch(queries.JANITOR, {})
+                    next_janitor = time.monotonic() + self.config.janitor_interval
+            except (psycopg.Error, TimeoutError) as exc:
+                log.warning("maintenance failed: %s", exc)
+            await self._sleep_unless_stopping(self.config.recover_interval)
+
+    # ------------------------------------------------------------------ one turn
+
+    async def _run_turn(self, turn: Turn, claim: Claim) -> None:
+        output = _Output()
+        seq = 0
+        flush_lock = asyncio.Lock()
+        last_flush = time.monotonic()
+        started = time.monotonic()
+        finished: Finished | None = None
+        base = {"chat_id": claim.chat_id, "lease": claim.lease}
+
+        async def flush() -> None:
+            nonlocal seq, last_flush
+            async with flush_lock:
+                last_flush = time.monotonic()
+                if not output.pending:
+                    return
+                parts, size = output.pending, output.pending_bytes
+                output.pending, output.pending_bytes = [], 0
+                try:
+                    await self._fetch(queries.PUBLISH_PARTS, {**base, "seq": seq, "parts": Jsonb(parts)})
+                except (psycopg.Error, TimeoutError) as exc:
+                    # keep the parts for the next flush; the final message is what counts
+                    output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
+                    log.warning("publish_parts failed for chat %s: %s", claim.chat_id, exc)
+                    return
+                seq += 1
+                self.metrics.inc("chatd_worker_part_flushes_total")
+
+        async def flush_stragglers() -> None:
+            while True:
+                await asyncio.sleep(self.config.flush_interval)
+                if output.pending and time.monotonic() - last_flush >= self.config.flush_interval:
+                    await flush()
+
+        def result(finished: Finished | None) -> dict[str, Any]:
+            return {
+                **base,
+                "content": Jsonb(output.content()),
+                "usage": Jsonb(_usage_json(finished)),
+                "provider_response_id": finished.response_id if finished else None,
+                "runtime_ms": int((time.monotonic() - started) * 1000),
+            }
+
+        straggler = asyncio.create_task(flush_stragglers())
+        try:
+            try:
+                async for event in self.stream(
+                    claim.spec(), claim.prompt(), startup_timeout=self.startup_timeout,
+                    clients=self.clients,
+                ):
+                    if isinstance(event, TextDelta):
+                        output.add("text", event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        output.add("reasoning", event.text)
+                    elif isinstance(event, Finished):
+                        finished = event
+                    if output.pending_bytes >= self.config.flush_bytes or (
+                        output.pending and time.monotonic() - last_flush >= self.config.flush_interval
+                    ):
+                        await flush()
+            finally:
+                straggler.cancel()
+            if finished is None:  # a stream adapter must raise instead; never save as success
+                raise ChatTurnError(ChatError(
+                    "stream closed before the response completed", ChatErrorKind.timeout,
+                    claim.spec().provider_name, True,
+                ))
+            await flush()
+            await self._write_result(queries.FINISH_TURN, result(finished), claim)
+            self.metrics.inc("chatd_worker_turns_finished_total")
+        except ChatTurnError as failure:
+            await self._record_failure(claim, failure.error)
+        except LeaseLost:
+            log.info("chat %s: lease %d lost; writing nothing more", claim.chat_id, claim.lease)
+            self.metrics.inc("chatd_worker_leases_lost_total")
+        except asyncio.CancelledError:
+            if turn.cancel_reason == "lost":
+                # Interrupted (or taken away): SQL decides whether the partial
+                # message may still be saved under this lease.
+                if output.content():
+                    await self._save_interrupted(result(finished), claim)
+                return
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: retry the turn
+            log.exception("chat %s: unexpected error in turn", claim.chat_id)
+            await self._record_failure(claim, ChatError(
+                f"worker error: {type(exc).__name__}: {exc}"[:500], ChatErrorKind.generic,
+                claim.spec().provider_name, True,
+            ))
+
+    async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
+        """finish_turn, retried on transient database errors. A retry that
+        finds the turn gone (lease lost) means an earlier attempt committed or
+        the turn was taken away: either way there is nothing left to write."""
+        for attempt in range(4):
+            try:
+                await self._fetch(query, params)
+                return
+            except psycopg.Error as exc:
+                if exc.sqlstate == INVALID_TRANSITION:
+                    # interrupted between the last part and the finish
+                    await self._save_interrupted(params, claim)
+                    return
+                if exc.sqlstate is not None and not isinstance(exc, psycopg.OperationalError):
+                    raise
+                log.warning("finish_turn for chat %s failed (attempt %d): %s", claim.chat_id, attempt + 1, exc)
+            except TimeoutError:
+                log.warning("finish_turn for chat %s timed out (attempt %d)", claim.chat_id, attempt + 1)
+            await asyncio.sleep(0.2 * 2**attempt)
+        log.error("chat %s: could not write the turn's result; stale recovery will re-run it", claim.chat_id)
+
+    async def _save_interrupted(self, params: Mapping[str, Any], claim: Claim) -> None:
+        try:
+            await asyncio.shield(self._fetch(queries.SAVE_INTERRUPTED_TURN, params))
+            self.metrics.inc("chatd_worker_turns_interrupted_total")
+        except (LeaseLost, psycopg.Error, TimeoutError) as exc:
+            log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
+
+    async def _record_failure(self, claim: Claim, error: ChatError) -> None:
+        self.metrics.inc("chatd_worker_turn_failures_total")
+        try:
+            rows = await self._fetch(
+                queries.RECORD_FAILURE,
+                {
+                    "chat_id": claim.chat_id, "lease": claim.lease,
+                    "error": Jsonb(error.to_json()), "retry_after_ms": error.retry_after_ms,
+                },
+            )
+            if rows:
+                status, attempt, next_at = rows[0]
+                log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
+                         error.kind, error.message, status, attempt, next_at)
+        except LeaseLost:
+            log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
+        except (psycopg.Error, TimeoutError) as exc:
+            log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, exc)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run a chatd worker: claim runnable chats, call their LLM, stream the output and "
+        "write the result back through chatd's SQL functions. SIGTERM drains gracefully."
+    )
+    add_worker_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"chatd worker: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    return asyncio.run(_main(config))
+
+
+async def _main(config: WorkerConfig) -> int:
+    worker = Worker(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    except WorkerFatal as exc:
+        log.error("%s", exc)
+        print(f"chatd worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def run_worker_until(config: WorkerConfig, until: Awaitable[Any]) -> None:
+    """Run a worker until ``until`` completes, then stop it gracefully (for
+    tests and the demo)."""
+    worker = Worker(config)
+    task = asyncio.create_task(worker.run())
+    try:
+        await until
+    finally:
+        worker.stop()
+        await task

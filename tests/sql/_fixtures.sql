@@ -51,7 +51,7 @@ $$;
 CREATE FUNCTION chatd_test.grp(
     p_org uuid,
     p_limit_micros bigint DEFAULT NULL,
-    p_members uuid [] DEFAULT '{}',
+    p_members uuid[] DEFAULT '{}',
     p_name text DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql AS $$

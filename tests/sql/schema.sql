@@ -35,8 +35,12 @@ SELECT has_index('chatd', 'model_configs', 'model_configs_one_default_idx', 'has
 SELECT has_index('chatd', 'messages', 'messages_chat_idx', 'has index: messages messages_chat_idx');
 
 SELECT is(
-    (SELECT relpersistence FROM pg_class WHERE oid = 'chatd.stream_parts'::regclass),
-    'u'::"char",
+    (
+        SELECT relpersistence::text
+        FROM pg_class
+        WHERE oid = 'chatd.stream_parts'::regclass
+    ),
+    'u',
     'stream_parts is UNLOGGED'
 );
 SELECT is((SELECT count(*)::int FROM chatd.settings), 1, 'settings has its singleton row');
@@ -87,7 +91,9 @@ SELECT throws_ok(
 
 -- A chat's workspace must belong to the chat's organization.
 CREATE TEMP TABLE t AS
-SELECT chatd_test.org() AS org_a, chatd_test.org() AS org_b;
+SELECT
+    chatd_test.org() AS org_a,
+    chatd_test.org() AS org_b;
 SELECT throws_ok(
     format(
         $$SELECT chatd_test.chat(chatd_test.user(%L), %L, p_workspace => %L)$$,

@@ -1,0 +1,134 @@
+-- Guards of the chat state machine (DESIGN.md section 4, docs/state-machine.md):
+--
+-- * chatd.status_transitions(): the table of allowed status changes;
+-- * trigger chats_10_guard: rejects, whoever writes it, an INSERT of a chat
+--   in any status but pending, every status change not in the table
+--   (SQLSTATE CD003) and every lease change that is not a fresh claim or
+--   the end of a turn;
+-- * trigger chats_20_version: bumps version and updated_at on every real
+--   change of a chat row. A heartbeat-only UPDATE (only heartbeat_at
+--   changes) and a no-op UPDATE keep version and updated_at, so heartbeats
+--   never look like state changes (and the notify trigger, which fires only
+--   when version changes, stays silent). An UPDATE that only increments
+--   version is a "touch": message and queue triggers use it so that every
+--   notification carries a version newer than any earlier snapshot.
+
+-- Every allowed (from, to) pair with from <> to. Staying in a status is
+-- always allowed (heartbeats, title changes, archiving an idle chat).
+CREATE OR REPLACE FUNCTION chatd.status_transitions()
+RETURNS TABLE (from_status chatd.chat_status, to_status chatd.chat_status)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT t.f::chatd.chat_status, t.t::chatd.chat_status
+    FROM (VALUES
+        -- send_message (idle, empty queue), edit_message
+        ('waiting', 'pending'),
+        ('error', 'pending'),
+        -- edit_message
+        ('requires_action', 'pending'),
+        -- acquire_chats
+        ('pending', 'running'),
+        -- finish_turn (no queue), interrupt_chat, archive_chat
+        ('running', 'waiting'),
+        -- finish_turn (queue head promoted), record_failure (retry),
+        -- release_chats, recover_stale_chats, edit_message, send_message
+        -- with busy_behavior interrupt, promote_queued_message
+        ('running', 'pending'),
+        -- record_failure (not retryable, attempts exhausted),
+        -- recover_stale_chats (too many recoveries)
+        ('running', 'error'),
+        -- interrupt_chat, archive_chat
+        ('pending', 'waiting')
+    ) AS t (f, t)
+$$;
+
+CREATE OR REPLACE FUNCTION chatd.transition_allowed(p_from chatd.chat_status, p_to chatd.chat_status)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT p_from = p_to
+        OR EXISTS (
+            SELECT 1 FROM chatd.status_transitions() AS t
+            WHERE t.from_status = p_from AND t.to_status = p_to
+        )
+$$;
+
+CREATE OR REPLACE FUNCTION chatd.chats_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.status <> 'pending' THEN
+            RAISE EXCEPTION 'chat % cannot be created as %: a new chat starts as pending', NEW.id, NEW.status
+                USING ERRCODE = 'CD003',
+                      HINT = 'create chats with chatd.create_chat()';
+        END IF;
+        NEW.version := 1;
+        RETURN NEW;
+    END IF;
+
+    IF NEW.status <> OLD.status AND NOT chatd.transition_allowed(OLD.status, NEW.status) THEN
+        RAISE EXCEPTION 'chat %: invalid status transition from % to %', NEW.id, OLD.status, NEW.status
+            USING ERRCODE = 'CD003',
+                  DETAIL = format('allowed from %s: %s', OLD.status, (
+                      SELECT coalesce(string_agg(t.to_status::text, ', ' ORDER BY t.to_status), 'none')
+                      FROM chatd.status_transitions() AS t WHERE t.from_status = OLD.status
+                  ));
+    END IF;
+
+    -- The lease is the fencing token: it never goes back, it grows on every
+    -- claim, and only a claim or the end of a turn may change it.
+    IF NEW.lease < OLD.lease THEN
+        RAISE EXCEPTION 'chat %: lease cannot go back from % to % (% -> %)',
+            NEW.id, OLD.lease, NEW.lease, OLD.status, NEW.status
+            USING ERRCODE = 'CD003';
+    END IF;
+    IF NEW.status = 'running' AND OLD.status <> 'running' AND NEW.lease <= OLD.lease THEN
+        RAISE EXCEPTION 'chat %: a claim (% -> %) must bump the lease (still %)',
+            NEW.id, OLD.status, NEW.status, NEW.lease
+            USING ERRCODE = 'CD003';
+    END IF;
+    IF NEW.status = 'running' AND OLD.status = 'running' AND NEW.lease <> OLD.lease THEN
+        RAISE EXCEPTION 'chat %: the lease of a running turn cannot change (% -> %)',
+            NEW.id, OLD.lease, NEW.lease
+            USING ERRCODE = 'CD003';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chatd.chats_version()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_heartbeat_at timestamptz := NEW.heartbeat_at;
+BEGIN
+    -- Compare everything but heartbeat_at and updated_at; version is
+    -- compared, so "SET version = version + 1" is a deliberate touch.
+    NEW.heartbeat_at := OLD.heartbeat_at;
+    NEW.updated_at := OLD.updated_at;
+    IF NEW IS NOT DISTINCT FROM OLD THEN
+        -- heartbeat-only or no-op: no new version, no notification
+        NEW.heartbeat_at := v_heartbeat_at;
+        RETURN NEW;
+    END IF;
+    NEW.heartbeat_at := v_heartbeat_at;
+    NEW.version := OLD.version + 1;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER chats_10_guard
+BEFORE INSERT OR UPDATE ON chatd.chats
+FOR EACH ROW EXECUTE FUNCTION chatd.chats_guard();
+
+CREATE OR REPLACE TRIGGER chats_20_version
+BEFORE UPDATE ON chatd.chats
+FOR EACH ROW EXECUTE FUNCTION chatd.chats_version();

@@ -1,0 +1,152 @@
+-- Internal helpers of the state machine functions: input validation,
+-- authorization (the auth boundary of every application function), channel
+-- names and small JSON shapes. Names start with an underscore: they are not
+-- part of the application or worker interface.
+
+-- Normalizes message content: a JSON string becomes one text part; an
+-- array must hold objects with a known part type, text parts with a string
+-- text. Anything else raises CD007.
+CREATE OR REPLACE FUNCTION chatd._content(p_content jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_part jsonb;
+BEGIN
+    IF p_content IS NULL THEN
+        RAISE EXCEPTION 'invalid content: content is required' USING ERRCODE = 'CD007';
+    END IF;
+    IF jsonb_typeof(p_content) = 'string' THEN
+        IF length(p_content #>> '{}') = 0 THEN
+            RAISE EXCEPTION 'invalid content: empty text' USING ERRCODE = 'CD007';
+        END IF;
+        RETURN jsonb_build_array(jsonb_build_object('type', 'text', 'text', p_content #>> '{}'));
+    END IF;
+    IF jsonb_typeof(p_content) <> 'array' THEN
+        RAISE EXCEPTION 'invalid content: expected an array of parts or a string, got %', jsonb_typeof(p_content)
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF jsonb_array_length(p_content) = 0 THEN
+        RAISE EXCEPTION 'invalid content: no parts' USING ERRCODE = 'CD007';
+    END IF;
+    FOR v_part IN SELECT e.value FROM jsonb_array_elements(p_content) AS e (value) LOOP
+        IF jsonb_typeof(v_part) <> 'object'
+            OR coalesce(v_part ->> 'type', '') NOT IN ('text', 'reasoning', 'tool-call', 'tool-result', 'file') THEN
+            RAISE EXCEPTION 'invalid content: part % has no known type (text, reasoning, tool-call, tool-result, file)',
+                left(v_part::text, 200)
+                USING ERRCODE = 'CD007';
+        END IF;
+        IF v_part ->> 'type' IN ('text', 'reasoning') AND jsonb_typeof(v_part -> 'text') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'invalid content: a % part needs a string "text"', v_part ->> 'type'
+                USING ERRCODE = 'CD007';
+        END IF;
+    END LOOP;
+    RETURN p_content;
+END
+$$;
+
+-- An enabled model config of an enabled provider: the given one, or the
+-- default when p_model_config_id is NULL. CD007 otherwise.
+CREATE OR REPLACE FUNCTION chatd._usable_model(p_model_config_id uuid)
+RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF p_model_config_id IS NULL THEN
+        SELECT m.id INTO v_id
+        FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+        WHERE m.is_default AND m.enabled AND p.enabled;
+        IF v_id IS NULL THEN
+            RAISE EXCEPTION 'invalid model: no model given and no enabled default model' USING ERRCODE = 'CD007';
+        END IF;
+        RETURN v_id;
+    END IF;
+    SELECT m.id INTO v_id
+    FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+    WHERE m.id = p_model_config_id AND m.enabled AND p.enabled;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'invalid model: model config % is unknown or disabled', p_model_config_id
+            USING ERRCODE = 'CD007';
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- The auth boundary: the acting user may act on a chat when they own it and
+-- are a member of its organization. Locks the chat row (FOR UPDATE) when
+-- p_lock; raises CD001 (no such chat) or CD002 (forbidden).
+CREATE OR REPLACE FUNCTION chatd._authorized_chat(p_user_id uuid, p_chat_id uuid, p_lock boolean)
+RETURNS chatd.chats
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+BEGIN
+    IF p_lock THEN
+        SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id FOR UPDATE;
+    ELSE
+        SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
+    END IF;
+    IF p_user_id IS NULL
+        OR v_chat.owner_id <> p_user_id
+        OR NOT EXISTS (
+            SELECT 1 FROM chatd.organization_members AS om
+            WHERE om.organization_id = v_chat.organization_id AND om.user_id = p_user_id
+        ) THEN
+        RAISE EXCEPTION 'user % may not act on chat %', p_user_id, p_chat_id USING ERRCODE = 'CD002';
+    END IF;
+    RETURN v_chat;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chatd._chat_channel(p_chat_id uuid)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT 'chatd_chat_' || p_chat_id::text
+$$;
+
+CREATE OR REPLACE FUNCTION chatd._user_channel(p_user_id uuid)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT 'chatd_user_' || p_user_id::text
+$$;
+
+-- A ChatError trimmed for notification payloads: message and detail cut to
+-- 300 characters, only scalar fields kept.
+CREATE OR REPLACE FUNCTION chatd._short_error(p_error jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT CASE WHEN p_error IS NULL THEN NULL ELSE jsonb_strip_nulls(jsonb_build_object(
+        'message', left(p_error ->> 'message', 300),
+        'kind', p_error ->> 'kind',
+        'provider', left(p_error ->> 'provider', 100),
+        'retryable', p_error -> 'retryable',
+        'status_code', p_error -> 'status_code',
+        'detail', left(p_error ->> 'detail', 300)
+    )) END
+$$;
+
+-- True when the row version with this xmin was written by the current
+-- (top-level) transaction: the chat already has a version newer than any
+-- committed snapshot, so a touch is not needed.
+CREATE OR REPLACE FUNCTION chatd._written_by_this_xact(p_xmin xid)
+RETURNS boolean
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT p_xmin = pg_current_xact_id()::xid
+$$;

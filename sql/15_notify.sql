@@ -1,0 +1,294 @@
+-- Notifications, sent by triggers in the same transaction as the change
+-- (DESIGN.md section 5, docs/notifications.md). Channels:
+--
+--   chatd_wake              a chat became runnable (workers)
+--   chatd_chat_<chat id>    status, message, queue, retry, error, parts,
+--                           title, archived, deleted (subscribers of a chat)
+--   chatd_user_<owner id>   created, status, title, archived, deleted (lists)
+--
+-- Payloads are small JSON hints; only "parts" carries content (streamed
+-- output), and only when it fits. One notification per statement per chat
+-- and channel: the chat trigger is per row (one row per chat per
+-- statement), the message and queue triggers are per statement and group
+-- their transition tables by chat.
+--
+-- Versions: every notification carries the chat's version after the
+-- change. Message and queue changes touch the chat (version + 1) unless the
+-- chat row was already written by the same transaction, so a subscriber
+-- applies exactly the notifications whose version is greater than the
+-- version of its snapshot.
+
+CREATE OR REPLACE FUNCTION chatd._chat_payload(p_kind text, p_chat chatd.chats)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'kind', p_kind,
+        'chat_id', p_chat.id,
+        'version', p_chat.version,
+        'status', p_chat.status,
+        'archived', p_chat.archived,
+        'worker_id', p_chat.worker_id,
+        'lease', p_chat.lease,
+        'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = p_chat.id)
+    )
+$$;
+
+CREATE OR REPLACE FUNCTION chatd._owner_payload(p_kind text, p_chat chatd.chats)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'kind', p_kind,
+        'chat_id', p_chat.id,
+        'version', p_chat.version,
+        'status', p_chat.status,
+        'archived', p_chat.archived,
+        'parent_chat_id', p_chat.parent_chat_id,
+        'organization_id', p_chat.organization_id
+    )
+$$;
+
+CREATE OR REPLACE FUNCTION chatd.chats_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_kind text;
+    v_owner_kind text;
+    v_payload jsonb;
+    v_old chatd.chats;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify(chatd._chat_channel(OLD.id),
+            jsonb_build_object('kind', 'deleted', 'chat_id', OLD.id, 'version', OLD.version)::text);
+        PERFORM pg_notify(chatd._user_channel(OLD.owner_id), chatd._owner_payload('deleted', OLD)::text);
+        RETURN NULL;
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload('created', NEW)::text);
+        IF NEW.status = 'pending' AND NOT NEW.archived THEN
+            PERFORM pg_notify('chatd_wake', jsonb_build_object('chat_id', NEW.id)::text);
+        END IF;
+        RETURN NULL;
+    END IF;
+
+    -- UPDATE (the trigger fires only when version changed)
+    IF OLD.archived <> NEW.archived THEN
+        v_kind := 'archived';
+        v_owner_kind := 'archived';
+    ELSIF OLD.status <> NEW.status AND NEW.status = 'error' THEN
+        v_kind := 'error';
+        v_owner_kind := 'status';
+    ELSIF OLD.status = 'running' AND NEW.status = 'pending' AND NEW.attempt > OLD.attempt THEN
+        v_kind := 'retry';
+        v_owner_kind := 'status';
+    ELSIF OLD.status <> NEW.status THEN
+        v_kind := 'status';
+        v_owner_kind := 'status';
+    ELSIF OLD.title <> NEW.title THEN
+        v_kind := 'title';
+        v_owner_kind := 'title';
+    ELSE
+        -- a touch (version only) by a message or queue trigger notifies
+        -- through that trigger; any other change is a status-kind hint
+        v_old := OLD;
+        v_old.version := NEW.version;
+        v_old.updated_at := NEW.updated_at;
+        v_old.heartbeat_at := NEW.heartbeat_at;
+        IF v_old IS NOT DISTINCT FROM NEW THEN
+            RETURN NULL;
+        END IF;
+        v_kind := 'status';
+    END IF;
+
+    v_payload := chatd._chat_payload(v_kind, NEW);
+    IF v_kind = 'retry' THEN
+        v_payload := v_payload || jsonb_build_object(
+            'attempt', NEW.attempt,
+            'delay_ms', NEW.retry_state -> 'delay_ms',
+            'retrying_at', NEW.retry_state -> 'retrying_at',
+            'error', chatd._short_error(NEW.last_error)
+        );
+    ELSIF v_kind = 'error' THEN
+        v_payload := v_payload || jsonb_build_object('error', chatd._short_error(NEW.last_error));
+    END IF;
+    PERFORM pg_notify(chatd._chat_channel(NEW.id), v_payload::text);
+
+    IF v_owner_kind IS NOT NULL THEN
+        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload(v_owner_kind, NEW)::text);
+    END IF;
+
+    IF NEW.status = 'pending' AND NOT NEW.archived AND (OLD.status <> 'pending' OR OLD.archived) THEN
+        PERFORM pg_notify('chatd_wake', jsonb_build_object('chat_id', NEW.id)::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER chats_30_notify_insert
+AFTER INSERT ON chatd.chats
+FOR EACH ROW EXECUTE FUNCTION chatd.chats_notify();
+
+CREATE OR REPLACE TRIGGER chats_30_notify_update
+AFTER UPDATE ON chatd.chats
+FOR EACH ROW WHEN (old.version IS DISTINCT FROM new.version)
+EXECUTE FUNCTION chatd.chats_notify();
+
+CREATE OR REPLACE TRIGGER chats_30_notify_delete
+AFTER DELETE ON chatd.chats
+FOR EACH ROW EXECUTE FUNCTION chatd.chats_notify();
+
+-- Touches the chat unless this transaction already wrote it, and returns
+-- the chat row (NULL fields when the chat is gone). A returned version 1
+-- means the chat was created by this transaction: its "created"
+-- notification covers its first messages.
+CREATE OR REPLACE FUNCTION chatd._touch_chat(p_chat_id uuid)
+RETURNS chatd.chats
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+BEGIN
+    UPDATE chatd.chats AS c SET version = c.version + 1
+    WHERE c.id = p_chat_id AND NOT chatd._written_by_this_xact(c.xmin);
+    SELECT c.* INTO v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
+    RETURN v_chat;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chatd.messages_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    r record;
+    v_chat chatd.chats;
+    v_payload jsonb;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        FOR r IN
+            SELECT n.chat_id, max(n.id) AS last_id, count(*) AS n, NULL::bigint AS deleted_from
+            FROM new_rows AS n GROUP BY n.chat_id ORDER BY n.chat_id
+        LOOP
+            v_chat := chatd._touch_chat(r.chat_id);
+            CONTINUE WHEN v_chat.id IS NULL OR v_chat.version = 1;
+            v_payload := jsonb_build_object(
+                'kind', 'message', 'chat_id', r.chat_id, 'version', v_chat.version,
+                'status', v_chat.status, 'last_message_id', r.last_id, 'count', r.n
+            );
+            PERFORM pg_notify(chatd._chat_channel(r.chat_id), v_payload::text);
+        END LOOP;
+    ELSE
+        FOR r IN
+            SELECT
+                n.chat_id,
+                (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = n.chat_id) AS last_id,
+                count(*) AS n,
+                min(n.id) FILTER (WHERE n.deleted AND NOT o.deleted) AS deleted_from
+            FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+            WHERE (n.deleted, n.content, n.visibility) IS DISTINCT FROM (o.deleted, o.content, o.visibility)
+            GROUP BY n.chat_id ORDER BY n.chat_id
+        LOOP
+            v_chat := chatd._touch_chat(r.chat_id);
+            CONTINUE WHEN v_chat.id IS NULL;
+            v_payload := jsonb_strip_nulls(jsonb_build_object(
+                'kind', 'message', 'chat_id', r.chat_id, 'version', v_chat.version,
+                'status', v_chat.status, 'last_message_id', r.last_id, 'count', r.n,
+                'deleted_from', r.deleted_from
+            ));
+            PERFORM pg_notify(chatd._chat_channel(r.chat_id), v_payload::text);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER messages_notify_insert
+AFTER INSERT ON chatd.messages
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION chatd.messages_notify();
+
+CREATE OR REPLACE TRIGGER messages_notify_update
+AFTER UPDATE ON chatd.messages
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION chatd.messages_notify();
+
+CREATE OR REPLACE FUNCTION chatd.queue_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat_ids uuid[];
+    v_chat_id uuid;
+    v_chat chatd.chats;
+BEGIN
+    -- the chat ids touched by this statement, whatever the operation
+    IF TG_OP = 'INSERT' THEN
+        v_chat_ids := ARRAY(SELECT DISTINCT n.chat_id FROM new_rows AS n ORDER BY n.chat_id);
+    ELSIF TG_OP = 'DELETE' THEN
+        v_chat_ids := ARRAY(SELECT DISTINCT o.chat_id FROM old_rows AS o ORDER BY o.chat_id);
+    ELSE
+        v_chat_ids := ARRAY(
+            SELECT n.chat_id FROM new_rows AS n UNION SELECT o.chat_id FROM old_rows AS o ORDER BY 1
+        );
+    END IF;
+    FOREACH v_chat_id IN ARRAY v_chat_ids
+    LOOP
+        v_chat := chatd._touch_chat(v_chat_id);
+        CONTINUE WHEN v_chat.id IS NULL;
+        PERFORM pg_notify(chatd._chat_channel(v_chat_id), jsonb_build_object(
+            'kind', 'queue', 'chat_id', v_chat_id, 'version', v_chat.version, 'status', v_chat.status,
+            'queue_length', (SELECT count(*) FROM chatd.queued_messages AS q WHERE q.chat_id = v_chat_id)
+        )::text);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER queued_messages_notify_insert
+AFTER INSERT ON chatd.queued_messages
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION chatd.queue_notify();
+
+CREATE OR REPLACE TRIGGER queued_messages_notify_update
+AFTER UPDATE ON chatd.queued_messages
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION chatd.queue_notify();
+
+CREATE OR REPLACE TRIGGER queued_messages_notify_delete
+AFTER DELETE ON chatd.queued_messages
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION chatd.queue_notify();
+
+CREATE OR REPLACE FUNCTION chatd.stream_parts_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_payload jsonb;
+BEGIN
+    v_payload := jsonb_build_object(
+        'kind', 'parts', 'chat_id', NEW.chat_id, 'lease', NEW.lease, 'seq', NEW.seq, 'parts', NEW.parts
+    );
+    -- NOTIFY payloads must stay under 8000 bytes: send only the seq when the
+    -- parts are big; the subscriber reads them with get_chat_snapshot.
+    IF octet_length(v_payload::text) > 7000 THEN
+        v_payload := v_payload - 'parts' || jsonb_build_object('truncated', TRUE);
+    END IF;
+    PERFORM pg_notify(chatd._chat_channel(NEW.chat_id), v_payload::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER stream_parts_notify
+AFTER INSERT ON chatd.stream_parts
+FOR EACH ROW EXECUTE FUNCTION chatd.stream_parts_notify();

@@ -1,0 +1,294 @@
+-- Application functions on chats (for chatd_app): create, interrupt, edit,
+-- archive, unarchive, title. Every function takes the acting user first and
+-- refuses (CD002) unless that user owns the chat and is a member of its
+-- organization. See docs/state-machine.md.
+
+-- Creates a chat: one INSERT of the final pending row, then its system
+-- prompt and first user message in one INSERT. A sub-agent chat (parent
+-- given) lives in the parent's organization and inherits its client type
+-- and root. Admission (spend) is checked first.
+CREATE OR REPLACE FUNCTION chatd.create_chat(
+    p_user_id uuid,
+    p_organization_id uuid,
+    p_content jsonb,
+    p_model_config_id uuid DEFAULT NULL,
+    p_title text DEFAULT NULL,
+    p_system_prompt text DEFAULT NULL,
+    p_workspace_id uuid DEFAULT NULL,
+    p_parent_chat_id uuid DEFAULT NULL,
+    p_client_type chatd.client_type DEFAULT NULL
+)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_id uuid := gen_random_uuid();
+    v_org uuid := p_organization_id;
+    v_root uuid := v_id;
+    v_client_type chatd.client_type := coalesce(p_client_type, 'api');
+    v_parent chatd.chats;
+    v_workspace_org uuid;
+    v_content jsonb;
+    v_model uuid;
+BEGIN
+    v_content := chatd._content(p_content);
+    v_model := chatd._usable_model(p_model_config_id);
+    IF length(p_title) > 1000 THEN
+        RAISE EXCEPTION 'invalid title: longer than 1000 characters' USING ERRCODE = 'CD007';
+    END IF;
+
+    IF p_parent_chat_id IS NOT NULL THEN
+        -- locked: an archive of the parent cannot miss this child
+        v_parent := chatd._authorized_chat(p_user_id, p_parent_chat_id, TRUE);
+        IF v_parent.archived THEN
+            RAISE EXCEPTION 'chat % is archived: no sub-agent chat can be created under it', v_parent.id
+                USING ERRCODE = 'CD008';
+        END IF;
+        IF v_org IS NOT NULL AND v_org <> v_parent.organization_id THEN
+            RAISE EXCEPTION 'invalid organization %: a sub-agent chat lives in its parent''s organization %',
+                v_org, v_parent.organization_id
+                USING ERRCODE = 'CD007';
+        END IF;
+        IF p_client_type IS NOT NULL AND p_client_type <> v_parent.client_type THEN
+            RAISE EXCEPTION 'invalid client type %: a sub-agent chat inherits its parent''s client type %',
+                p_client_type, v_parent.client_type
+                USING ERRCODE = 'CD007';
+        END IF;
+        v_org := v_parent.organization_id;
+        v_root := v_parent.root_chat_id;
+        v_client_type := v_parent.client_type;
+    END IF;
+
+    IF v_org IS NULL THEN
+        RAISE EXCEPTION 'invalid organization: an organization is required' USING ERRCODE = 'CD007';
+    END IF;
+    IF p_user_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM chatd.organization_members AS om
+        WHERE om.organization_id = v_org AND om.user_id = p_user_id
+    ) THEN
+        RAISE EXCEPTION 'user % may not create chats in organization %', p_user_id, v_org USING ERRCODE = 'CD002';
+    END IF;
+
+    IF p_workspace_id IS NOT NULL THEN
+        SELECT w.organization_id INTO v_workspace_org FROM chatd.workspaces AS w WHERE w.id = p_workspace_id;
+        IF v_workspace_org IS NULL THEN
+            RAISE EXCEPTION 'invalid workspace: workspace % not found', p_workspace_id USING ERRCODE = 'CD007';
+        END IF;
+        IF v_workspace_org <> v_org THEN
+            RAISE EXCEPTION 'invalid workspace: workspace % belongs to another organization than %',
+                p_workspace_id, v_org
+                USING ERRCODE = 'CD007';
+        END IF;
+    END IF;
+
+    PERFORM chatd.admit_spend(p_user_id, v_org);
+
+    INSERT INTO chatd.chats (
+        id, organization_id, owner_id, workspace_id, parent_chat_id, root_chat_id,
+        title, status, client_type, model_config_id
+    )
+    VALUES (
+        v_id, v_org, p_user_id, p_workspace_id, p_parent_chat_id, v_root,
+        coalesce(p_title, ''), 'pending', v_client_type, v_model
+    );
+    INSERT INTO chatd.messages (chat_id, role, content, visibility, created_by)
+    SELECT v_id, m.role, m.content, m.visibility, p_user_id
+    FROM (VALUES
+        (1, 'system'::chatd.message_role,
+            jsonb_build_array(jsonb_build_object('type', 'text', 'text', p_system_prompt)),
+            'model'::chatd.message_visibility),
+        (2, 'user'::chatd.message_role, v_content, 'both'::chatd.message_visibility)
+    ) AS m (ord, role, content, visibility)
+    WHERE m.ord = 2 OR coalesce(p_system_prompt, '') <> ''
+    ORDER BY m.ord;
+    RETURN v_id;
+END
+$$;
+
+-- Stops the current turn: pending or running -> waiting. When messages are
+-- queued, the turn is over and the queue head goes out at once (-> pending).
+-- The lease is NOT bumped: the interrupted worker may still save its partial
+-- message with save_interrupted_turn until the next claim. Waiting, error
+-- and requires_action chats are left as they are. Returns the new status.
+CREATE OR REPLACE FUNCTION chatd.interrupt_chat(p_user_id uuid, p_chat_id uuid)
+RETURNS chatd.chat_status
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_head chatd.queued_messages;
+    v_status chatd.chat_status;
+BEGIN
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    IF v_chat.status NOT IN ('pending', 'running') THEN
+        RETURN v_chat.status;
+    END IF;
+    SELECT q.* INTO v_head FROM chatd.queued_messages AS q
+    WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+    UPDATE chatd.chats AS c
+    SET status = CASE WHEN v_head.id IS NULL THEN 'waiting' ELSE 'pending' END::chatd.chat_status,
+        worker_id = NULL, heartbeat_at = NULL, attempt = 0, recoveries = 0, retry_state = NULL,
+        last_error = NULL, next_attempt_at = now(),
+        model_config_id = coalesce(v_head.model_config_id, c.model_config_id)
+    WHERE c.id = p_chat_id
+    RETURNING c.status INTO v_status;
+    IF v_head.id IS NOT NULL THEN
+        PERFORM chatd._promote_queue_head(p_chat_id);
+    END IF;
+    RETURN v_status;
+END
+$$;
+
+-- Edits a user message: soft-deletes it and every later message, clears the
+-- queue, inserts the new content as a user message and runs the chat again
+-- (any status -> pending; the lease is bumped so a worker still running the
+-- old turn can write nothing). Optional new model. Refused on archived
+-- chats (CD008). Admission (spend) is checked. Returns the new message id.
+CREATE OR REPLACE FUNCTION chatd.edit_message(
+    p_user_id uuid,
+    p_chat_id uuid,
+    p_message_id bigint,
+    p_content jsonb,
+    p_model_config_id uuid DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_content jsonb;
+    v_model uuid;
+    v_id bigint;
+BEGIN
+    v_content := chatd._content(p_content);
+    IF p_model_config_id IS NOT NULL THEN
+        v_model := chatd._usable_model(p_model_config_id);
+    END IF;
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    IF v_chat.archived THEN
+        RAISE EXCEPTION 'chat % is archived: edit_message refused (% -> pending)', p_chat_id, v_chat.status
+            USING ERRCODE = 'CD008';
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM chatd.messages AS m
+        WHERE m.id = p_message_id AND m.chat_id = p_chat_id AND m.role = 'user' AND NOT m.deleted
+    ) THEN
+        RAISE EXCEPTION 'invalid message: % is not a live user message of chat %', p_message_id, p_chat_id
+            USING ERRCODE = 'CD007';
+    END IF;
+    PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
+
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
+        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
+        model_config_id = coalesce(v_model, c.model_config_id)
+    WHERE c.id = p_chat_id;
+    UPDATE chatd.messages AS m SET deleted = TRUE
+    WHERE m.chat_id = p_chat_id AND m.id >= p_message_id AND NOT m.deleted;
+    DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
+    INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
+    VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+-- The chat and all its descendants (sub-agent chats), locked: the tree's
+-- root first, then the subtree in id order, so concurrent tree operations
+-- cannot deadlock each other.
+CREATE OR REPLACE FUNCTION chatd._lock_subtree(p_chat chatd.chats)
+RETURNS uuid[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM chatd.chats AS c WHERE c.id = p_chat.root_chat_id FOR UPDATE;
+    RETURN ARRAY(
+        WITH RECURSIVE tree AS (
+            SELECT c.id FROM chatd.chats AS c WHERE c.id = p_chat.id
+            UNION
+            SELECT c.id FROM chatd.chats AS c JOIN tree ON c.parent_chat_id = tree.id
+        )
+        SELECT c.id FROM chatd.chats AS c
+        WHERE c.id IN (SELECT tree.id FROM tree)
+        ORDER BY c.id
+        FOR UPDATE OF c
+    );
+END
+$$;
+
+-- Archives the chat and its descendants. A busy member (pending, running)
+-- goes to waiting in the same UPDATE (no lease bump: its worker may still
+-- save the partial message); queued messages of the tree are dropped.
+-- Returns how many chats were archived by this call.
+CREATE OR REPLACE FUNCTION chatd.archive_chat(p_user_id uuid, p_chat_id uuid)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_tree uuid[];
+    v_count integer;
+BEGIN
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
+    v_tree := chatd._lock_subtree(v_chat);
+    DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = ANY (v_tree);
+    UPDATE chatd.chats AS c
+    SET archived = TRUE,
+        status = CASE WHEN c.status IN ('pending', 'running') THEN 'waiting' ELSE c.status END::chatd.chat_status,
+        worker_id = NULL,
+        heartbeat_at = CASE WHEN c.status = 'running' THEN NULL ELSE c.heartbeat_at END,
+        attempt = CASE WHEN c.status IN ('pending', 'running') THEN 0 ELSE c.attempt END,
+        recoveries = CASE WHEN c.status IN ('pending', 'running') THEN 0 ELSE c.recoveries END,
+        retry_state = CASE WHEN c.status IN ('pending', 'running') THEN NULL ELSE c.retry_state END
+    WHERE c.id = ANY (v_tree) AND NOT c.archived;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+-- Unarchives the chat and its descendants. Refused (CD008) while the
+-- chat's parent is archived. Returns how many chats were unarchived.
+CREATE OR REPLACE FUNCTION chatd.unarchive_chat(p_user_id uuid, p_chat_id uuid)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_tree uuid[];
+    v_count integer;
+BEGIN
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
+    v_tree := chatd._lock_subtree(v_chat);
+    IF EXISTS (
+        SELECT 1 FROM chatd.chats AS p WHERE p.id = v_chat.parent_chat_id AND p.archived
+    ) THEN
+        RAISE EXCEPTION 'chat % cannot be unarchived: its parent % is archived', p_chat_id, v_chat.parent_chat_id
+            USING ERRCODE = 'CD008';
+    END IF;
+    UPDATE chatd.chats AS c SET archived = FALSE
+    WHERE c.id = ANY (v_tree) AND c.archived;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+-- Sets a chat's title (notifies kind "title").
+CREATE OR REPLACE FUNCTION chatd.set_chat_title(p_user_id uuid, p_chat_id uuid, p_title text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF p_title IS NULL OR length(p_title) > 1000 THEN
+        RAISE EXCEPTION 'invalid title: required, at most 1000 characters' USING ERRCODE = 'CD007';
+    END IF;
+    PERFORM chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    UPDATE chatd.chats AS c SET title = p_title WHERE c.id = p_chat_id;
+END
+$$;

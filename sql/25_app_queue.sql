@@ -1,0 +1,181 @@
+-- Application functions for messages and the queue (for chatd_app):
+-- send_message, delete_queued_message, promote_queued_message.
+
+-- Starts a new turn on a locked chat: -> pending, due now, turn counters
+-- reset, last error cleared, optionally a new model. The lease is left as is.
+CREATE OR REPLACE FUNCTION chatd._start_turn(p_chat_id uuid, p_model_config_id uuid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
+        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
+        model_config_id = coalesce(p_model_config_id, c.model_config_id)
+    WHERE c.id = p_chat_id;
+END
+$$;
+
+-- Appends to a locked chat's queue (FIFO); CD005 when it holds
+-- settings.queue_limit messages already. Returns the queued message.
+CREATE OR REPLACE FUNCTION chatd._enqueue(p_chat_id uuid, p_user_id uuid, p_content jsonb, p_model_config_id uuid)
+RETURNS chatd.queued_messages
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_limit integer;
+    v_count bigint;
+    v_next bigint;
+    v_row chatd.queued_messages;
+BEGIN
+    SELECT s.queue_limit INTO STRICT v_limit FROM chatd.settings AS s;
+    SELECT count(*), coalesce(max(q.position), 0) + 1 INTO v_count, v_next
+    FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
+    IF v_count >= v_limit THEN
+        RAISE EXCEPTION 'chat %: queue full (% of % messages)', p_chat_id, v_count, v_limit
+            USING ERRCODE = 'CD005';
+    END IF;
+    INSERT INTO chatd.queued_messages (chat_id, position, content, model_config_id, created_by)
+    VALUES (p_chat_id, v_next, p_content, p_model_config_id, p_user_id)
+    RETURNING * INTO v_row;
+    RETURN v_row;
+END
+$$;
+
+-- Sends a user message.
+--   waiting/error, empty queue: -> pending at once (admission checked);
+--   pending/running or a non-empty queue: queued (FIFO, CD005 when full);
+--   busy_behavior 'interrupt' on a pending/running chat: the turn stops and
+--   the message goes out at once (or, behind a non-empty queue, is queued and
+--   the queue head goes out at once): -> pending.
+-- A waiting chat never keeps a non-empty queue: should one exist, the
+-- message is queued and the head goes out. requires_action: CD003.
+-- Returns {queued, message_id | queued_id, position, interrupted, status, version}.
+CREATE OR REPLACE FUNCTION chatd.send_message(
+    p_user_id uuid,
+    p_chat_id uuid,
+    p_content jsonb,
+    p_busy_behavior text DEFAULT 'queue',
+    p_model_config_id uuid DEFAULT NULL
+)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_content jsonb;
+    v_model uuid;
+    v_queue_length bigint;
+    v_busy boolean;
+    v_interrupt boolean;
+    v_queued chatd.queued_messages;
+    v_head_model uuid;
+    v_message_id bigint;
+    v_result jsonb;
+BEGIN
+    v_content := chatd._content(p_content);
+    IF p_busy_behavior IS NULL OR p_busy_behavior NOT IN ('queue', 'interrupt') THEN
+        RAISE EXCEPTION 'invalid busy_behavior %: expected queue or interrupt', p_busy_behavior
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF p_model_config_id IS NOT NULL THEN
+        v_model := chatd._usable_model(p_model_config_id);
+    END IF;
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    IF v_chat.archived THEN
+        RAISE EXCEPTION 'chat % is archived: send_message refused', p_chat_id USING ERRCODE = 'CD008';
+    END IF;
+    IF v_chat.status = 'requires_action' THEN
+        RAISE EXCEPTION 'chat %: invalid status transition from requires_action to pending (send_message)', p_chat_id
+            USING ERRCODE = 'CD003';
+    END IF;
+    SELECT count(*) INTO v_queue_length FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
+    v_busy := v_chat.status IN ('pending', 'running');
+    v_interrupt := v_busy AND p_busy_behavior = 'interrupt';
+
+    IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
+        -- sent now
+        PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
+        PERFORM chatd._start_turn(p_chat_id, v_model);
+        INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
+        VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
+        RETURNING id INTO v_message_id;
+        v_result := jsonb_build_object('queued', FALSE, 'message_id', v_message_id);
+    ELSE
+        v_queued := chatd._enqueue(p_chat_id, p_user_id, v_content, v_model);
+        v_result := jsonb_build_object('queued', TRUE, 'queued_id', v_queued.id, 'position', v_queued.position);
+        IF v_interrupt OR (NOT v_busy AND v_chat.status = 'waiting') THEN
+            -- the turn is over (or there was none): the queue head goes out
+            SELECT q.model_config_id INTO v_head_model FROM chatd.queued_messages AS q
+            WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+            PERFORM chatd._start_turn(p_chat_id, v_head_model);
+            PERFORM chatd._promote_queue_head(p_chat_id);
+        END IF;
+    END IF;
+    SELECT v_result || jsonb_build_object('interrupted', v_interrupt, 'status', c.status, 'version', c.version)
+    INTO v_result
+    FROM chatd.chats AS c WHERE c.id = p_chat_id;
+    RETURN v_result;
+END
+$$;
+
+-- Removes a queued message (CD007 when it is not in this chat's queue).
+CREATE OR REPLACE FUNCTION chatd.delete_queued_message(p_user_id uuid, p_chat_id uuid, p_queued_id bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+BEGIN
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    IF v_chat.archived THEN
+        RAISE EXCEPTION 'chat % is archived: delete_queued_message refused', p_chat_id USING ERRCODE = 'CD008';
+    END IF;
+    DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id AND q.chat_id = p_chat_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'invalid queued message: % is not queued in chat %', p_queued_id, p_chat_id
+            USING ERRCODE = 'CD007';
+    END IF;
+END
+$$;
+
+-- Sends a queued message now: it leaves the queue, becomes a user message,
+-- and the chat goes to pending. A running or pending turn is interrupted
+-- (no lease bump, as interrupt_chat). No admission check: the message was
+-- accepted when it was queued. requires_action: CD003. Returns the message id.
+CREATE OR REPLACE FUNCTION chatd.promote_queued_message(p_user_id uuid, p_chat_id uuid, p_queued_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_queued chatd.queued_messages;
+    v_id bigint;
+BEGIN
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    IF v_chat.archived THEN
+        RAISE EXCEPTION 'chat % is archived: promote_queued_message refused', p_chat_id USING ERRCODE = 'CD008';
+    END IF;
+    IF v_chat.status = 'requires_action' THEN
+        RAISE EXCEPTION 'chat %: invalid status transition from requires_action to pending (promote_queued_message)',
+            p_chat_id
+            USING ERRCODE = 'CD003';
+    END IF;
+    SELECT q.* INTO v_queued FROM chatd.queued_messages AS q WHERE q.id = p_queued_id AND q.chat_id = p_chat_id;
+    IF v_queued.id IS NULL THEN
+        RAISE EXCEPTION 'invalid queued message: % is not queued in chat %', p_queued_id, p_chat_id
+            USING ERRCODE = 'CD007';
+    END IF;
+    PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
+    DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id;
+    INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
+    VALUES (p_chat_id, 'user', v_queued.content, v_queued.model_config_id, v_queued.created_by)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;

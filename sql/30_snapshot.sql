@@ -1,0 +1,149 @@
+-- Read functions (for chatd_app): the subscriber's snapshot and chat lists.
+
+-- One consistent read (a single statement, so a single MVCC snapshot) of
+-- everything a subscriber needs after LISTEN: the chat row with its version,
+-- the user-visible, non-deleted messages with id > p_after_message_id, the
+-- queue, and the stream parts of the running turn. Apply afterwards only
+-- notifications with a version greater than "version" (parts: lease equal
+-- to parts_lease and seq greater than the last seq here, or a newer lease).
+CREATE OR REPLACE FUNCTION chatd.get_chat_snapshot(
+    p_user_id uuid,
+    p_chat_id uuid,
+    p_after_message_id bigint DEFAULT 0
+)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    PERFORM chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
+    SELECT jsonb_build_object(
+        'chat', jsonb_build_object(
+            'id', c.id,
+            'organization_id', c.organization_id,
+            'owner_id', c.owner_id,
+            'workspace_id', c.workspace_id,
+            'parent_chat_id', c.parent_chat_id,
+            'root_chat_id', c.root_chat_id,
+            'title', c.title,
+            'status', c.status,
+            'client_type', c.client_type,
+            'model_config_id', c.model_config_id,
+            'archived', c.archived,
+            'worker_id', c.worker_id,
+            'lease', c.lease,
+            'attempt', c.attempt,
+            'next_attempt_at', c.next_attempt_at,
+            'retry_state', c.retry_state,
+            'last_error', c.last_error,
+            'version', c.version,
+            'created_at', c.created_at,
+            'updated_at', c.updated_at
+        ),
+        'version', c.version,
+        'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id),
+        'messages', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'id', m.id,
+                'role', m.role,
+                'content', m.content,
+                'visibility', m.visibility,
+                'model_config_id', m.model_config_id,
+                'input_tokens', m.input_tokens,
+                'output_tokens', m.output_tokens,
+                'reasoning_tokens', m.reasoning_tokens,
+                'cache_read_tokens', m.cache_read_tokens,
+                'cache_write_tokens', m.cache_write_tokens,
+                'total_cost_micros', m.total_cost_micros,
+                'runtime_ms', m.runtime_ms,
+                'created_by', m.created_by,
+                'created_at', m.created_at
+            ) ORDER BY m.id)
+            FROM chatd.messages AS m
+            WHERE m.chat_id = c.id AND m.id > coalesce(p_after_message_id, 0)
+                AND NOT m.deleted AND m.visibility IN ('user', 'both')
+        ), '[]'::jsonb),
+        'queue', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                'id', q.id,
+                'position', q.position,
+                'content', q.content,
+                'model_config_id', q.model_config_id,
+                'created_by', q.created_by,
+                'created_at', q.created_at
+            ) ORDER BY q.position)
+            FROM chatd.queued_messages AS q WHERE q.chat_id = c.id
+        ), '[]'::jsonb),
+        'parts_lease', CASE WHEN c.status = 'running' THEN c.lease END,
+        'parts', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('seq', p.seq, 'parts', p.parts) ORDER BY p.seq)
+            FROM chatd.stream_parts AS p
+            WHERE c.status = 'running' AND p.chat_id = c.id AND p.lease = c.lease
+        ), '[]'::jsonb)
+    )
+    INTO v_result
+    FROM chatd.chats AS c
+    WHERE c.id = p_chat_id;
+    RETURN v_result;
+END
+$$;
+
+-- The acting user's chats (owned, in organizations they belong to),
+-- most recently updated first; p_before (an updated_at) pages.
+CREATE OR REPLACE FUNCTION chatd.list_chats(
+    p_user_id uuid,
+    p_organization_id uuid DEFAULT NULL,
+    p_include_archived boolean DEFAULT FALSE,
+    p_limit integer DEFAULT 50,
+    p_before timestamptz DEFAULT NULL
+)
+RETURNS TABLE (
+    id uuid,
+    organization_id uuid,
+    workspace_id uuid,
+    parent_chat_id uuid,
+    root_chat_id uuid,
+    title text,
+    status chatd.chat_status,
+    client_type chatd.client_type,
+    model_config_id uuid,
+    archived boolean,
+    last_error jsonb,
+    version bigint,
+    created_at timestamptz,
+    updated_at timestamptz
+)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'invalid limit %: expected 1 to 1000', p_limit USING ERRCODE = 'CD007';
+    END IF;
+    IF p_organization_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM chatd.organization_members AS om
+        WHERE om.organization_id = p_organization_id AND om.user_id = p_user_id
+    ) THEN
+        RAISE EXCEPTION 'user % is not a member of organization %', p_user_id, p_organization_id
+            USING ERRCODE = 'CD002';
+    END IF;
+    RETURN QUERY
+    SELECT
+        c.id, c.organization_id, c.workspace_id, c.parent_chat_id, c.root_chat_id, c.title,
+        c.status, c.client_type, c.model_config_id, c.archived, c.last_error, c.version,
+        c.created_at, c.updated_at
+    FROM chatd.chats AS c
+    WHERE c.owner_id = p_user_id
+        AND (p_organization_id IS NULL OR c.organization_id = p_organization_id)
+        AND (p_include_archived OR NOT c.archived)
+        AND (p_before IS NULL OR c.updated_at < p_before)
+        AND EXISTS (
+            SELECT 1 FROM chatd.organization_members AS om
+            WHERE om.organization_id = c.organization_id AND om.user_id = p_user_id
+        )
+    ORDER BY c.updated_at DESC, c.id
+    LIMIT p_limit;
+END
+$$;

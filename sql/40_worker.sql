@@ -1,0 +1,430 @@
+-- Worker functions (for chatd_worker): claim, heartbeat, stream, finish,
+-- fail, release. Every write names (chat_id, lease): a worker whose lease was
+-- lost (recovered, interrupted, re-claimed, released) changes nothing and
+-- gets SQLSTATE CD004. See docs/state-machine.md.
+
+-- The model a worker needs for a chat's model config.
+CREATE OR REPLACE FUNCTION chatd._model_json(p_model_config_id uuid)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'model_config_id', m.id,
+        'model', m.model,
+        'max_output_tokens', m.max_output_tokens,
+        'provider', jsonb_build_object(
+            'name', p.name, 'kind', p.kind, 'base_url', p.base_url, 'api_key_env', p.api_key_env
+        )
+    )
+    FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+    WHERE m.id = p_model_config_id
+$$;
+
+-- Locks a chat for a worker write and checks the fence: the chat must be
+-- running under p_lease. CD001 when the chat is gone, CD004 otherwise.
+CREATE OR REPLACE FUNCTION chatd._fenced_chat(p_chat_id uuid, p_lease bigint, p_action text)
+RETURNS chatd.chats
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+BEGIN
+    SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
+    END IF;
+    IF v_chat.status <> 'running' OR v_chat.lease <> p_lease THEN
+        RAISE EXCEPTION 'chat %: lease % lost (chat is % under lease %), % refused',
+            p_chat_id, p_lease, v_chat.status, v_chat.lease, p_action
+            USING ERRCODE = 'CD004';
+    END IF;
+    RETURN v_chat;
+END
+$$;
+
+-- Claims up to p_limit runnable chats (pending, due, not archived), oldest
+-- due first, skipping rows another worker is claiming. Each claim bumps the
+-- lease. Returns everything the turn needs.
+CREATE OR REPLACE FUNCTION chatd.acquire_chats(p_worker_id text, p_limit integer)
+RETURNS TABLE (chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'invalid worker id %', p_worker_id USING ERRCODE = 'CD007';
+    END IF;
+    IF p_limit IS NULL OR p_limit < 0 THEN
+        RAISE EXCEPTION 'invalid limit %', p_limit USING ERRCODE = 'CD007';
+    END IF;
+    RETURN QUERY
+    WITH candidates AS (
+        SELECT c.id
+        FROM chatd.chats AS c
+        WHERE c.status = 'pending' AND NOT c.archived AND c.next_attempt_at <= now()
+        ORDER BY c.next_attempt_at, c.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ),
+    claimed AS (
+        UPDATE chatd.chats AS c
+        SET status = 'running',
+            worker_id = p_worker_id,
+            lease = c.lease + 1,
+            started_at = now(),
+            heartbeat_at = now()
+        FROM candidates
+        WHERE c.id = candidates.id
+        RETURNING c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at
+    )
+    SELECT
+        cl.id,
+        cl.lease,
+        cl.attempt,
+        chatd._model_json(cl.model_config_id),
+        coalesce((
+            SELECT jsonb_agg(jsonb_build_object('id', m.id, 'role', m.role, 'content', m.content) ORDER BY m.id)
+            FROM chatd.messages AS m
+            WHERE m.chat_id = cl.id AND NOT m.deleted AND m.visibility IN ('model', 'both')
+        ), '[]'::jsonb)
+    FROM claimed AS cl
+    ORDER BY cl.next_attempt_at, cl.id;
+END
+$$;
+
+-- One batched UPDATE of heartbeat_at for the chats this worker runs under
+-- the given leases. Returns the given chats it no longer owns under that
+-- lease (the worker cancels those turns). Heartbeats bump no version and
+-- notify nothing.
+CREATE OR REPLACE FUNCTION chatd.heartbeat(p_worker_id text, p_chat_ids uuid[], p_leases bigint[])
+RETURNS TABLE (chat_id uuid)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF cardinality(p_chat_ids) IS DISTINCT FROM cardinality(p_leases) THEN
+        RAISE EXCEPTION 'heartbeat: % chat ids but % leases', cardinality(p_chat_ids), cardinality(p_leases)
+            USING ERRCODE = 'CD007';
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT DISTINCT i.chat_id, i.lease FROM unnest(p_chat_ids, p_leases) AS i (chat_id, lease)
+    ),
+    beat AS (
+        UPDATE chatd.chats AS c
+        SET heartbeat_at = now()
+        FROM input
+        WHERE c.id = input.chat_id
+            AND c.lease = input.lease
+            AND c.status = 'running'
+            AND c.worker_id = p_worker_id
+        RETURNING c.id
+    )
+    SELECT input.chat_id FROM input
+    WHERE input.chat_id NOT IN (SELECT beat.id FROM beat)
+    ORDER BY input.chat_id;
+END
+$$;
+
+-- Stores one batch of streamed partial output of the running turn and
+-- notifies it on the chat's channel. Idempotent per (chat, lease, seq).
+CREATE OR REPLACE FUNCTION chatd.publish_parts(p_chat_id uuid, p_lease bigint, p_seq integer, p_parts jsonb)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF p_seq IS NULL OR p_seq < 0 THEN
+        RAISE EXCEPTION 'publish_parts: invalid seq %', p_seq USING ERRCODE = 'CD007';
+    END IF;
+    IF jsonb_typeof(p_parts) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'publish_parts: parts must be a JSON array' USING ERRCODE = 'CD007';
+    END IF;
+    PERFORM chatd._fenced_chat(p_chat_id, p_lease, 'publish_parts');
+    INSERT INTO chatd.stream_parts (chat_id, lease, seq, parts)
+    VALUES (p_chat_id, p_lease, p_seq, p_parts)
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- Inserts the messages of a finished or interrupted turn: the tool-round
+-- messages first (in order), then the assistant message carrying usage,
+-- cost and runtime. Returns the assistant message id.
+CREATE OR REPLACE FUNCTION chatd._insert_turn_messages(
+    p_chat chatd.chats,
+    p_content jsonb,
+    p_usage jsonb,
+    p_provider_response_id text,
+    p_runtime_ms bigint,
+    p_tool_messages jsonb
+)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_usage jsonb := coalesce(p_usage, '{}'::jsonb);
+    v_input bigint;
+    v_output bigint;
+    v_reasoning bigint;
+    v_cache_read bigint;
+    v_cache_write bigint;
+    v_content jsonb;
+    v_tool jsonb;
+    v_id bigint;
+BEGIN
+    v_content := chatd._content(p_content);
+    IF jsonb_typeof(v_usage) <> 'object' THEN
+        RAISE EXCEPTION 'invalid usage for chat %: expected an object', p_chat.id USING ERRCODE = 'CD007';
+    END IF;
+    IF p_runtime_ms < 0 THEN
+        RAISE EXCEPTION 'invalid runtime_ms % for chat %', p_runtime_ms, p_chat.id USING ERRCODE = 'CD007';
+    END IF;
+    BEGIN
+        v_input := (v_usage ->> 'input_tokens')::bigint;
+        v_output := (v_usage ->> 'output_tokens')::bigint;
+        v_reasoning := (v_usage ->> 'reasoning_tokens')::bigint;
+        v_cache_read := (v_usage ->> 'cache_read_tokens')::bigint;
+        v_cache_write := (v_usage ->> 'cache_write_tokens')::bigint;
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+        RAISE EXCEPTION 'invalid usage for chat %: token counts must be integers', p_chat.id
+            USING ERRCODE = 'CD007';
+    END;
+    IF least(v_input, v_output, v_reasoning, v_cache_read, v_cache_write) < 0 THEN
+        RAISE EXCEPTION 'invalid usage for chat %: negative token count', p_chat.id USING ERRCODE = 'CD007';
+    END IF;
+    IF jsonb_typeof(coalesce(p_tool_messages, '[]'::jsonb)) <> 'array' THEN
+        RAISE EXCEPTION 'invalid tool messages for chat %: expected an array', p_chat.id USING ERRCODE = 'CD007';
+    END IF;
+
+    FOR v_tool IN SELECT e.value FROM jsonb_array_elements(coalesce(p_tool_messages, '[]'::jsonb)) AS e (value) LOOP
+        IF jsonb_typeof(v_tool) <> 'object' OR coalesce(v_tool ->> 'role', 'tool') NOT IN ('assistant', 'tool') THEN
+            RAISE EXCEPTION 'invalid tool message for chat %: expected {role: assistant|tool, content}', p_chat.id
+                USING ERRCODE = 'CD007';
+        END IF;
+        INSERT INTO chatd.messages (chat_id, role, content, model_config_id)
+        VALUES (
+            p_chat.id,
+            coalesce(v_tool ->> 'role', 'tool')::chatd.message_role,
+            chatd._content(v_tool -> 'content'),
+            p_chat.model_config_id
+        );
+    END LOOP;
+
+    INSERT INTO chatd.messages (
+        chat_id, role, content, model_config_id,
+        input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
+        total_cost_micros, runtime_ms, provider_response_id
+    )
+    VALUES (
+        p_chat.id, 'assistant', v_content, p_chat.model_config_id,
+        v_input, v_output, v_reasoning, v_cache_read, v_cache_write,
+        chatd.message_cost_micros(p_chat.model_config_id, v_input, v_output, v_cache_read, v_cache_write),
+        p_runtime_ms, p_provider_response_id
+    )
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+
+-- Moves the head of a chat's queue into the conversation: deletes it,
+-- inserts it as a user message, and returns its model config (NULL when
+-- the queued message keeps the chat's model) or NULL when the queue is
+-- empty. The caller has locked the chat and updated its status.
+CREATE OR REPLACE FUNCTION chatd._promote_queue_head(p_chat_id uuid, OUT o_promoted boolean, OUT o_model uuid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_head chatd.queued_messages;
+BEGIN
+    DELETE FROM chatd.queued_messages AS q
+    WHERE q.id = (
+        SELECT q2.id FROM chatd.queued_messages AS q2 WHERE q2.chat_id = p_chat_id ORDER BY q2.position LIMIT 1
+    )
+    RETURNING q.* INTO v_head;
+    o_promoted := v_head.id IS NOT NULL;
+    o_model := v_head.model_config_id;
+    IF o_promoted THEN
+        INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
+        VALUES (p_chat_id, 'user', v_head.content, v_head.model_config_id, v_head.created_by);
+    END IF;
+END
+$$;
+
+-- Ends a turn successfully: persists the tool-round messages and the
+-- assistant message (usage, cost, runtime), then goes to waiting, or to
+-- pending with the queue head promoted to a user message. Returns the
+-- assistant message id. The lease is bumped (the turn is over).
+CREATE OR REPLACE FUNCTION chatd.finish_turn(
+    p_chat_id uuid,
+    p_lease bigint,
+    p_content jsonb,
+    p_usage jsonb DEFAULT '{}',
+    p_provider_response_id text DEFAULT NULL,
+    p_runtime_ms bigint DEFAULT NULL,
+    p_tool_messages jsonb DEFAULT '[]'
+)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_head chatd.queued_messages;
+    v_id bigint;
+BEGIN
+    v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'finish_turn');
+    SELECT q.* INTO v_head FROM chatd.queued_messages AS q
+    WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+
+    UPDATE chatd.chats AS c
+    SET status = CASE WHEN v_head.id IS NULL THEN 'waiting' ELSE 'pending' END::chatd.chat_status,
+        worker_id = NULL,
+        heartbeat_at = NULL,
+        lease = c.lease + 1,
+        attempt = 0,
+        recoveries = 0,
+        retry_state = NULL,
+        last_error = NULL,
+        next_attempt_at = now(),
+        model_config_id = coalesce(v_head.model_config_id, c.model_config_id)
+    WHERE c.id = p_chat_id;
+
+    v_id := chatd._insert_turn_messages(
+        v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, p_tool_messages
+    );
+    IF v_head.id IS NOT NULL THEN
+        PERFORM chatd._promote_queue_head(p_chat_id);
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- Persists the partial assistant message of a turn that interrupt_chat (or
+-- archive_chat) stopped. Allowed only while the chat is not running and
+-- its lease is still p_lease: no claim, edit, release or recovery happened
+-- since (each of those bumps the lease). CD004 otherwise.
+CREATE OR REPLACE FUNCTION chatd.save_interrupted_turn(
+    p_chat_id uuid,
+    p_lease bigint,
+    p_content jsonb,
+    p_usage jsonb DEFAULT '{}',
+    p_provider_response_id text DEFAULT NULL,
+    p_runtime_ms bigint DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+BEGIN
+    SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
+    END IF;
+    IF v_chat.lease <> p_lease OR v_chat.status = 'running' THEN
+        RAISE EXCEPTION 'chat %: lease % lost (chat is % under lease %), save_interrupted_turn refused',
+            p_chat_id, p_lease, v_chat.status, v_chat.lease
+            USING ERRCODE = 'CD004';
+    END IF;
+    RETURN chatd._insert_turn_messages(v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, '[]');
+END
+$$;
+
+-- Retry policy (DESIGN.md section 6). attempt counts the failed tries of the
+-- current turn. After failure number n (n = attempt + 1): a non-retryable
+-- error, or n >= settings.max_attempts, goes to error; otherwise the chat
+-- goes back to pending, due after
+--     delay = max(min(backoff_base * 2^(n-1), backoff_cap), retry_after)
+-- retry_state = {attempt, delay_ms, retrying_at, error} (error trimmed),
+-- last_error = the full error. The lease is bumped (the turn is over).
+CREATE OR REPLACE FUNCTION chatd.record_failure(
+    p_chat_id uuid,
+    p_lease bigint,
+    p_error jsonb,
+    p_retry_after_ms bigint DEFAULT NULL
+)
+RETURNS TABLE (status chatd.chat_status, attempt integer, next_attempt_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_settings chatd.settings;
+    v_attempt integer;
+    v_retryable boolean;
+    v_delay_ms bigint;
+    v_at timestamptz;
+BEGIN
+    IF jsonb_typeof(p_error) IS DISTINCT FROM 'object'
+        OR jsonb_typeof(p_error -> 'message') IS DISTINCT FROM 'string'
+        OR jsonb_typeof(p_error -> 'kind') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'record_failure: error must be an object with string message and kind'
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF p_retry_after_ms < 0 THEN
+        RAISE EXCEPTION 'record_failure: negative retry_after_ms %', p_retry_after_ms USING ERRCODE = 'CD007';
+    END IF;
+    v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'record_failure');
+    SELECT s.* INTO STRICT v_settings FROM chatd.settings AS s;
+    v_attempt := v_chat.attempt + 1;
+    v_retryable := jsonb_typeof(p_error -> 'retryable') = 'boolean' AND (p_error ->> 'retryable')::boolean;
+
+    IF NOT v_retryable OR v_attempt >= v_settings.max_attempts THEN
+        UPDATE chatd.chats AS c
+        SET status = 'error', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
+            attempt = v_attempt, retry_state = NULL, last_error = p_error, next_attempt_at = now()
+        WHERE c.id = p_chat_id
+        RETURNING c.status, c.attempt, c.next_attempt_at INTO status, attempt, next_attempt_at;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    v_delay_ms := least(
+        ceil(extract(EPOCH FROM v_settings.backoff_base) * 1000 * power(2::numeric, least(v_attempt - 1, 62))),
+        ceil(extract(EPOCH FROM v_settings.backoff_cap) * 1000)
+    )::bigint;
+    v_delay_ms := greatest(v_delay_ms, coalesce(p_retry_after_ms, 0));
+    v_at := now() + make_interval(secs => v_delay_ms / 1000.0);
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
+        attempt = v_attempt, last_error = p_error, next_attempt_at = v_at,
+        retry_state = jsonb_build_object(
+            'attempt', v_attempt, 'delay_ms', v_delay_ms, 'retrying_at', v_at,
+            'error', chatd._short_error(p_error)
+        )
+    WHERE c.id = p_chat_id
+    RETURNING c.status, c.attempt, c.next_attempt_at INTO status, attempt, next_attempt_at;
+    RETURN NEXT;
+END
+$$;
+
+-- Graceful shutdown: the worker's running chats (all, or the given ones) go
+-- back to pending, due now; their leases are bumped. Returns how many.
+CREATE OR REPLACE FUNCTION chatd.release_chats(p_worker_id text, p_chat_ids uuid[] DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    WITH locked AS (
+        SELECT c.id FROM chatd.chats AS c
+        WHERE c.status = 'running' AND c.worker_id = p_worker_id
+            AND (p_chat_ids IS NULL OR c.id = ANY (p_chat_ids))
+        ORDER BY c.id
+        FOR UPDATE
+    )
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1, next_attempt_at = now()
+    FROM locked
+    WHERE c.id = locked.id AND c.status = 'running' AND c.worker_id = p_worker_id;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;

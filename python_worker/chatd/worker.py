@@ -511,8 +511,12 @@ class Worker:
         except ChatTurnError as failure:
             await self._record_failure(claim, failure.error)
         except LeaseLost:
-            log.info("chat %s: lease %d lost; writing nothing more", claim.chat_id, claim.lease)
+            # A write was fenced off: interrupted or taken away. SQL decides
+            # whether the partial message may still be saved under this lease.
+            log.info("chat %s: lease %d lost", claim.chat_id, claim.lease)
             self.metrics.inc("chatd_worker_leases_lost_total")
+            if output.content():
+                await self._save_interrupted(result(finished), claim)
         except asyncio.CancelledError:
             if turn.cancel_reason == "lost":
                 # Interrupted (or taken away): SQL decides whether the partial

@@ -71,7 +71,7 @@ DECLARE
 BEGIN
     SELECT s.stream_part_retention INTO STRICT v_retention FROM chatd.settings AS s;
     DELETE FROM chatd.stream_parts AS p
-    WHERE p.created_at < now() - v_retention
+    WHERE p.created_at <= now() - v_retention
         AND NOT EXISTS (
             SELECT 1 FROM chatd.chats AS c
             WHERE c.id = p.chat_id AND c.status = 'running' AND c.lease = p.lease

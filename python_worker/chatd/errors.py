@@ -1,0 +1,390 @@
+"""Provider failures, classified into chatd's ChatError taxonomy (DESIGN.md section 6).
+
+Every exception raised while calling an LLM is turned into a `ChatError` by
+`classify`. Structured signals win: the HTTP status, the provider's error type
+or code in the response body, and the `retry-after-ms` / `retry-after` headers.
+Text heuristics on the exception message are only a fallback for errors that
+carry no structure (gateways, proxies, unusual SDK paths).
+
+`ChatError.to_json()` is what the worker stores in `chats.last_error`;
+`retry_after_ms` is passed to `record_failure` separately, where it floors the
+backoff delay.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import anthropic
+import openai
+
+__all__ = [
+    "ChatError",
+    "ChatErrorKind",
+    "ChatTurnError",
+    "classify",
+    "parse_retry_after",
+]
+
+#: Upper bound for a provider's retry hint (24 hours), so a bogus header cannot
+#: park a chat for years or overflow anything downstream.
+MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
+
+#: Longest provider text kept in `ChatError.detail`.
+MAX_DETAIL_CHARS = 2000
+
+
+class ChatErrorKind(enum.StrEnum):
+    """Why a turn failed; stored as a string in `chats.last_error.kind`."""
+
+    generic = "generic"
+    overloaded = "overloaded"
+    rate_limit = "rate_limit"
+    timeout = "timeout"
+    startup_timeout = "startup_timeout"
+    auth = "auth"
+    config = "config"
+    usage_limit = "usage_limit"
+    content_filter = "content_filter"
+    missing_key = "missing_key"
+
+
+@dataclass(frozen=True)
+class ChatError:
+    """A classified, user-presentable turn failure.
+
+    `message` is a short sentence for people; `detail` is the provider's own
+    text (truncated); `retryable` tells `record_failure` whether to schedule a
+    retry or go straight to `error`.
+    """
+
+    message: str
+    kind: ChatErrorKind
+    provider: str | None
+    retryable: bool
+    status_code: int | None = None
+    detail: str | None = None
+    retry_after_ms: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `chats.last_error` jsonb value (retry_after_ms is not part of it)."""
+        return {
+            "message": self.message,
+            "kind": str(self.kind),
+            "provider": self.provider,
+            "retryable": self.retryable,
+            "status_code": self.status_code,
+            "detail": self.detail,
+        }
+
+
+class ChatTurnError(Exception):
+    """Raised by the provider adapters; `.error` is the classified failure."""
+
+    def __init__(self, error: ChatError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+# --------------------------------------------------------------------------- retry-after
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | None, now: datetime | None = None
+) -> int | None:
+    """The provider's minimum retry delay in milliseconds, or None.
+
+    `retry-after-ms` (milliseconds, OpenAI) wins over `retry-after` (seconds,
+    possibly fractional, or an HTTP date). Header names are matched
+    case-insensitively; garbage, negative and non-finite values are ignored; a
+    date in the past gives 0; results are capped at `MAX_RETRY_AFTER_MS`.
+    """
+    if not headers:
+        return None
+    lowered = {str(k).lower(): str(v).strip() for k, v in headers.items()}
+    ms = _parse_number(lowered.get("retry-after-ms"), scale=1.0)
+    if ms is not None:
+        return ms
+    value = lowered.get("retry-after")
+    if not value:
+        return None
+    seconds = _parse_number(value, scale=1000.0)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    if current.tzinfo is None:
+        current = current.replace(tzinfo=UTC)
+    delta_ms = (when - current).total_seconds() * 1000.0
+    return min(MAX_RETRY_AFTER_MS, max(0, math.ceil(delta_ms)))
+
+
+def _parse_number(value: str | None, *, scale: float) -> int | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    return min(MAX_RETRY_AFTER_MS, math.ceil(number * scale))
+
+
+# --------------------------------------------------------------------------- classify
+
+_USAGE_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_error",
+        "billing_hard_limit_reached",
+        "contract_spend_limit_reached",
+        "enforced_spend_limit_reached",
+        "linked_organization_spend_limit_reached",
+        "linked_organization_billing_unavailable",
+    }
+)
+_CONTENT_FILTER_CODES = frozenset(
+    {"content_filter", "content_policy_violation", "responsibleaipolicyviolation"}
+)
+_CONFIG_CODES = frozenset(
+    {
+        "context_length_exceeded",
+        "string_above_max_length",
+        "model_not_found",
+        "unsupported_model",
+        "request_too_large",
+        "not_found_error",
+    }
+)
+_AUTH_CODES = frozenset(
+    {"authentication_error", "permission_error", "invalid_api_key", "invalid_organization"}
+)
+_OVERLOADED_CODES = frozenset({"overloaded_error", "overloaded", "engine_overloaded"})
+_RATE_LIMIT_CODES = frozenset(
+    {"rate_limit_error", "rate_limit_exceeded", "ramp_limit_exceeded", "requests", "tokens"}
+)
+# Weak codes decide only when the HTTP status did not (OpenAI labels a 401 or
+# a 404 `invalid_request_error` too).
+_WEAK_CODES: dict[str, tuple[ChatErrorKind, bool]] = {
+    "invalid_request_error": (ChatErrorKind.config, False),
+    "timeout_error": (ChatErrorKind.timeout, True),
+    "api_error": (ChatErrorKind.generic, True),
+    "server_error": (ChatErrorKind.generic, True),
+}
+
+_MESSAGES: dict[ChatErrorKind, str] = {
+    ChatErrorKind.generic: "{p} request failed",
+    ChatErrorKind.overloaded: "{p} is overloaded",
+    ChatErrorKind.rate_limit: "{p} rate limit exceeded",
+    ChatErrorKind.timeout: "{p} request timed out",
+    ChatErrorKind.startup_timeout: "{p} did not start responding in time",
+    ChatErrorKind.auth: "{p} rejected the credentials",
+    ChatErrorKind.config: "{p} rejected the request (check the model and the context length)",
+    ChatErrorKind.usage_limit: "{p} quota or billing limit reached",
+    ChatErrorKind.content_filter: "{p} blocked the content (content filter)",
+    ChatErrorKind.missing_key: "{p} has no API key",
+}
+
+# Text fallbacks, checked in order against the lower-cased exception text.
+_TEXT_RULES: list[tuple[re.Pattern[str], ChatErrorKind, bool]] = [
+    (re.compile(r"insufficient.quota|exceeded your current quota|billing|credit balance"),
+     ChatErrorKind.usage_limit, False),
+    (re.compile(r"content.filter|content.management.policy|content.policy|safety system"),
+     ChatErrorKind.content_filter, False),
+    (re.compile(r"overloaded|\b529\b"), ChatErrorKind.overloaded, True),
+    (re.compile(r"rate.limit|too many requests|\b429\b"), ChatErrorKind.rate_limit, True),
+    (re.compile(r"context.length|context window|prompt is too long|maximum context|too many tokens"
+                r"|model.not.found|does not exist|unknown model"),
+     ChatErrorKind.config, False),
+    (re.compile(r"unauthori[sz]ed|invalid.{0,3}api.key|invalid x-api-key|authenticat|forbidden"
+                r"|permission denied|\b401\b|\b403\b"),
+     ChatErrorKind.auth, False),
+    (re.compile(r"service unavailable|\b503\b"), ChatErrorKind.overloaded, True),
+    (re.compile(r"timed out|timeout|deadline exceeded|\b408\b"), ChatErrorKind.timeout, True),
+    (re.compile(r"connection (error|reset|refused|aborted|closed)|broken pipe|unexpected eof"
+                r"|stream closed|server disconnected|incomplete chunked"),
+     ChatErrorKind.timeout, True),
+    (re.compile(r"internal server error|bad gateway|gateway timeout|\b50[024]\b"),
+     ChatErrorKind.generic, True),
+]
+
+
+def classify(exc: BaseException, provider: str) -> ChatError:
+    """Turn any exception from a provider call into a ChatError.
+
+    Order: an already classified `ChatTurnError`; the provider's error code or
+    type; the HTTP status; weak error types; SDK connection/timeout classes and
+    transport errors; then text heuristics; else a non-retryable `generic`.
+    """
+    if isinstance(exc, ChatTurnError):
+        return exc.error
+    status = _status_code(exc)
+    codes, provider_message = _error_codes(exc)
+    headers = _headers(exc)
+    retry_after = parse_retry_after(headers) if headers is not None else None
+    detail = _truncate(provider_message or str(exc) or type(exc).__name__)
+
+    decided = (
+        _by_code(codes)
+        or _by_status(status)
+        or _by_weak_code(codes)
+        or _by_class(exc)
+        or _by_text(f"{exc} {provider_message or ''}".lower())
+    )
+    kind, retryable = decided or (ChatErrorKind.generic, False)
+    return make_error(
+        kind,
+        provider,
+        retryable=retryable,
+        status_code=status,
+        detail=detail,
+        retry_after_ms=retry_after,
+    )
+
+
+def make_error(
+    kind: ChatErrorKind,
+    provider: str | None,
+    *,
+    retryable: bool,
+    message: str | None = None,
+    status_code: int | None = None,
+    detail: str | None = None,
+    retry_after_ms: int | None = None,
+) -> ChatError:
+    """A ChatError with the standard message for `kind` unless one is given."""
+    if message is None:
+        message = _MESSAGES[kind].format(p=provider or "the provider")
+        if status_code is not None and status_code >= 400:
+            message += f" (HTTP {status_code})"
+    return ChatError(
+        message=message,
+        kind=kind,
+        provider=provider,
+        retryable=retryable,
+        status_code=status_code,
+        detail=detail,
+        retry_after_ms=retry_after_ms,
+    )
+
+
+def _status_code(exc: BaseException) -> int | None:
+    """The HTTP error status; None for in-stream errors (which arrive with a 200)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
+        return status
+    return None
+
+
+def _headers(exc: BaseException) -> Mapping[str, str] | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers if isinstance(headers, Mapping) else None
+
+
+def _error_codes(exc: BaseException) -> tuple[set[str], str | None]:
+    """Lower-cased error types/codes from the exception and its body, plus the body's message."""
+    codes: set[str] = set()
+    message: str | None = None
+    for attr in ("type", "code", "error_code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and value:
+            codes.add(value.lower())
+    body = getattr(exc, "body", None)
+    # OpenAI hands over the inner `error` object; Anthropic the whole body.
+    for obj in (body, body.get("error") if isinstance(body, dict) else None):
+        if not isinstance(obj, dict):
+            continue
+        for key in ("type", "code"):
+            value = obj.get(key)
+            if isinstance(value, str) and value and value != "error":
+                codes.add(value.lower())
+        details = obj.get("details")
+        if isinstance(details, dict) and isinstance(details.get("error_code"), str):
+            codes.add(details["error_code"].lower())
+        if isinstance(obj.get("message"), str):
+            message = obj["message"]
+    return codes, message
+
+
+def _by_code(codes: set[str]) -> tuple[ChatErrorKind, bool] | None:
+    if codes & _USAGE_CODES:
+        return ChatErrorKind.usage_limit, False
+    if codes & _CONTENT_FILTER_CODES:
+        return ChatErrorKind.content_filter, False
+    if codes & _CONFIG_CODES:
+        return ChatErrorKind.config, False
+    if codes & _AUTH_CODES:
+        return ChatErrorKind.auth, False
+    if codes & _OVERLOADED_CODES:
+        return ChatErrorKind.overloaded, True
+    if codes & _RATE_LIMIT_CODES:
+        return ChatErrorKind.rate_limit, True
+    return None
+
+
+def _by_status(status: int | None) -> tuple[ChatErrorKind, bool] | None:
+    if status is None or status < 400:
+        return None
+    if status == 429:
+        return ChatErrorKind.rate_limit, True
+    if status in (503, 529):
+        return ChatErrorKind.overloaded, True
+    if status == 408:
+        return ChatErrorKind.timeout, True
+    if status in (401, 403):
+        return ChatErrorKind.auth, False
+    if status == 402:
+        return ChatErrorKind.usage_limit, False
+    if status in (400, 404, 413, 422):
+        return ChatErrorKind.config, False
+    if status >= 500:
+        return ChatErrorKind.generic, True
+    return ChatErrorKind.generic, False
+
+
+def _by_weak_code(codes: set[str]) -> tuple[ChatErrorKind, bool] | None:
+    for code in sorted(codes):
+        if code in _WEAK_CODES:
+            return _WEAK_CODES[code]
+    return None
+
+
+def _by_class(exc: BaseException) -> tuple[ChatErrorKind, bool] | None:
+    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
+        return ChatErrorKind.timeout, True  # APITimeoutError is a subclass
+    if isinstance(exc, (TimeoutError, ConnectionError)) or _is_transport_error(exc):
+        return ChatErrorKind.timeout, True
+    return None
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """An httpx/httpx2 transport error that escaped the SDK (without importing httpx2)."""
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.startswith("httpx")
+        for cls in type(exc).__mro__
+    )
+
+
+def _by_text(text: str) -> tuple[ChatErrorKind, bool] | None:
+    for pattern, kind, retryable in _TEXT_RULES:
+        if pattern.search(text):
+            return kind, retryable
+    return None
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"

@@ -1,0 +1,433 @@
+"""chatd.client against a real database: calls, typed errors, and the
+subscribe protocol (LISTEN, snapshot, apply newer; reconnects; one listener).
+
+Turns are driven through the worker SQL functions from the test
+(acquire_chats, publish_parts, finish_turn), so every step is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from chatd import client as cl
+from chatd.client import (
+    ChatArchived,
+    ChatNotFound,
+    Client,
+    ErrorEvent,
+    Event,
+    Forbidden,
+    InvalidInput,
+    InvalidTransition,
+    LeaseLost,
+    MessageEvent,
+    MessagesDeletedEvent,
+    PartsEvent,
+    QueueEvent,
+    QueueFull,
+    RetryEvent,
+    StatusEvent,
+    Subscription,
+    UsageLimitExceeded,
+)
+from chatd.testing import Factory
+
+WAIT = 15.0
+
+
+@dataclass
+class Setup:
+    org: uuid.UUID
+    user: uuid.UUID
+    model: uuid.UUID
+
+
+@pytest.fixture
+def setup(factory: Factory) -> Setup:
+    org = factory.org()
+    user = factory.user(org)
+    model = factory.model_config(is_default=True)
+    return Setup(org, user, model)
+
+
+@pytest.fixture
+async def client(db: str) -> AsyncIterator[Client]:
+    app = f"chatd-test-{uuid.uuid4().hex[:8]}"
+    async with await Client.connect(db, application_name=app, max_size=4) as c:
+        yield c
+
+
+# ---------------------------------------------------------------- worker steps (SQL)
+
+
+def acquire(conn: psycopg.Connection[Any], worker: str = "w1") -> dict[uuid.UUID, int]:
+    rows = conn.execute("SELECT chat_id, lease FROM chatd.acquire_chats(%s, 1000)", (worker,)).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def publish(conn: psycopg.Connection[Any], chat: uuid.UUID, lease: int, seq: int, text: str) -> None:
+    conn.execute(
+        "SELECT chatd.publish_parts(%s, %s, %s, %s)",
+        (chat, lease, seq, Jsonb([{"type": "text", "text": text}])),
+    )
+
+
+def finish(conn: psycopg.Connection[Any], chat: uuid.UUID, lease: int, text: str) -> int:
+    row = conn.execute(
+        "SELECT chatd.finish_turn(%s, %s, %s, %s)",
+        (chat, lease, Jsonb([{"type": "text", "text": text}]),
+         Jsonb({"input_tokens": 10, "output_tokens": 5})),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# ---------------------------------------------------------------- event helpers
+
+
+async def take(sub: Subscription, n: int) -> list[Event]:
+    async with asyncio.timeout(WAIT):
+        return [await anext(sub) for _ in range(n)]
+
+
+async def until(sub: Subscription, done: Callable[[Event], bool]) -> list[Event]:
+    events: list[Event] = []
+    async with asyncio.timeout(WAIT):
+        async for event in sub:
+            events.append(event)
+            if done(event):
+                return events
+    raise AssertionError(f"subscription ended early: {events}")
+
+
+def is_status(status: str) -> Callable[[Event], bool]:
+    return lambda e: isinstance(e, StatusEvent) and e.status == status
+
+
+def parts_seqs(events: list[Event]) -> list[tuple[int, int]]:
+    return [(e.lease, e.seq) for e in events if isinstance(e, PartsEvent)]
+
+
+def statuses(events: list[Event]) -> list[str]:
+    return [e.status for e in events if isinstance(e, StatusEvent)]
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------- calls
+
+
+async def test_calls_round_trip(client: Client, setup: Setup) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello", title="first")
+    snap = await client.snapshot(setup.user, chat)
+    assert snap.chat.id == chat and snap.chat.status == "pending" and snap.chat.title == "first"
+    assert [m.text for m in snap.messages] == ["hello"]
+
+    sent = await client.send_message(setup.user, chat, [{"type": "text", "text": "more"}])
+    assert sent["queued"] is True
+    assert [q.content[0]["text"] for q in (await client.snapshot(setup.user, chat)).queue] == ["more"]
+
+    assert await client.interrupt(setup.user, chat) in ("waiting", "pending")
+    chats = await client.list_chats(setup.user, setup.org)
+    assert [c.id for c in chats] == [chat]
+
+    await client.archive(setup.user, chat)
+    assert await client.list_chats(setup.user) == []
+    assert [c.archived for c in await client.list_chats(setup.user, include_archived=True)] == [True]
+    await client.unarchive(setup.user, chat)
+    assert [c.id for c in await client.list_chats(setup.user)] == [chat]
+
+    first = snap.messages[0].id
+    new_id = await client.edit_message(setup.user, chat, first, "hello again")
+    snap = await client.snapshot(setup.user, chat)
+    assert [m.text for m in snap.messages] == ["hello again"] and snap.messages[0].id == new_id
+    assert snap.queue == []
+
+
+async def test_typed_errors(client: Client, setup: Setup, factory: Factory,
+                            conn: psycopg.Connection[Any]) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hi")
+    stranger = factory.user(setup.org)
+
+    with pytest.raises(ChatNotFound) as not_found:
+        await client.snapshot(setup.user, uuid.uuid4())
+    assert not_found.value.sqlstate == "CD001"
+    with pytest.raises(Forbidden):
+        await client.send_message(stranger, chat, "mine now")
+    with pytest.raises(InvalidInput):
+        await client.send_message(setup.user, chat, "")
+    with pytest.raises(LeaseLost):
+        await client.fetch("SELECT chatd.publish_parts(%s, 999, 0, '[]')", [chat])
+
+    for i in range(20):  # pending: every send is queued, up to the limit
+        await client.send_message(setup.user, chat, f"q{i}")
+    with pytest.raises(QueueFull):
+        await client.send_message(setup.user, chat, "one too many")
+
+    await client.interrupt(setup.user, chat)  # -> pending (queue head promoted)
+    lease = acquire(conn)[chat]
+    with pytest.raises(InvalidTransition):
+        # running -> requires_action is not in the transition table
+        await client.fetch("UPDATE chatd.chats SET status = 'requires_action', worker_id = NULL "
+                           "WHERE id = %s", [chat])
+    finish(conn, chat, lease, "ok")
+
+    await client.archive(setup.user, chat)
+    with pytest.raises(ChatArchived):
+        await client.send_message(setup.user, chat, "archived?")
+
+    with pytest.raises(InvalidInput):
+        await client.create_chat(setup.user, setup.org, "x", model_config_id=uuid.uuid4())
+
+
+async def test_usage_limit_detail(client: Client, setup: Setup, conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT chatd.admin_set_usage_limits(p_enabled => TRUE, p_default_limit_micros => 0)")
+    with pytest.raises(UsageLimitExceeded) as exc:
+        await client.create_chat(setup.user, setup.org, "hi")
+    err = exc.value
+    assert err.sqlstate == "CD006"
+    assert err.spent_micros == 0 and err.limit_micros == 0
+    assert err.resets_at is not None and err.resets_at.tzinfo is not None
+    assert isinstance(err, cl.ChatdError)
+
+
+def test_error_mapping_without_database() -> None:
+    err = cl.UsageLimitExceeded("x", detail='{"kind":"usage_limit","spent_micros":7,'
+                                            '"limit_micros":5,"resets_at":"2030-01-01T00:00:00Z"}')
+    assert (err.spent_micros, err.limit_micros, err.resets_at.isoformat() if err.resets_at else None) == (
+        7, 5, "2030-01-01T00:00:00+00:00")
+    garbled = cl.UsageLimitExceeded("x", detail="not json")
+    assert garbled.spent_micros is None and garbled.resets_at is None
+
+
+# ---------------------------------------------------------------- subscribe
+
+
+async def test_subscribe_while_a_turn_streams(client: Client, setup: Setup,
+                                              conn: psycopg.Connection[Any]) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    async with client.subscribe(setup.user, chat) as sub:
+        first = await take(sub, 2)
+        assert isinstance(first[0], MessageEvent) and first[0].message.text == "hello"
+        assert isinstance(first[1], StatusEvent) and first[1].status == "pending"
+
+        lease = acquire(conn)[chat]
+        assert statuses(await take(sub, 1)) == ["running"]
+        words = [f"w{i} " for i in range(10)]
+        for seq, word in enumerate(words):
+            publish(conn, chat, lease, seq, word)
+        message_id = finish(conn, chat, lease, "".join(words))
+        events = await until(sub, is_status("waiting"))
+
+    assert parts_seqs(events) == [(lease, s) for s in range(10)]
+    assert "".join(e.text for e in events if isinstance(e, PartsEvent)) == "".join(words)
+    messages = [e.message for e in events if isinstance(e, MessageEvent)]
+    assert [(m.id, m.role, m.text) for m in messages] == [(message_id, "assistant", "".join(words))]
+    # the final message comes after every part
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("MessageEvent") > max(i for i, k in enumerate(kinds) if k == "PartsEvent")
+    assert messages[0].output_tokens == 5 and messages[0].total_cost_micros is not None
+
+
+async def test_subscribe_mid_turn_replays_parts(client: Client, setup: Setup,
+                                                conn: psycopg.Connection[Any]) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    lease = acquire(conn)[chat]
+    for seq in range(3):
+        publish(conn, chat, lease, seq, f"p{seq}")
+    async with client.subscribe(setup.user, chat) as sub:
+        initial = await take(sub, 5)
+        assert isinstance(initial[0], MessageEvent)
+        assert statuses(initial) == ["running"]
+        assert parts_seqs(initial) == [(lease, 0), (lease, 1), (lease, 2)]
+        publish(conn, chat, lease, 3, "p3")
+        publish(conn, chat, lease, 4, "p4")
+        finish(conn, chat, lease, "p0p1p2p3p4")
+        events = await until(sub, is_status("waiting"))
+    assert parts_seqs(events) == [(lease, 3), (lease, 4)]
+    assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["p0p1p2p3p4"]
+
+
+async def test_change_between_listen_and_snapshot_is_seen_once(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any]
+) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    leases: dict[uuid.UUID, int] = {}
+
+    async def claim_now(chat_id: uuid.UUID) -> None:
+        # LISTEN is armed, the snapshot not read yet: commit a status change
+        leases.update(acquire(conn))
+
+    client.after_listen = claim_now
+    async with client.subscribe(setup.user, chat) as sub:
+        initial = await take(sub, 2)
+        # the notification of the claim is queued behind the snapshot, and
+        # its version is not newer: it must not produce a second "running"
+        finish(conn, chat, leases[chat], "done")
+        events = initial + await until(sub, is_status("waiting"))
+    assert leases, "the hook did not run"
+    assert statuses(events) == ["running", "waiting"]
+    assert [e.message.role for e in events if isinstance(e, MessageEvent)] == ["user", "assistant"]
+
+
+async def test_after_message_id_and_edits(client: Client, setup: Setup,
+                                          conn: psycopg.Connection[Any]) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "one")
+    lease = acquire(conn)[chat]
+    answer = finish(conn, chat, lease, "two")
+    async with client.subscribe(setup.user, chat, after_message_id=answer) as sub:
+        assert statuses(await take(sub, 1)) == ["waiting"]
+        await client.send_message(setup.user, chat, "three")
+        events = await until(sub, is_status("pending"))
+        assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["three"]
+
+        first = (await client.snapshot(setup.user, chat)).messages[0].id
+        await client.edit_message(setup.user, chat, first, "one, edited")
+        events = await until(sub, lambda e: isinstance(e, MessageEvent))
+        assert isinstance(events[0], MessagesDeletedEvent) and events[0].from_message_id == first
+        assert events[-1].message.text == "one, edited"  # type: ignore[union-attr]
+
+
+async def test_queue_retry_and_error_events(client: Client, setup: Setup,
+                                            conn: psycopg.Connection[Any]) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    lease = acquire(conn)[chat]
+    async with client.subscribe(setup.user, chat) as sub:
+        await take(sub, 2)
+        await client.send_message(setup.user, chat, "later")
+        queued = await until(sub, lambda e: isinstance(e, QueueEvent))
+        assert [q.content[0]["text"] for q in queued[-1].queue] == ["later"]  # type: ignore[union-attr]
+
+        error = {"message": "overloaded", "kind": "overloaded", "provider": "p", "retryable": True}
+        conn.execute("SELECT chatd.record_failure(%s, %s, %s)", (chat, lease, Jsonb(error)))
+        retry = await until(sub, lambda e: isinstance(e, RetryEvent))
+        event = retry[-1]
+        assert isinstance(event, RetryEvent) and event.attempt == 1
+        assert event.error is not None and event.error.kind == "overloaded"
+
+
+    other = await client.create_chat(setup.user, setup.org, "hello")
+    lease = acquire(conn)[other]  # the first chat's retry is not due yet
+    async with client.subscribe(setup.user, other) as sub:
+        await take(sub, 2)
+        fatal = {"message": "bad key", "kind": "auth", "provider": "p", "retryable": False}
+        conn.execute("SELECT chatd.record_failure(%s, %s, %s)", (other, lease, Jsonb(fatal)))
+        failed = await until(sub, lambda e: isinstance(e, ErrorEvent))
+        assert failed[-1].error is not None and failed[-1].error.kind == "auth"  # type: ignore[union-attr]
+        assert statuses(failed) == ["error"]
+
+
+async def test_200_subscriptions_share_one_listener(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any]
+) -> None:
+    chats = [await client.create_chat(setup.user, setup.org, f"chat {i}") for i in range(200)]
+    subs = [client.subscribe(setup.user, chat) for chat in chats]
+    try:
+        firsts = await asyncio.gather(*(take(sub, 2) for sub in subs))
+        assert all(statuses(f) == ["pending"] for f in firsts)
+        rows = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE %s GROUP BY 1",
+            (client.application_name + "%",),
+        ).fetchall()
+        counts = dict(rows)
+        assert counts[f"{client.application_name} listener"] == 1
+        assert counts.get(client.application_name, 0) <= 4  # the pool's max_size
+
+        leases = acquire(conn)
+        assert set(leases) == set(chats)
+        running = await asyncio.gather(*(take(sub, 1) for sub in subs))
+        assert all(statuses(r) == ["running"] for r in running)
+    finally:
+        for sub in subs:
+            await sub.aclose()
+
+
+async def test_reconnect_mid_stream_without_duplicates(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any]
+) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    async with client.subscribe(setup.user, chat) as sub:
+        events = await take(sub, 2)
+        lease = acquire(conn)[chat]
+        publish(conn, chat, lease, 0, "a")
+        publish(conn, chat, lease, 1, "b")
+        events += await until(sub, lambda e: isinstance(e, PartsEvent) and e.seq == 1)
+
+        old_pid = client.listener_pid
+        assert old_pid is not None
+        conn.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+        # written while the listener is (probably) deaf: only the re-snapshot
+        # after the reconnect can deliver these
+        publish(conn, chat, lease, 2, "c")
+        publish(conn, chat, lease, 3, "d")
+        events += await until(sub, lambda e: isinstance(e, PartsEvent) and e.seq == 3)
+        await eventually(lambda: client.listener_pid not in (None, old_pid), "a new listener")
+
+        publish(conn, chat, lease, 4, "e")
+        finish(conn, chat, lease, "abcde")
+        events += await until(sub, is_status("waiting"))
+
+    assert parts_seqs(events) == [(lease, s) for s in range(5)]
+    assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["hello", "abcde"]
+    assert statuses(events) == ["pending", "running", "waiting"]
+
+
+async def test_a_failed_refresh_does_not_end_the_subscription(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    real = client.snapshot
+    failures = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> cl.Snapshot:
+        nonlocal failures
+        if failing:
+            failures += 1
+            raise psycopg.OperationalError("database blip")
+        return await real(*args, **kwargs)
+
+    failing = False
+    monkeypatch.setattr(client, "snapshot", flaky)
+    async with client.subscribe(setup.user, chat) as sub:
+        await take(sub, 2)
+        failing = True
+        collector = asyncio.create_task(until(sub, is_status("waiting")))
+        lease = acquire(conn)[chat]  # its hint's refresh fails
+        await eventually(lambda: failures >= 1, "a failed refresh")
+        failing = False
+        finish(conn, chat, lease, "done")  # the next hint catches up
+        events = await collector
+    assert sub.refresh_failures >= 1
+    assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["done"]
+
+
+async def test_snapshot_call_has_a_default_timeout(db: str, setup: Setup,
+                                                   conn: psycopg.Connection[Any]) -> None:
+    async with await Client.connect(db, timeout=0.5) as c:
+        chat = await c.create_chat(setup.user, setup.org, "hi")
+        # hold the chat row lock so that an UPDATE-ing call blocks
+        with psycopg.connect(db) as blocker:
+            blocker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await c.interrupt(setup.user, chat)
+            assert time.monotonic() - started < 3

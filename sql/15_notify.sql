@@ -9,8 +9,8 @@
 -- Payloads are small JSON hints; only "parts" carries content (streamed
 -- output), and only when it fits. One notification per statement per chat
 -- and channel: the chat trigger is per row (one row per chat per
--- statement), the message and queue triggers are per statement and group
--- their transition tables by chat.
+-- statement); the message and queue triggers send payloads that describe
+-- the chat, not the row, so the rows of one statement fold into one.
 --
 -- Versions: every notification carries the chat's version after the
 -- change. Message and queue changes touch the chat (version + 1) unless the
@@ -162,63 +162,46 @@ BEGIN
 END
 $$;
 
+-- Message and queue triggers are per row, but their payloads describe the
+-- chat after the statement (version, newest message id, queue length), not
+-- the row: all rows of one statement yield the same payload, which
+-- PostgreSQL delivers once per transaction (identical payloads on one
+-- channel are folded). So a statement notifies once per chat.
 CREATE OR REPLACE FUNCTION chatd.messages_notify()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
-    r record;
     v_chat chatd.chats;
-    v_payload jsonb;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        FOR r IN
-            SELECT n.chat_id, max(n.id) AS last_id, count(*) AS n, NULL::bigint AS deleted_from
-            FROM new_rows AS n GROUP BY n.chat_id ORDER BY n.chat_id
-        LOOP
-            v_chat := chatd._touch_chat(r.chat_id);
-            CONTINUE WHEN v_chat.id IS NULL OR v_chat.version = 1;
-            v_payload := jsonb_build_object(
-                'kind', 'message', 'chat_id', r.chat_id, 'version', v_chat.version,
-                'status', v_chat.status, 'last_message_id', r.last_id, 'count', r.n
-            );
-            PERFORM pg_notify(chatd._chat_channel(r.chat_id), v_payload::text);
-        END LOOP;
-    ELSE
-        FOR r IN
-            SELECT
-                n.chat_id,
-                (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = n.chat_id) AS last_id,
-                count(*) AS n,
-                min(n.id) FILTER (WHERE n.deleted AND NOT o.deleted) AS deleted_from
-            FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-            WHERE (n.deleted, n.content, n.visibility) IS DISTINCT FROM (o.deleted, o.content, o.visibility)
-            GROUP BY n.chat_id ORDER BY n.chat_id
-        LOOP
-            v_chat := chatd._touch_chat(r.chat_id);
-            CONTINUE WHEN v_chat.id IS NULL;
-            v_payload := jsonb_strip_nulls(jsonb_build_object(
-                'kind', 'message', 'chat_id', r.chat_id, 'version', v_chat.version,
-                'status', v_chat.status, 'last_message_id', r.last_id, 'count', r.n,
-                'deleted_from', r.deleted_from
-            ));
-            PERFORM pg_notify(chatd._chat_channel(r.chat_id), v_payload::text);
-        END LOOP;
+    IF TG_OP = 'UPDATE' AND (NEW.deleted, NEW.content, NEW.visibility) IS NOT DISTINCT FROM
+        (OLD.deleted, OLD.content, OLD.visibility) THEN
+        RETURN NULL;
     END IF;
+    v_chat := chatd._touch_chat(NEW.chat_id);
+    -- gone, or created by this transaction: "created" covers its first messages
+    IF v_chat.id IS NULL OR (TG_OP = 'INSERT' AND v_chat.version = 1) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify(chatd._chat_channel(NEW.chat_id), jsonb_build_object(
+        'kind', 'message',
+        'op', lower(TG_OP),
+        'chat_id', NEW.chat_id,
+        'version', v_chat.version,
+        'status', v_chat.status,
+        'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = NEW.chat_id)
+    )::text);
     RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER messages_notify_insert
-AFTER INSERT ON chatd.messages
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION chatd.messages_notify();
+DROP TRIGGER IF EXISTS messages_notify_insert ON chatd.messages;
+DROP TRIGGER IF EXISTS messages_notify_update ON chatd.messages;
 
-CREATE OR REPLACE TRIGGER messages_notify_update
-AFTER UPDATE ON chatd.messages
-REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION chatd.messages_notify();
+CREATE OR REPLACE TRIGGER messages_notify
+AFTER INSERT OR UPDATE ON chatd.messages
+FOR EACH ROW EXECUTE FUNCTION chatd.messages_notify();
 
 CREATE OR REPLACE FUNCTION chatd.queue_notify()
 RETURNS trigger
@@ -226,47 +209,36 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
-    v_chat_ids uuid[];
     v_chat_id uuid;
     v_chat chatd.chats;
 BEGIN
-    -- the chat ids touched by this statement, whatever the operation
-    IF TG_OP = 'INSERT' THEN
-        v_chat_ids := ARRAY(SELECT DISTINCT n.chat_id FROM new_rows AS n ORDER BY n.chat_id);
-    ELSIF TG_OP = 'DELETE' THEN
-        v_chat_ids := ARRAY(SELECT DISTINCT o.chat_id FROM old_rows AS o ORDER BY o.chat_id);
+    IF TG_OP = 'DELETE' THEN
+        v_chat_id := OLD.chat_id;
     ELSE
-        v_chat_ids := ARRAY(
-            SELECT n.chat_id FROM new_rows AS n UNION SELECT o.chat_id FROM old_rows AS o ORDER BY 1
-        );
+        v_chat_id := NEW.chat_id;
     END IF;
-    FOREACH v_chat_id IN ARRAY v_chat_ids
-    LOOP
-        v_chat := chatd._touch_chat(v_chat_id);
-        CONTINUE WHEN v_chat.id IS NULL;
-        PERFORM pg_notify(chatd._chat_channel(v_chat_id), jsonb_build_object(
-            'kind', 'queue', 'chat_id', v_chat_id, 'version', v_chat.version, 'status', v_chat.status,
-            'queue_length', (SELECT count(*) FROM chatd.queued_messages AS q WHERE q.chat_id = v_chat_id)
-        )::text);
-    END LOOP;
+    v_chat := chatd._touch_chat(v_chat_id);
+    IF v_chat.id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify(chatd._chat_channel(v_chat_id), jsonb_build_object(
+        'kind', 'queue',
+        'chat_id', v_chat_id,
+        'version', v_chat.version,
+        'status', v_chat.status,
+        'queue_length', (SELECT count(*) FROM chatd.queued_messages AS q WHERE q.chat_id = v_chat_id)
+    )::text);
     RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER queued_messages_notify_insert
-AFTER INSERT ON chatd.queued_messages
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION chatd.queue_notify();
+DROP TRIGGER IF EXISTS queued_messages_notify_insert ON chatd.queued_messages;
+DROP TRIGGER IF EXISTS queued_messages_notify_update ON chatd.queued_messages;
+DROP TRIGGER IF EXISTS queued_messages_notify_delete ON chatd.queued_messages;
 
-CREATE OR REPLACE TRIGGER queued_messages_notify_update
-AFTER UPDATE ON chatd.queued_messages
-REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION chatd.queue_notify();
-
-CREATE OR REPLACE TRIGGER queued_messages_notify_delete
-AFTER DELETE ON chatd.queued_messages
-REFERENCING OLD TABLE AS old_rows
-FOR EACH STATEMENT EXECUTE FUNCTION chatd.queue_notify();
+CREATE OR REPLACE TRIGGER queued_messages_notify
+AFTER INSERT OR UPDATE OR DELETE ON chatd.queued_messages
+FOR EACH ROW EXECUTE FUNCTION chatd.queue_notify();
 
 CREATE OR REPLACE FUNCTION chatd.stream_parts_notify()
 RETURNS trigger

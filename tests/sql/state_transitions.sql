@@ -5,12 +5,18 @@ BEGIN;
 SELECT plan(33);
 
 CREATE TEMP TABLE pairs AS
-SELECT f.s AS from_status, t.s AS to_status, chatd.transition_allowed(f.s, t.s) AS allowed
+SELECT
+    f.s AS from_status,
+    t.s AS to_status,
+    chatd.transition_allowed(f.s, t.s) AS allowed
 FROM unnest(enum_range(NULL::chatd.chat_status)) AS f (s)
 CROSS JOIN unnest(enum_range(NULL::chatd.chat_status)) AS t (s)
 WHERE f.s <> t.s;
 
-SELECT is((SELECT count(*) FROM pairs WHERE allowed), 8::bigint, 'eight status changes are allowed');
+SELECT is((
+    SELECT count(*) FROM pairs
+    WHERE allowed
+), 8::bigint, 'eight status changes are allowed');
 SELECT set_eq(
     'SELECT from_status::text || ''->'' || to_status::text FROM pairs WHERE allowed',
     ARRAY[
@@ -24,32 +30,38 @@ ALTER TABLE pairs ADD COLUMN chat uuid;
 UPDATE pairs SET chat = chatd_test.chat_in(from_status);
 
 -- every allowed change passes the trigger (raw UPDATE, constraints satisfied)
-SELECT lives_ok(
-    format(
-        $$UPDATE chatd.chats SET status = %L, worker_id = CASE WHEN %L = 'running' THEN 'raw-worker' END,
+SELECT
+    lives_ok(
+        format(
+            $$UPDATE chatd.chats SET status = %L, worker_id = CASE WHEN %L = 'running' THEN 'raw-worker' END,
             lease = lease + 1, started_at = now(), heartbeat_at = now(),
             last_error = coalesce(last_error, '{"message": "m", "kind": "generic"}')
           WHERE id = %L$$,
-        to_status, to_status, chat
-    ),
-    format('allowed: %s -> %s', from_status, to_status)
-)
-FROM pairs WHERE allowed ORDER BY from_status, to_status;
+            to_status, to_status, chat
+        ),
+        format('allowed: %s -> %s', from_status, to_status)
+    )
+FROM pairs
+WHERE allowed
+ORDER BY from_status, to_status;
 
 -- every other change is refused with CD003, naming chat, from and to
-SELECT throws_ok(
-    format(
-        $$UPDATE chatd.chats SET status = %L, worker_id = CASE WHEN %L = 'running' THEN 'raw-worker' END,
+SELECT
+    throws_ok(
+        format(
+            $$UPDATE chatd.chats SET status = %L, worker_id = CASE WHEN %L = 'running' THEN 'raw-worker' END,
             lease = lease + 1, started_at = now(), heartbeat_at = now(),
             last_error = coalesce(last_error, '{"message": "m", "kind": "generic"}')
           WHERE id = %L$$,
-        to_status, to_status, chat
-    ),
-    'CD003',
-    format('chat %s: invalid status transition from %s to %s', chat, from_status, to_status),
-    format('refused: %s -> %s', from_status, to_status)
-)
-FROM pairs WHERE NOT allowed ORDER BY from_status, to_status;
+            to_status, to_status, chat
+        ),
+        'CD003',
+        format('chat %s: invalid status transition from %s to %s', chat, from_status, to_status),
+        format('refused: %s -> %s', from_status, to_status)
+    )
+FROM pairs
+WHERE NOT allowed
+ORDER BY from_status, to_status;
 
 -- INSERT only as pending
 SELECT throws_like(
@@ -87,33 +99,64 @@ SELECT throws_ok(
 );
 
 -- version trigger
-CREATE TEMP TABLE v0 AS SELECT version, updated_at FROM chatd.chats WHERE id = (SELECT vchat FROM ids);
-UPDATE chatd.chats SET heartbeat_at = now() + interval '1 second' WHERE id = (SELECT vchat FROM ids);
+CREATE TEMP TABLE v0 AS SELECT
+    version,
+    updated_at
+FROM chatd.chats
+WHERE id = (SELECT vchat FROM ids);
+UPDATE chatd.chats SET heartbeat_at = now() + interval '1 second'
+WHERE id = (SELECT vchat FROM ids);
 SELECT is(
-    (SELECT version FROM chatd.chats WHERE id = (SELECT vchat FROM ids)), (SELECT version FROM v0),
+    (
+        SELECT version FROM chatd.chats
+        WHERE id = (SELECT vchat FROM ids)
+    ), (SELECT version FROM v0
+    ),
     'a heartbeat-only update keeps the version'
 );
 SELECT is(
-    (SELECT updated_at FROM chatd.chats WHERE id = (SELECT vchat FROM ids)), (SELECT updated_at FROM v0),
+    (
+        SELECT updated_at FROM chatd.chats
+        WHERE id = (SELECT vchat FROM ids)
+    ), (SELECT updated_at FROM v0
+    ),
     'a heartbeat-only update keeps updated_at'
 );
-UPDATE chatd.chats SET title = title WHERE id = (SELECT vchat FROM ids);
+UPDATE chatd.chats SET title = title
+WHERE id = (SELECT vchat FROM ids);
 SELECT is(
-    (SELECT version FROM chatd.chats WHERE id = (SELECT vchat FROM ids)), (SELECT version FROM v0),
+    (
+        SELECT version FROM chatd.chats
+        WHERE id = (SELECT vchat FROM ids)
+    ), (SELECT version FROM v0
+    ),
     'a no-op update keeps the version'
 );
-UPDATE chatd.chats SET title = 'new title' WHERE id = (SELECT vchat FROM ids);
+UPDATE chatd.chats SET title = 'new title'
+WHERE id = (SELECT vchat FROM ids);
 SELECT is(
-    (SELECT version FROM chatd.chats WHERE id = (SELECT vchat FROM ids)), (SELECT version + 1 FROM v0),
+    (
+        SELECT version FROM chatd.chats
+        WHERE id = (SELECT vchat FROM ids)
+    ), (SELECT version + 1 FROM v0
+    ),
     'a real change bumps the version by one'
 );
-UPDATE chatd.chats SET version = 1000 WHERE id = (SELECT vchat FROM ids);
+UPDATE chatd.chats SET version = 1000
+WHERE id = (SELECT vchat FROM ids);
 SELECT is(
-    (SELECT version FROM chatd.chats WHERE id = (SELECT vchat FROM ids)), (SELECT version + 2 FROM v0),
+    (
+        SELECT version FROM chatd.chats
+        WHERE id = (SELECT vchat FROM ids)
+    ), (SELECT version + 2 FROM v0
+    ),
     'a version write is a touch: +1, never an arbitrary value'
 );
 SELECT is(
-    (SELECT c.version FROM chatd.chats AS c, ids WHERE c.id = ids.fresh_chat),
+    (
+        SELECT c.version FROM chatd.chats AS c, ids
+        WHERE c.id = ids.fresh_chat
+    ),
     1::bigint,
     'a chat and its first message inserted by one transaction stay at version 1 (no touch)'
 );

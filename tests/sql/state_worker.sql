@@ -7,9 +7,15 @@ SELECT plan(65);
 
 CREATE TEMP TABLE t AS
 SELECT
-    u.org, u.usr,
+    u.org,
+    u.usr,
     chatd_test.model_config(p_input_price => 1, p_output_price => 2) AS model
-FROM (SELECT o AS org, chatd_test.user(o) AS usr FROM chatd_test.org() AS o) AS u;
+FROM (
+    SELECT
+        o AS org,
+        chatd_test.user(o) AS usr
+    FROM chatd_test.org() AS o
+) AS u;
 
 -- acquire ------------------------------------------------------------------
 CREATE TEMP TABLE c AS
@@ -17,13 +23,20 @@ SELECT
     chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t), p_text => 'first') AS due,
     chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS later,
     chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS archived;
-UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour' WHERE id = (SELECT later FROM c);
-UPDATE chatd.chats SET archived = TRUE WHERE id = (SELECT archived FROM c);
-UPDATE chatd.chats SET next_attempt_at = now() - interval '1 day' WHERE id = (SELECT due FROM c);
+UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
+WHERE id = (SELECT later FROM c);
+UPDATE chatd.chats SET archived = TRUE
+WHERE id = (SELECT archived FROM c);
+UPDATE chatd.chats SET next_attempt_at = now() - interval '1 day'
+WHERE id = (SELECT due FROM c);
 SELECT chatd.create_chat((SELECT usr FROM t), (SELECT org FROM t), '"x"', (SELECT model FROM t)) IS NOT NULL
     AS created;
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
-WHERE status = 'pending' AND id NOT IN (SELECT due FROM c UNION SELECT archived FROM c);
+WHERE status = 'pending' AND id NOT IN (
+        SELECT due FROM c
+        UNION
+        SELECT archived FROM c
+    );
 
 CREATE TEMP TABLE a AS SELECT * FROM chatd.acquire_chats('w1', 10);
 SELECT is((SELECT count(*) FROM a), 1::bigint, 'acquire claims only due, non-archived pending chats');
@@ -38,19 +51,27 @@ SELECT is(
 );
 SELECT is(chatd_test.status((SELECT due FROM c)), 'running', 'pending -> running');
 SELECT is(
-    (SELECT worker_id FROM chatd.chats WHERE id = (SELECT due FROM c)), 'w1', 'the worker owns the claimed chat'
+    (
+        SELECT worker_id FROM chatd.chats
+        WHERE id = (SELECT due FROM c)
+    ), 'w1', 'the worker owns the claimed chat'
 );
 SELECT is((SELECT count(*) FROM chatd.acquire_chats('w2', 10)), 0::bigint, 'nothing else is due');
 SELECT is(chatd_test.status((SELECT archived FROM c)), 'pending', 'an archived pending chat is not claimed');
 
 -- heartbeat ----------------------------------------------------------------
-CREATE TEMP TABLE v AS SELECT version FROM chatd.chats WHERE id = (SELECT due FROM c);
+CREATE TEMP TABLE v AS SELECT version FROM chatd.chats
+WHERE id = (SELECT due FROM c);
 SELECT is_empty(
     format($$SELECT * FROM chatd.heartbeat('w1', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT due FROM c)),
     'a heartbeat under the current lease returns nothing lost'
 );
 SELECT is(
-    (SELECT version FROM chatd.chats WHERE id = (SELECT due FROM c)), (SELECT version FROM v),
+    (
+        SELECT version FROM chatd.chats
+        WHERE id = (SELECT due FROM c)
+    ), (SELECT version FROM v
+    ),
     'a heartbeat does not bump the version'
 );
 SELECT results_eq(
@@ -89,7 +110,10 @@ SELECT throws_ok(
     'CD007', NULL, 'parts must be an array'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.stream_parts WHERE chat_id = (SELECT due FROM c)), 1::bigint, 'one part stored'
+    (
+        SELECT count(*) FROM chatd.stream_parts
+        WHERE chat_id = (SELECT due FROM c)
+    ), 1::bigint, 'one part stored'
 );
 
 -- finish_turn ----------------------------------------------------------------
@@ -121,7 +145,11 @@ SELECT results_eq(
     'tool rounds first, then the final assistant message'
 );
 SELECT is(
-    (SELECT max(id) FROM chatd.messages WHERE chat_id = (SELECT due FROM c)), (SELECT id FROM f),
+    (
+        SELECT max(id) FROM chatd.messages
+        WHERE chat_id = (SELECT due FROM c)
+    ), (SELECT id FROM f
+    ),
     'finish_turn returns the assistant message id'
 );
 SELECT row_eq(
@@ -129,12 +157,12 @@ SELECT row_eq(
         $$SELECT input_tokens, output_tokens, reasoning_tokens, total_cost_micros, runtime_ms, provider_response_id
           FROM chatd.messages WHERE id = %s$$, (SELECT id FROM f)
     ),
-    ROW(1000::bigint, 500::bigint, 7::bigint, 2000::bigint, 1234::bigint, 'resp-1'::text),
+    row(1000::bigint, 500::bigint, 7::bigint, 2000::bigint, 1234::bigint, 'resp-1'::text),
     'usage, cost (1000 x $1 + 500 x $2 per Mtok = 2000 micros), runtime and response id persisted'
 );
 SELECT row_eq(
     format($$SELECT worker_id, lease, attempt FROM chatd.chats WHERE id = %L$$, (SELECT due FROM c)),
-    ROW(NULL::text, 2::bigint, 0),
+    row(NULL::text, 2::bigint, 0),
     'after finish_turn: no worker, lease bumped (turn over), attempt reset'
 );
 SELECT throws_ok(
@@ -176,46 +204,75 @@ LANGUAGE sql AS $$
         p_retry_after
     ) AS f
 $$;
-SELECT row_eq('SELECT * FROM pg_temp.fail()', ROW('pending'::chatd.chat_status, 1, interval '1 second'),
-    'failure 1: retry after base = 1 s');
-SELECT row_eq('SELECT * FROM pg_temp.fail()', ROW('pending'::chatd.chat_status, 2, interval '2 seconds'),
-    'failure 2: 2 s');
-SELECT row_eq('SELECT * FROM pg_temp.fail()', ROW('pending'::chatd.chat_status, 3, interval '4 seconds'),
-    'failure 3: 4 s');
-SELECT row_eq('SELECT * FROM pg_temp.fail(500)', ROW('pending'::chatd.chat_status, 4, interval '8 seconds'),
-    'a retry-after smaller than the backoff does not shorten it');
-SELECT row_eq('SELECT * FROM pg_temp.fail(30000)', ROW('pending'::chatd.chat_status, 5, interval '30 seconds'),
-    'a retry-after larger than the backoff (16 s) floors the delay');
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 1, interval '1 second'),
+    'failure 1: retry after base = 1 s'
+);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 2, interval '2 seconds'),
+    'failure 2: 2 s'
+);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 3, interval '4 seconds'),
+    'failure 3: 4 s'
+);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail(500)', row('pending'::chatd.chat_status, 4, interval '8 seconds'),
+    'a retry-after smaller than the backoff does not shorten it'
+);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail(30000)', row('pending'::chatd.chat_status, 5, interval '30 seconds'),
+    'a retry-after larger than the backoff (16 s) floors the delay'
+);
 SELECT is(chatd_test.status((SELECT chat FROM r)), 'pending', 'running -> pending on a retryable failure');
 SELECT row_eq(
     format($$SELECT retry_state ->> 'attempt', retry_state ->> 'delay_ms', retry_state -> 'error' ->> 'kind',
         last_error ->> 'status_code' FROM chatd.chats WHERE id = %L$$, (SELECT chat FROM r)),
-    ROW('5'::text, '30000'::text, 'overloaded'::text, '529'::text),
+    row('5'::text, '30000'::text, 'overloaded'::text, '529'::text),
     'retry_state {attempt, delay_ms, error}; last_error keeps the full error'
 );
-SELECT row_eq('SELECT * FROM pg_temp.fail()', ROW('pending'::chatd.chat_status, 6, interval '32 seconds'),
-    'failure 6: 32 s');
-SELECT row_eq('SELECT * FROM pg_temp.fail()', ROW('pending'::chatd.chat_status, 7, interval '60 seconds'),
-    'failure 7: 64 s capped at 60 s');
-SELECT row_eq('SELECT * FROM pg_temp.fail(90000)', ROW('pending'::chatd.chat_status, 8, interval '90 seconds'),
-    'a retry-after above the cap still floors the delay');
-UPDATE chatd.chats SET attempt = 23 WHERE id = (SELECT chat FROM r);
-SELECT row_eq('SELECT * FROM pg_temp.fail()', ROW('pending'::chatd.chat_status, 24, interval '60 seconds'),
-    'failure 24 of 25: still retried, capped');
-SELECT is((SELECT status FROM pg_temp.fail()), 'error'::chatd.chat_status,
-    'failure 25 (settings.max_attempts): running -> error');
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 6, interval '32 seconds'),
+    'failure 6: 32 s'
+);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 7, interval '60 seconds'),
+    'failure 7: 64 s capped at 60 s'
+);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail(90000)', row('pending'::chatd.chat_status, 8, interval '90 seconds'),
+    'a retry-after above the cap still floors the delay'
+);
+UPDATE chatd.chats SET attempt = 23
+WHERE id = (SELECT chat FROM r);
+SELECT row_eq(
+    'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 24, interval '60 seconds'),
+    'failure 24 of 25: still retried, capped'
+);
 SELECT is(
-    (SELECT last_error ->> 'kind' FROM chatd.chats WHERE id = (SELECT chat FROM r)), 'overloaded',
+    (SELECT status FROM pg_temp.fail()), 'error'::chatd.chat_status,
+    'failure 25 (settings.max_attempts): running -> error'
+);
+SELECT is(
+    (
+        SELECT last_error ->> 'kind' FROM chatd.chats
+        WHERE id = (SELECT chat FROM r)
+    ), 'overloaded',
     'the error keeps the last ChatError'
 );
 UPDATE chatd.settings SET max_attempts = 3;
 SELECT chatd.send_message((SELECT usr FROM t), (SELECT chat FROM r), '"retry please"');
 SELECT is(
-    (SELECT attempt FROM chatd.chats WHERE id = (SELECT chat FROM r)), 0,
+    (
+        SELECT attempt FROM chatd.chats
+        WHERE id = (SELECT chat FROM r)
+    ), 0,
     'a new message starts a new turn: attempt 0'
 );
-SELECT row_eq('SELECT status, attempt FROM pg_temp.fail(NULL, FALSE)', ROW('error'::chatd.chat_status, 1),
-    'a non-retryable error goes straight to error');
+SELECT row_eq(
+    'SELECT status, attempt FROM pg_temp.fail(NULL, FALSE)', row('error'::chatd.chat_status, 1),
+    'a non-retryable error goes straight to error'
+);
 SELECT throws_ok(
     format($$SELECT * FROM chatd.record_failure(%L, 99, '{"message": "x", "kind": "generic"}')$$, (SELECT chat FROM r)),
     'CD004', NULL, 'record_failure under a lost lease'
@@ -226,8 +283,11 @@ SELECT throws_ok(
 );
 
 -- release_chats ----------------------------------------------------------------
-CREATE TEMP TABLE rel AS SELECT chatd_test.chat_in('running') AS a, chatd_test.chat_in('running') AS b;
-UPDATE chatd.chats SET worker_id = 'w-release' WHERE id = (SELECT a FROM rel);
+CREATE TEMP TABLE rel AS SELECT
+    chatd_test.chat_in('running') AS a,
+    chatd_test.chat_in('running') AS b;
+UPDATE chatd.chats SET worker_id = 'w-release'
+WHERE id = (SELECT a FROM rel);
 SELECT is(chatd.release_chats('w-release'), 1, 'release_chats releases the running chats of that worker only');
 SELECT is(chatd_test.status((SELECT a FROM rel)), 'pending', 'release: running -> pending');
 SELECT is(chatd_test.status((SELECT b FROM rel)), 'running', 'another worker''s chat stays running');
@@ -235,7 +295,9 @@ SELECT is(chatd.release_chats('w1', ARRAY[gen_random_uuid()]), 0, 'release of ch
 
 -- recover_stale_chats ---------------------------------------------------------
 UPDATE chatd.settings SET max_recoveries = 2;
-CREATE TEMP TABLE st AS SELECT chatd_test.chat_in('running') AS chat, chatd_test.chat_in('running') AS fresh;
+CREATE TEMP TABLE st AS SELECT
+    chatd_test.chat_in('running') AS chat,
+    chatd_test.chat_in('running') AS fresh;
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
 WHERE status = 'pending';
 CREATE FUNCTION pg_temp.stale_cycle() RETURNS integer LANGUAGE sql AS $$
@@ -251,7 +313,7 @@ SELECT chatd_test.claim((SELECT chat FROM st));
 SELECT is(pg_temp.stale_cycle(), 1, 'third recovery (more than max_recoveries = 2)');
 SELECT row_eq(
     format($$SELECT status, last_error ->> 'kind', recoveries FROM chatd.chats WHERE id = %L$$, (SELECT chat FROM st)),
-    ROW('error'::chatd.chat_status, 'timeout'::text, 3),
+    row('error'::chatd.chat_status, 'timeout'::text, 3),
     'a turn recovered more than max_recoveries times: running -> error, kind timeout'
 );
 

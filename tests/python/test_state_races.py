@@ -1,0 +1,247 @@
+"""Deterministic two-connection races of the state machine, no sleeps.
+
+Interleavings are forced with open transactions (row locks held until
+commit) and, when one connection must be blocked on another's lock, by
+polling pg_stat_activity for wait_event_type = 'Lock' on its backend. Each
+race runs ITERATIONS times inside the test.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from chatd.testing import Factory
+
+ITERATIONS = 50
+
+
+def _connect(db: str, autocommit: bool = False) -> psycopg.Connection[Any]:
+    return psycopg.connect(db, autocommit=autocommit)
+
+
+def _wait_until_blocked(observer: psycopg.Connection[Any], pid: int) -> None:
+    """Returns once backend pid waits for a lock (busy-polls the catalog)."""
+    for _ in range(200_000):
+        row = observer.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+        if row is not None and row[0] == "Lock":
+            return
+    raise AssertionError(f"backend {pid} never blocked on a lock")
+
+
+class _Background:
+    """Runs fn(conn) in a thread; join() returns its result or raises."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in join
+            self.error = exc
+
+    def join(self) -> Any:
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "background call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _claim(conn: psycopg.Connection[Any], chat: uuid.UUID, worker: str = "w1") -> int:
+    row = conn.execute("SELECT chatd_test.claim(%s, %s)", (chat, worker)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_two_workers_claim_each_pending_chat_exactly_once(db: str, factory: Factory) -> None:
+    owner = factory.user(factory.org())
+    model = factory.model_config()
+    with _connect(db) as a, _connect(db) as b, _connect(db, autocommit=True) as setup:
+        for iteration in range(ITERATIONS):
+            setup.execute("DELETE FROM chatd.chats")
+            chats = {factory.chat(owner, model=model) for _ in range(6)}
+            if iteration % 2 == 0:
+                # A claims some and holds its locks; B skips them, takes the rest
+                got_a = {r[0] for r in a.execute("SELECT chat_id FROM chatd.acquire_chats('A', 4)")}
+                got_b = {r[0] for r in b.execute("SELECT chat_id FROM chatd.acquire_chats('B', 10)")}
+                a.commit()
+                b.commit()
+                assert len(got_a) == 4 and len(got_b) == 2
+            else:
+                # both at once, released together by a barrier
+                barrier = threading.Barrier(2)
+
+                def grab(conn: psycopg.Connection[Any], worker: str) -> set[uuid.UUID]:
+                    barrier.wait()
+                    rows = conn.execute("SELECT chat_id FROM chatd.acquire_chats(%s, 4)", (worker,)).fetchall()
+                    conn.commit()
+                    return {r[0] for r in rows}
+
+                ta = _Background(lambda: grab(a, "A"))
+                tb = _Background(lambda: grab(b, "B"))
+                got_a, got_b = ta.join(), tb.join()
+            assert not (got_a & got_b), "a chat was claimed twice"
+            assert got_a | got_b <= chats
+            owners = dict(setup.execute(
+                "SELECT id, worker_id FROM chatd.chats WHERE status = 'running'"
+            ).fetchall())
+            assert {c for c, w in owners.items() if w == "A"} == got_a
+            assert {c for c, w in owners.items() if w == "B"} == got_b
+            if iteration % 2 == 0:
+                assert got_a | got_b == chats
+
+
+def test_send_message_racing_finish_turn_never_loses_or_stalls(db: str, factory: Factory) -> None:
+    owner = factory.user(factory.org())
+    model = factory.model_config()
+    with _connect(db) as worker, _connect(db) as app, _connect(db, autocommit=True) as observer:
+        app_pid = app.info.backend_pid
+        worker_pid = worker.info.backend_pid
+        for iteration in range(ITERATIONS):
+            chat = factory.chat(owner, model=model)
+            lease = _claim(observer, chat)
+            text = f"racing {iteration}"
+            if iteration % 2 == 0:
+                # finish_turn first (holds the row lock); send_message blocks, then sees waiting
+                worker.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease))
+                sender = _Background(lambda: (
+                    app.execute(
+                        "SELECT chatd.send_message(%s, %s, %s)", (owner, chat, json.dumps(text))
+                    ).fetchone(),
+                    app.commit(),
+                ))
+                _wait_until_blocked(observer, app_pid)
+                worker.commit()
+                result = sender.join()[0][0]
+                assert result["queued"] is False
+            else:
+                # send_message first (queues, holds the lock); finish_turn blocks, then promotes it
+                result = app.execute(
+                    "SELECT chatd.send_message(%s, %s, %s)", (owner, chat, json.dumps(text))
+                ).fetchone()[0]
+                assert result["queued"] is True
+                finisher = _Background(lambda: (
+                    worker.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone(),
+                    worker.commit(),
+                ))
+                _wait_until_blocked(observer, worker_pid)
+                app.commit()
+                finisher.join()
+            status, queue_length = observer.execute(
+                "SELECT status, (SELECT count(*) FROM chatd.queued_messages WHERE chat_id = c.id) "
+                "FROM chatd.chats AS c WHERE c.id = %s",
+                (chat,),
+            ).fetchone()
+            assert status == "pending", "the new message must make the chat runnable"
+            assert queue_length == 0
+            roles = observer.execute(
+                "SELECT role::text, content -> 0 ->> 'text' FROM chatd.messages "
+                "WHERE chat_id = %s AND NOT deleted ORDER BY id",
+                (chat,),
+            ).fetchall()
+            assert roles[-2:] == [("assistant", "reply"), ("user", text)], "message lost or out of order"
+
+
+def test_recovery_racing_a_late_heartbeat(db: str, factory: Factory) -> None:
+    owner = factory.user(factory.org())
+    with _connect(db) as beat, _connect(db) as recover, _connect(db, autocommit=True) as observer:
+        beat_pid = beat.info.backend_pid
+        for iteration in range(ITERATIONS):
+            chat = factory.chat(owner)
+            lease = _claim(observer, chat, "w1")
+            observer.execute("SELECT chatd_test.age_heartbeat(%s)", (chat,))
+            if iteration % 2 == 0:
+                # the late heartbeat wins the row: recovery skips it (SKIP LOCKED)
+                lost = beat.execute(
+                    "SELECT * FROM chatd.heartbeat('w1', %s, %s)", ([chat], [lease])
+                ).fetchall()
+                assert lost == []
+                assert recover.execute("SELECT chatd.recover_stale_chats()").fetchone()[0] == 0
+                recover.commit()
+                beat.commit()
+                assert recover.execute("SELECT chatd.recover_stale_chats()").fetchone()[0] == 0
+                recover.commit()
+                expected = "running"
+            else:
+                # recovery wins: the blocked heartbeat then reports the chat lost
+                assert recover.execute("SELECT chatd.recover_stale_chats()").fetchone()[0] == 1
+                hb = _Background(lambda: (
+                    beat.execute("SELECT * FROM chatd.heartbeat('w1', %s, %s)", ([chat], [lease])).fetchall(),
+                    beat.commit(),
+                ))
+                _wait_until_blocked(observer, beat_pid)
+                recover.commit()
+                assert hb.join()[0] == [(chat,)]
+                expected = "pending"
+            status, worker_id = observer.execute(
+                "SELECT status, worker_id FROM chatd.chats WHERE id = %s", (chat,)
+            ).fetchone()
+            assert status == expected
+            assert worker_id == ("w1" if expected == "running" else None)
+            observer.execute("DELETE FROM chatd.chats WHERE id = %s", (chat,))
+
+
+def _drain_until_sentinel(listener: psycopg.Connection[Any], sender: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """All notifications that reached listener before a sentinel sent now.
+
+    Notifications are delivered in commit order, so a sentinel committed
+    after an event arrives after that event's notifications."""
+    token = uuid.uuid4().hex
+    sender.execute("SELECT pg_notify('chatd_test_sentinel', %s)", (token,))
+    got: list[dict[str, Any]] = []
+    for notify in listener.notifies(timeout=10):
+        if notify.channel == "chatd_test_sentinel":
+            if notify.payload == token:
+                return got
+            continue
+        got.append(json.loads(notify.payload))
+    raise AssertionError("sentinel notification never arrived")
+
+
+def test_subscriber_listen_then_snapshot_never_misses_nor_double_applies(db: str, factory: Factory) -> None:
+    owner = factory.user(factory.org())
+    with (
+        _connect(db, autocommit=True) as sub,
+        _connect(db) as writer,
+        _connect(db, autocommit=True) as other,
+    ):
+        sub.execute("LISTEN chatd_test_sentinel")
+        for iteration in range(ITERATIONS):
+            chat = factory.chat(owner)
+            channel = f"chatd_chat_{chat}"
+            # the writer's status change (pending -> running) is prepared, not committed
+            claimed = writer.execute("SELECT chat_id FROM chatd.acquire_chats('w1', 10)").fetchall()
+            assert claimed == [(chat,)]
+            moment = iteration % 3  # 0: before LISTEN, 1: between LISTEN and snapshot, 2: after snapshot
+            if moment == 0:
+                writer.commit()
+            sub.execute(f'LISTEN "{channel}"')
+            if moment == 1:
+                writer.commit()
+            snapshot = sub.execute("SELECT chatd.get_chat_snapshot(%s, %s)", (owner, chat)).fetchone()[0]
+            if moment == 2:
+                writer.commit()
+            state = {"version": snapshot["version"], "status": snapshot["chat"]["status"]}
+            applied = 0
+            for event in _drain_until_sentinel(sub, other):
+                if event["chat_id"] != str(chat):
+                    continue
+                if event["version"] > state["version"]:
+                    state = {"version": event["version"], "status": event["status"]}
+                    applied += 1
+            truth = other.execute("SELECT version, status FROM chatd.chats WHERE id = %s", (chat,)).fetchone()
+            assert (state["version"], state["status"]) == (truth[0], truth[1]) == (state["version"], "running")
+            assert applied == (1 if moment == 2 else 0), f"moment {moment}: applied {applied} times"
+            sub.execute(f'UNLISTEN "{channel}"')

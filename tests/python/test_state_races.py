@@ -48,7 +48,7 @@ class _Background:
     def _run(self, fn: Callable[[], Any]) -> None:
         try:
             self.result = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in join
+        except BaseException as exc:
             self.error = exc
 
     def join(self) -> Any:
@@ -83,7 +83,9 @@ def test_two_workers_claim_each_pending_chat_exactly_once(db: str, factory: Fact
                 # both at once, released together by a barrier
                 barrier = threading.Barrier(2)
 
-                def grab(conn: psycopg.Connection[Any], worker: str) -> set[uuid.UUID]:
+                def grab(
+                    conn: psycopg.Connection[Any], worker: str, barrier: threading.Barrier = barrier
+                ) -> set[uuid.UUID]:
                     barrier.wait()
                     rows = conn.execute("SELECT chat_id FROM chatd.acquire_chats(%s, 4)", (worker,)).fetchall()
                     conn.commit()
@@ -116,7 +118,7 @@ def test_send_message_racing_finish_turn_never_loses_or_stalls(db: str, factory:
             if iteration % 2 == 0:
                 # finish_turn first (holds the row lock); send_message blocks, then sees waiting
                 worker.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease))
-                sender = _Background(lambda: (
+                sender = _Background(lambda chat=chat, text=text: (
                     app.execute(
                         "SELECT chatd.send_message(%s, %s, %s)", (owner, chat, json.dumps(text))
                     ).fetchone(),
@@ -132,7 +134,7 @@ def test_send_message_racing_finish_turn_never_loses_or_stalls(db: str, factory:
                     "SELECT chatd.send_message(%s, %s, %s)", (owner, chat, json.dumps(text))
                 ).fetchone()[0]
                 assert result["queued"] is True
-                finisher = _Background(lambda: (
+                finisher = _Background(lambda chat=chat, lease=lease: (
                     worker.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone(),
                     worker.commit(),
                 ))
@@ -177,7 +179,7 @@ def test_recovery_racing_a_late_heartbeat(db: str, factory: Factory) -> None:
             else:
                 # recovery wins: the blocked heartbeat then reports the chat lost
                 assert recover.execute("SELECT chatd.recover_stale_chats()").fetchone()[0] == 1
-                hb = _Background(lambda: (
+                hb = _Background(lambda chat=chat, lease=lease: (
                     beat.execute("SELECT * FROM chatd.heartbeat('w1', %s, %s)", ([chat], [lease])).fetchall(),
                     beat.commit(),
                 ))

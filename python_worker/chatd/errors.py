@@ -96,9 +96,7 @@ class ChatTurnError(Exception):
 # --------------------------------------------------------------------------- retry-after
 
 
-def parse_retry_after(
-    headers: Mapping[str, str] | None, now: datetime | None = None
-) -> int | None:
+def parse_retry_after(headers: Mapping[str, str] | None, now: datetime | None = None) -> int | None:
     """The provider's minimum retry delay in milliseconds, or None.
 
     `retry-after-ms` (milliseconds, OpenAI) wins over `retry-after` (seconds,
@@ -200,25 +198,49 @@ _MESSAGES: dict[ChatErrorKind, str] = {
 
 # Text fallbacks, checked in order against the lower-cased exception text.
 _TEXT_RULES: list[tuple[re.Pattern[str], ChatErrorKind, bool]] = [
-    (re.compile(r"insufficient.quota|exceeded your current quota|billing|credit balance"),
-     ChatErrorKind.usage_limit, False),
-    (re.compile(r"content.filter|content.management.policy|content.policy|safety system"),
-     ChatErrorKind.content_filter, False),
+    (
+        re.compile(r"insufficient.quota|exceeded your current quota|billing|credit balance"),
+        ChatErrorKind.usage_limit,
+        False,
+    ),
+    (
+        re.compile(r"content.filter|content.management.policy|content.policy|safety system"),
+        ChatErrorKind.content_filter,
+        False,
+    ),
     (re.compile(r"overloaded|\b529\b"), ChatErrorKind.overloaded, True),
     (re.compile(r"rate.limit|too many requests|\b429\b"), ChatErrorKind.rate_limit, True),
-    (re.compile(r"context.length|context window|prompt is too long|maximum context|too many tokens"
-                r"|model.not.found|does not exist|unknown model"),
-     ChatErrorKind.config, False),
-    (re.compile(r"unauthori[sz]ed|invalid.{0,3}api.key|invalid x-api-key|authenticat|forbidden"
-                r"|permission denied|\b401\b|\b403\b"),
-     ChatErrorKind.auth, False),
+    (
+        re.compile(
+            r"context.length|context window|prompt is too long|maximum context|too many tokens"
+            r"|model.not.found|does not exist|unknown model"
+        ),
+        ChatErrorKind.config,
+        False,
+    ),
+    (
+        re.compile(
+            r"unauthori[sz]ed|invalid.{0,3}api.key|invalid x-api-key|authenticat|forbidden"
+            r"|permission denied|\b401\b|\b403\b"
+        ),
+        ChatErrorKind.auth,
+        False,
+    ),
     (re.compile(r"service unavailable|\b503\b"), ChatErrorKind.overloaded, True),
     (re.compile(r"timed out|timeout|deadline exceeded|\b408\b"), ChatErrorKind.timeout, True),
-    (re.compile(r"connection (error|reset|refused|aborted|closed)|broken pipe|unexpected eof"
-                r"|stream closed|server disconnected|incomplete chunked"),
-     ChatErrorKind.timeout, True),
-    (re.compile(r"internal server error|bad gateway|gateway timeout|\b50[024]\b"),
-     ChatErrorKind.generic, True),
+    (
+        re.compile(
+            r"connection (error|reset|refused|aborted|closed)|broken pipe|unexpected eof"
+            r"|stream closed|server disconnected|incomplete chunked"
+        ),
+        ChatErrorKind.timeout,
+        True,
+    ),
+    (
+        re.compile(r"internal server error|bad gateway|gateway timeout|\b50[024]\b"),
+        ChatErrorKind.generic,
+        True,
+    ),
 ]
 
 

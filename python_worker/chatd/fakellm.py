@@ -415,8 +415,17 @@ def _parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
             continue
         name, _, value = token.partition("=")
         if name not in {
-            "error", "retry-after", "retry-after-ms", "chunks", "delay", "reply",
-            "reasoning", "truncate", "abort", "hang", "times",
+            "error",
+            "retry-after",
+            "retry-after-ms",
+            "chunks",
+            "delay",
+            "reply",
+            "reasoning",
+            "truncate",
+            "abort",
+            "hang",
+            "times",
         }:
             raise ValueError(f"unknown directive token {token!r}")
         opts[name] = value
@@ -434,7 +443,10 @@ def _parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
         elif "truncate" in opts:
             after = int(opts["truncate"] or 1)
             response = Truncate(
-                text, after_chunks=after, chunks=max(chunks, after + 1), delay=delay,
+                text,
+                after_chunks=after,
+                chunks=max(chunks, after + 1),
+                delay=delay,
                 abort="abort" in opts,
             )
         else:
@@ -575,11 +587,18 @@ class _OpenAIWire:
         self.created = int(time.time())
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse(None, {
-            "id": self.rid, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        })
+        return _sse(
+            None,
+            {
+                "id": self.rid,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+            },
+        )
 
     def start(self) -> list[bytes]:
         return [self._chunk({"role": "assistant", "content": ""})]
@@ -596,10 +615,19 @@ class _OpenAIWire:
     def finish(self, totals: _Totals, finish_reason: str | None) -> list[bytes]:
         frames = [self._chunk({}, finish_reason or "stop")]
         if self.include_usage:
-            frames.append(_sse(None, {
-                "id": self.rid, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": totals.openai(),
-            }))
+            frames.append(
+                _sse(
+                    None,
+                    {
+                        "id": self.rid,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": totals.openai(),
+                    },
+                )
+            )
         frames.append(b"data: [DONE]\n\n")
         return frames
 
@@ -608,10 +636,18 @@ class _OpenAIWire:
         if reasoning:
             message["reasoning_content"] = reasoning
         return {
-            "id": self.rid, "object": "chat.completion", "created": self.created,
+            "id": self.rid,
+            "object": "chat.completion",
+            "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish or "stop",
-                         "logprobs": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": finish or "stop",
+                    "logprobs": None,
+                }
+            ],
             "usage": totals.openai(),
         }
 
@@ -628,10 +664,17 @@ class _AnthropicWire:
         frames = self._close_block()
         self.index += 1
         self.open = kind
-        block = {"type": "text", "text": ""} if kind == "text" else {
-            "type": "thinking", "thinking": "", "signature": ""}
-        frames.append(_sse("content_block_start", {
-            "type": "content_block_start", "index": self.index, "content_block": block}))
+        block = (
+            {"type": "text", "text": ""}
+            if kind == "text"
+            else {"type": "thinking", "thinking": "", "signature": ""}
+        )
+        frames.append(
+            _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+        )
         return frames
 
     def _close_block(self) -> list[bytes]:
@@ -639,22 +682,36 @@ class _AnthropicWire:
         if self.open == "thinking":
             frames.append(self._delta({"type": "signature_delta", "signature": "fakesig"}))
         if self.open is not None:
-            frames.append(_sse("content_block_stop",
-                               {"type": "content_block_stop", "index": self.index}))
+            frames.append(
+                _sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+            )
         self.open = None
         return frames
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return _sse("content_block_delta",
-                    {"type": "content_block_delta", "index": self.index, "delta": delta})
+        return _sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": self.index, "delta": delta},
+        )
 
     def start(self) -> list[bytes]:
         return [
-            _sse("message_start", {"type": "message_start", "message": {
-                "id": self.rid, "type": "message", "role": "assistant", "content": [],
-                "model": self.model, "stop_reason": None, "stop_sequence": None,
-                "usage": self.totals.anthropic(output=1),
-            }}),
+            _sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": self.rid,
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [],
+                        "model": self.model,
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": self.totals.anthropic(output=1),
+                    },
+                },
+            ),
             _sse("ping", {"type": "ping"}),
         ]
 
@@ -672,11 +729,14 @@ class _AnthropicWire:
     def finish(self, totals: _Totals, finish_reason: str | None) -> list[bytes]:
         return [
             *self._close_block(),
-            _sse("message_delta", {
-                "type": "message_delta",
-                "delta": {"stop_reason": finish_reason or "end_turn", "stop_sequence": None},
-                "usage": totals.anthropic(),
-            }),
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": finish_reason or "end_turn", "stop_sequence": None},
+                    "usage": totals.anthropic(),
+                },
+            ),
             _sse("message_stop", {"type": "message_stop"}),
         ]
 
@@ -686,8 +746,13 @@ class _AnthropicWire:
             content.append({"type": "thinking", "thinking": reasoning, "signature": "fakesig"})
         content.append({"type": "text", "text": text})
         return {
-            "id": self.rid, "type": "message", "role": "assistant", "model": self.model,
-            "content": content, "stop_reason": finish or "end_turn", "stop_sequence": None,
+            "id": self.rid,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": finish or "end_turn",
+            "stop_sequence": None,
             "usage": totals.anthropic(),
         }
 
@@ -732,8 +797,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_json()
         except ValueError as exc:
-            self._json(400, {"error": {"message": f"bad JSON: {exc}",
-                                       "type": "invalid_request_error"}})
+            self._json(
+                400, {"error": {"message": f"bad JSON: {exc}", "type": "invalid_request_error"}}
+            )
             return
         path = self.path.split("?", 1)[0]
         if path == "/_fake/script":
@@ -787,11 +853,15 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.fake._stopping.wait(response.seconds):
                 self.close_connection = True
                 return
-            response = response.then or Text("echo: " + _DIRECTIVE.sub(
-                "", request.last_user_text).strip())
+            response = response.then or Text(
+                "echo: " + _DIRECTIVE.sub("", request.last_user_text).strip()
+            )
         if isinstance(response, HttpError):
-            payload = response.body if response.body is not None else _error_object(
-                api, response.status, response.error_type, response.message)
+            payload = (
+                response.body
+                if response.body is not None
+                else _error_object(api, response.status, response.error_type, response.message)
+            )
             request.completed.set()
             self._json(response.status, payload, response.headers, rid)
             return
@@ -804,7 +874,11 @@ class _Handler(BaseHTTPRequestHandler):
         finish: str | None = None
         if isinstance(response, Text):
             text, reasoning, chunks, delay = (
-                response.text, response.reasoning, response.chunks, response.delay)
+                response.text,
+                response.reasoning,
+                response.chunks,
+                response.delay,
+            )
             usage, finish = response.usage or usage, response.finish_reason
         elif isinstance(response, Truncate):
             text, chunks, delay = response.text, response.chunks, response.delay
@@ -812,9 +886,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             text, chunks, stream_error = response.text, response.chunks, response
         totals = _Totals(
-            input=usage.input_tokens if usage.input_tokens is not None
+            input=usage.input_tokens
+            if usage.input_tokens is not None
             else _words(messages, body.get("system")),
-            output=usage.output_tokens if usage.output_tokens is not None
+            output=usage.output_tokens
+            if usage.output_tokens is not None
             else max(1, len(text.split()) + len(reasoning.split())),
             reasoning=usage.reasoning_tokens or len(reasoning.split()),
             cache_read=usage.cache_read_tokens,
@@ -847,12 +923,14 @@ class _Handler(BaseHTTPRequestHandler):
         ok = self._frames(request, wire.start())
         for piece in _split(reasoning, chunks):
             ok = ok and self._frames(request, wire.reasoning(piece)) and self._pause(delay)
-        for i, piece in enumerate(_split(text, chunks)):
+        pieces = _split(text, chunks)
+        for i, piece in enumerate(pieces):
             if not ok or (cut is not None and i >= cut):
                 break
             if stream_error is not None and i >= stream_error.after_chunks:
                 break
-            ok = self._frames(request, wire.text(piece)) and self._pause(delay)
+            last = i == len(pieces) - 1
+            ok = self._frames(request, wire.text(piece)) and (last or self._pause(delay))
         if not ok:
             return
         if stream_error is not None:
@@ -964,4 +1042,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

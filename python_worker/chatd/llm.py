@@ -152,7 +152,9 @@ class ClientCache:
     """
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str, str | None, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic] = {}
+        self._clients: dict[
+            tuple[str, str | None, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
+        ] = {}
 
     def openai(self, spec: ModelSpec, api_key: str) -> openai.AsyncOpenAI:
         """An AsyncOpenAI client for `spec` (retries off)."""
@@ -242,7 +244,9 @@ async def stream_turn(
                     max_tokens=openai.omit if official else spec.max_output_tokens,
                 )
 
-        async for event in _guarded(provider, open_stream, translator, startup_timeout, idle_timeout):
+        async for event in _guarded(
+            provider, open_stream, translator, startup_timeout, idle_timeout
+        ):
             yield event
     finally:
         if clients is None:
@@ -361,9 +365,13 @@ class _OpenAITranslator:
         if chunk.usage is not None:
             u = chunk.usage
             cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else None
-            written = u.prompt_tokens_details.cache_write_tokens if u.prompt_tokens_details else None
+            written = (
+                u.prompt_tokens_details.cache_write_tokens if u.prompt_tokens_details else None
+            )
             reasoning = (
-                u.completion_tokens_details.reasoning_tokens if u.completion_tokens_details else None
+                u.completion_tokens_details.reasoning_tokens
+                if u.completion_tokens_details
+                else None
             )
             self.usage = Usage(
                 input_tokens=max(0, u.prompt_tokens - (cached or 0)),
@@ -481,12 +489,18 @@ def _file_source(part: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
     media_type = str(part.get("media_type") or part.get("mediaType") or part.get("mime_type") or "")
     data = part.get("data")
     url = part.get("url")
-    return media_type, data if isinstance(data, str) else None, url if isinstance(url, str) else None
+    return (
+        media_type,
+        data if isinstance(data, str) else None,
+        url if isinstance(url, str) else None,
+    )
 
 
 def _file_placeholder(part: Mapping[str, Any]) -> str:
     media_type, _, _ = _file_source(part)
-    return f"[attached file {part.get('name') or part.get('filename') or ''} ({media_type}) omitted]"
+    return (
+        f"[attached file {part.get('name') or part.get('filename') or ''} ({media_type}) omitted]"
+    )
 
 
 def to_openai_messages(messages: Iterable[PromptMessage]) -> list[dict[str, Any]]:

@@ -65,123 +65,347 @@ class Case:
 
 CASES = [
     # --- OpenAI SDK
-    Case("openai-429-rate-limit-retry-after-ms", lambda: openai_error(
-        openai.RateLimitError, 429,
-        {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"},
-        {"retry-after-ms": "1500", "retry-after": "9"}), K.rate_limit, True, 429, 1500),
-    Case("openai-429-insufficient-quota", lambda: openai_error(
-        openai.RateLimitError, 429,
-        {"message": "You exceeded your current quota", "type": "insufficient_quota",
-         "code": "insufficient_quota"}), K.usage_limit, False, 429),
-    Case("openai-400-context-length", lambda: openai_error(
-        openai.BadRequestError, 400,
-        {"message": "maximum context length is 8192 tokens", "type": "invalid_request_error",
-         "code": "context_length_exceeded"}), K.config, False, 400),
-    Case("openai-400-invalid-request", lambda: openai_error(
-        openai.BadRequestError, 400,
-        {"message": "bad", "type": "invalid_request_error", "code": None}), K.config, False, 400),
-    Case("openai-404-model-not-found", lambda: openai_error(
-        openai.NotFoundError, 404,
-        {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error",
-         "code": "model_not_found"}), K.config, False, 404),
-    Case("openai-400-content-filter", lambda: openai_error(
-        openai.BadRequestError, 400,
-        {"message": "filtered", "type": None, "code": "content_filter"}),
-        K.content_filter, False, 400),
-    Case("openai-401-invalid-api-key", lambda: openai_error(
-        openai.AuthenticationError, 401,
-        {"message": "Incorrect API key", "type": "invalid_request_error",
-         "code": "invalid_api_key"}), K.auth, False, 401),
-    Case("openai-403", lambda: openai_error(openai.PermissionDeniedError, 403, None),
-         K.auth, False, 403),
-    Case("openai-408", lambda: openai_error(openai.APIStatusError, 408, None), K.timeout, True, 408),
-    Case("openai-409-unknown-4xx", lambda: openai_error(openai.ConflictError, 409, None),
-         K.generic, False, 409),
-    Case("openai-500", lambda: openai_error(
-        openai.InternalServerError, 500, {"message": "oops", "type": "server_error"}),
-        K.generic, True, 500),
-    Case("openai-502", lambda: openai_error(openai.InternalServerError, 502, None),
-         K.generic, True, 502),
-    Case("openai-503", lambda: openai_error(openai.InternalServerError, 503, None),
-         K.overloaded, True, 503),
-    Case("openai-504", lambda: openai_error(openai.InternalServerError, 504, None),
-         K.generic, True, 504),
-    Case("openai-in-stream-error", lambda: openai.APIError(
-        "boom", REQUEST, body={"message": "The server had an error", "type": "server_error"}),
-        K.generic, True),
-    Case("openai-connection-error", lambda: openai.APIConnectionError(request=REQUEST),
-         K.timeout, True),
-    Case("openai-timeout-error", lambda: openai.APITimeoutError(request=REQUEST),
-         K.timeout, True),
+    Case(
+        "openai-429-rate-limit-retry-after-ms",
+        lambda: openai_error(
+            openai.RateLimitError,
+            429,
+            {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"},
+            {"retry-after-ms": "1500", "retry-after": "9"},
+        ),
+        K.rate_limit,
+        True,
+        429,
+        1500,
+    ),
+    Case(
+        "openai-429-insufficient-quota",
+        lambda: openai_error(
+            openai.RateLimitError,
+            429,
+            {
+                "message": "You exceeded your current quota",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+            },
+        ),
+        K.usage_limit,
+        False,
+        429,
+    ),
+    Case(
+        "openai-400-context-length",
+        lambda: openai_error(
+            openai.BadRequestError,
+            400,
+            {
+                "message": "maximum context length is 8192 tokens",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            },
+        ),
+        K.config,
+        False,
+        400,
+    ),
+    Case(
+        "openai-400-invalid-request",
+        lambda: openai_error(
+            openai.BadRequestError,
+            400,
+            {"message": "bad", "type": "invalid_request_error", "code": None},
+        ),
+        K.config,
+        False,
+        400,
+    ),
+    Case(
+        "openai-404-model-not-found",
+        lambda: openai_error(
+            openai.NotFoundError,
+            404,
+            {
+                "message": "The model `gpt-9` does not exist",
+                "type": "invalid_request_error",
+                "code": "model_not_found",
+            },
+        ),
+        K.config,
+        False,
+        404,
+    ),
+    Case(
+        "openai-400-content-filter",
+        lambda: openai_error(
+            openai.BadRequestError,
+            400,
+            {"message": "filtered", "type": None, "code": "content_filter"},
+        ),
+        K.content_filter,
+        False,
+        400,
+    ),
+    Case(
+        "openai-401-invalid-api-key",
+        lambda: openai_error(
+            openai.AuthenticationError,
+            401,
+            {
+                "message": "Incorrect API key",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            },
+        ),
+        K.auth,
+        False,
+        401,
+    ),
+    Case(
+        "openai-403",
+        lambda: openai_error(openai.PermissionDeniedError, 403, None),
+        K.auth,
+        False,
+        403,
+    ),
+    Case(
+        "openai-408", lambda: openai_error(openai.APIStatusError, 408, None), K.timeout, True, 408
+    ),
+    Case(
+        "openai-409-unknown-4xx",
+        lambda: openai_error(openai.ConflictError, 409, None),
+        K.generic,
+        False,
+        409,
+    ),
+    Case(
+        "openai-500",
+        lambda: openai_error(
+            openai.InternalServerError, 500, {"message": "oops", "type": "server_error"}
+        ),
+        K.generic,
+        True,
+        500,
+    ),
+    Case(
+        "openai-502",
+        lambda: openai_error(openai.InternalServerError, 502, None),
+        K.generic,
+        True,
+        502,
+    ),
+    Case(
+        "openai-503",
+        lambda: openai_error(openai.InternalServerError, 503, None),
+        K.overloaded,
+        True,
+        503,
+    ),
+    Case(
+        "openai-504",
+        lambda: openai_error(openai.InternalServerError, 504, None),
+        K.generic,
+        True,
+        504,
+    ),
+    Case(
+        "openai-in-stream-error",
+        lambda: openai.APIError(
+            "boom", REQUEST, body={"message": "The server had an error", "type": "server_error"}
+        ),
+        K.generic,
+        True,
+    ),
+    Case(
+        "openai-connection-error",
+        lambda: openai.APIConnectionError(request=REQUEST),
+        K.timeout,
+        True,
+    ),
+    Case("openai-timeout-error", lambda: openai.APITimeoutError(request=REQUEST), K.timeout, True),
     # --- Anthropic SDK
-    Case("anthropic-529-overloaded", lambda: anthropic_error(
-        anthropic.OverloadedError, 529, {"type": "overloaded_error", "message": "Overloaded"}),
-        K.overloaded, True, 529),
-    Case("anthropic-429-retry-after-fractional", lambda: anthropic_error(
-        anthropic.RateLimitError, 429, {"type": "rate_limit_error", "message": "slow down"},
-        {"retry-after": "2.5"}), K.rate_limit, True, 429, 2500),
-    Case("anthropic-429-spend-limit", lambda: anthropic_error(
-        anthropic.RateLimitError, 429,
-        {"type": "rate_limit_error", "message": "spend limit",
-         "details": {"error_code": "enforced_spend_limit_reached"}}),
-        K.usage_limit, False, 429),
-    Case("anthropic-402-billing", lambda: anthropic_error(
-        anthropic.PaymentRequiredError, 402, {"type": "billing_error", "message": "pay"}),
-        K.usage_limit, False, 402),
-    Case("anthropic-400-prompt-too-long", lambda: anthropic_error(
-        anthropic.BadRequestError, 400,
-        {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens"}),
-        K.config, False, 400),
-    Case("anthropic-404-model", lambda: anthropic_error(
-        anthropic.NotFoundError, 404, {"type": "not_found_error", "message": "model: nope"}),
-        K.config, False, 404),
-    Case("anthropic-401", lambda: anthropic_error(
-        anthropic.AuthenticationError, 401,
-        {"type": "authentication_error", "message": "invalid x-api-key"}), K.auth, False, 401),
-    Case("anthropic-403", lambda: anthropic_error(
-        anthropic.PermissionDeniedError, 403, {"type": "permission_error", "message": "no"}),
-        K.auth, False, 403),
-    Case("anthropic-408", lambda: anthropic_error(
-        anthropic.RequestTimeoutError, 408, {"type": "timeout_error", "message": "slow"}),
-        K.timeout, True, 408),
-    Case("anthropic-500", lambda: anthropic_error(
-        anthropic.InternalServerError, 500, {"type": "api_error", "message": "oops"}),
-        K.generic, True, 500),
-    Case("anthropic-503", lambda: anthropic_error(
-        anthropic.ServiceUnavailableError, 503, {"type": "api_error", "message": "down"}),
-        K.overloaded, True, 503),
-    Case("anthropic-504", lambda: anthropic_error(
-        anthropic.GatewayTimeoutError, 504, {"type": "timeout_error", "message": "late"}),
-        K.generic, True, 504),
-    Case("anthropic-in-stream-overloaded", lambda: anthropic_error(
-        anthropic.APIStatusError, 200, {"type": "overloaded_error", "message": "Overloaded"}),
-        K.overloaded, True, None),
-    Case("anthropic-connection-error", lambda: anthropic.APIConnectionError(request=REQUEST),
-         K.timeout, True),
-    Case("anthropic-timeout-error", lambda: anthropic.APITimeoutError(request=REQUEST),
-         K.timeout, True),
+    Case(
+        "anthropic-529-overloaded",
+        lambda: anthropic_error(
+            anthropic.OverloadedError, 529, {"type": "overloaded_error", "message": "Overloaded"}
+        ),
+        K.overloaded,
+        True,
+        529,
+    ),
+    Case(
+        "anthropic-429-retry-after-fractional",
+        lambda: anthropic_error(
+            anthropic.RateLimitError,
+            429,
+            {"type": "rate_limit_error", "message": "slow down"},
+            {"retry-after": "2.5"},
+        ),
+        K.rate_limit,
+        True,
+        429,
+        2500,
+    ),
+    Case(
+        "anthropic-429-spend-limit",
+        lambda: anthropic_error(
+            anthropic.RateLimitError,
+            429,
+            {
+                "type": "rate_limit_error",
+                "message": "spend limit",
+                "details": {"error_code": "enforced_spend_limit_reached"},
+            },
+        ),
+        K.usage_limit,
+        False,
+        429,
+    ),
+    Case(
+        "anthropic-402-billing",
+        lambda: anthropic_error(
+            anthropic.PaymentRequiredError, 402, {"type": "billing_error", "message": "pay"}
+        ),
+        K.usage_limit,
+        False,
+        402,
+    ),
+    Case(
+        "anthropic-400-prompt-too-long",
+        lambda: anthropic_error(
+            anthropic.BadRequestError,
+            400,
+            {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens"},
+        ),
+        K.config,
+        False,
+        400,
+    ),
+    Case(
+        "anthropic-404-model",
+        lambda: anthropic_error(
+            anthropic.NotFoundError, 404, {"type": "not_found_error", "message": "model: nope"}
+        ),
+        K.config,
+        False,
+        404,
+    ),
+    Case(
+        "anthropic-401",
+        lambda: anthropic_error(
+            anthropic.AuthenticationError,
+            401,
+            {"type": "authentication_error", "message": "invalid x-api-key"},
+        ),
+        K.auth,
+        False,
+        401,
+    ),
+    Case(
+        "anthropic-403",
+        lambda: anthropic_error(
+            anthropic.PermissionDeniedError, 403, {"type": "permission_error", "message": "no"}
+        ),
+        K.auth,
+        False,
+        403,
+    ),
+    Case(
+        "anthropic-408",
+        lambda: anthropic_error(
+            anthropic.RequestTimeoutError, 408, {"type": "timeout_error", "message": "slow"}
+        ),
+        K.timeout,
+        True,
+        408,
+    ),
+    Case(
+        "anthropic-500",
+        lambda: anthropic_error(
+            anthropic.InternalServerError, 500, {"type": "api_error", "message": "oops"}
+        ),
+        K.generic,
+        True,
+        500,
+    ),
+    Case(
+        "anthropic-503",
+        lambda: anthropic_error(
+            anthropic.ServiceUnavailableError, 503, {"type": "api_error", "message": "down"}
+        ),
+        K.overloaded,
+        True,
+        503,
+    ),
+    Case(
+        "anthropic-504",
+        lambda: anthropic_error(
+            anthropic.GatewayTimeoutError, 504, {"type": "timeout_error", "message": "late"}
+        ),
+        K.generic,
+        True,
+        504,
+    ),
+    Case(
+        "anthropic-in-stream-overloaded",
+        lambda: anthropic_error(
+            anthropic.APIStatusError, 200, {"type": "overloaded_error", "message": "Overloaded"}
+        ),
+        K.overloaded,
+        True,
+        None,
+    ),
+    Case(
+        "anthropic-connection-error",
+        lambda: anthropic.APIConnectionError(request=REQUEST),
+        K.timeout,
+        True,
+    ),
+    Case(
+        "anthropic-timeout-error",
+        lambda: anthropic.APITimeoutError(request=REQUEST),
+        K.timeout,
+        True,
+    ),
     # --- no structure: classes, then text heuristics
-    Case("raw-transport-error", lambda: httpx2.RemoteProtocolError(
-        "peer closed connection without sending complete message body"), K.timeout, True),
+    Case(
+        "raw-transport-error",
+        lambda: httpx2.RemoteProtocolError(
+            "peer closed connection without sending complete message body"
+        ),
+        K.timeout,
+        True,
+    ),
     Case("builtin-timeout", lambda: TimeoutError(), K.timeout, True),
     Case("connection-reset", lambda: ConnectionResetError(104, "reset"), K.timeout, True),
-    Case("text-overloaded", lambda: RuntimeError("upstream overloaded, try later"),
-         K.overloaded, True),
+    Case(
+        "text-overloaded",
+        lambda: RuntimeError("upstream overloaded, try later"),
+        K.overloaded,
+        True,
+    ),
     Case("text-503", lambda: RuntimeError("gateway said: Error code: 503"), K.overloaded, True),
     Case("text-rate-limit", lambda: RuntimeError("Too Many Requests"), K.rate_limit, True),
-    Case("text-quota", lambda: RuntimeError("You exceeded your current quota"),
-         K.usage_limit, False),
-    Case("text-context", lambda: RuntimeError("maximum context length exceeded"),
-         K.config, False),
-    Case("text-content-filter", lambda: RuntimeError("response flagged by the content filter"),
-         K.content_filter, False),
+    Case(
+        "text-quota", lambda: RuntimeError("You exceeded your current quota"), K.usage_limit, False
+    ),
+    Case("text-context", lambda: RuntimeError("maximum context length exceeded"), K.config, False),
+    Case(
+        "text-content-filter",
+        lambda: RuntimeError("response flagged by the content filter"),
+        K.content_filter,
+        False,
+    ),
     Case("text-auth", lambda: RuntimeError("Invalid API key provided"), K.auth, False),
     Case("text-timeout", lambda: RuntimeError("the request timed out"), K.timeout, True),
     Case("text-bad-gateway", lambda: RuntimeError("502 Bad Gateway"), K.generic, True),
     Case("unknown", lambda: ValueError("something odd"), K.generic, False),
     # --- already classified errors pass through
-    Case("chat-turn-error-passthrough", lambda: ChatTurnError(
-        make_error(K.startup_timeout, "p", retryable=True)), K.startup_timeout, True),
+    Case(
+        "chat-turn-error-passthrough",
+        lambda: ChatTurnError(make_error(K.startup_timeout, "p", retryable=True)),
+        K.startup_timeout,
+        True,
+    ),
 ]
 
 
@@ -189,7 +413,11 @@ CASES = [
 def test_classify(case: Case) -> None:
     error = classify(case.make(), "prov")
     assert (error.kind, error.retryable, error.status_code, error.retry_after_ms) == (
-        case.kind, case.retryable, case.status, case.retry_after_ms)
+        case.kind,
+        case.retryable,
+        case.status,
+        case.retry_after_ms,
+    )
     assert error.provider == "prov" or case.id == "chat-turn-error-passthrough"
     assert error.message
 
@@ -200,14 +428,18 @@ def test_every_kind_is_covered() -> None:
 
 
 def test_structured_type_wins_over_misleading_text() -> None:
-    exc = anthropic_error(anthropic.OverloadedError, 529,
-                          {"type": "overloaded_error", "message": "invalid api key"})
+    exc = anthropic_error(
+        anthropic.OverloadedError, 529, {"type": "overloaded_error", "message": "invalid api key"}
+    )
     assert classify(exc, "p").kind is K.overloaded
 
 
 def test_detail_is_the_provider_message() -> None:
-    exc = anthropic_error(anthropic.BadRequestError, 400,
-                          {"type": "invalid_request_error", "message": "prompt is too long"})
+    exc = anthropic_error(
+        anthropic.BadRequestError,
+        400,
+        {"type": "invalid_request_error", "message": "prompt is too long"},
+    )
     assert classify(exc, "anthropic").detail == "prompt is too long"
 
 
@@ -224,8 +456,14 @@ def test_missing_key_names_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_to_json_is_the_last_error_shape() -> None:
     error = ChatError("m", K.rate_limit, "openai", True, 429, "d", retry_after_ms=5)
     as_json = error.to_json()
-    assert as_json == {"message": "m", "kind": "rate_limit", "provider": "openai",
-                       "retryable": True, "status_code": 429, "detail": "d"}
+    assert as_json == {
+        "message": "m",
+        "kind": "rate_limit",
+        "provider": "openai",
+        "retryable": True,
+        "status_code": 429,
+        "detail": "d",
+    }
     assert json.loads(json.dumps(as_json)) == as_json
 
 

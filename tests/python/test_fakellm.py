@@ -39,8 +39,12 @@ def fake() -> Iterator[FakeLLM]:
 
 def post(url: str, body: Any) -> tuple[int, dict[str, str], Any]:
     """Raw POST; returns (status, lower-cased headers, parsed JSON or text)."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             status, headers, raw = reply.status, dict(reply.headers), reply.read()
@@ -72,7 +76,8 @@ async def test_openai_sdk_stream_helper_accumulates_the_reply(fake: FakeLLM) -> 
     fake.script(Text("hello world", chunks=4, usage=FakeUsage(input_tokens=5, output_tokens=2)))
     client = openai_client(fake)
     async with client.chat.completions.stream(
-        model="m", messages=[{"role": "user", "content": "hi"}],
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
         stream_options={"include_usage": True},
     ) as stream:
         final = await stream.get_final_completion()
@@ -83,8 +88,14 @@ async def test_openai_sdk_stream_helper_accumulates_the_reply(fake: FakeLLM) -> 
 
 
 async def test_anthropic_sdk_stream_helper_accumulates_text_and_thinking(fake: FakeLLM) -> None:
-    fake.script(Text("hello world", chunks=4, reasoning="hmm ok",
-                     usage=FakeUsage(input_tokens=5, output_tokens=7, reasoning_tokens=2)))
+    fake.script(
+        Text(
+            "hello world",
+            chunks=4,
+            reasoning="hmm ok",
+            usage=FakeUsage(input_tokens=5, output_tokens=7, reasoning_tokens=2),
+        )
+    )
     client = anthropic_client(fake)
     async with client.messages.stream(
         model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
@@ -101,9 +112,11 @@ async def test_anthropic_sdk_stream_helper_accumulates_text_and_thinking(fake: F
 async def test_non_streaming_requests_get_whole_replies(fake: FakeLLM) -> None:
     oai, ant = openai_client(fake), anthropic_client(fake)
     completion = await oai.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "ping"}])
+        model="m", messages=[{"role": "user", "content": "ping"}]
+    )
     message = await ant.messages.create(
-        model="m", max_tokens=10, messages=[{"role": "user", "content": "pong"}])
+        model="m", max_tokens=10, messages=[{"role": "user", "content": "pong"}]
+    )
     await oai.close()
     await ant.close()
     assert completion.choices[0].message.content == "echo: ping"
@@ -114,8 +127,7 @@ async def test_openai_error_status_reaches_the_sdk_with_headers(fake: FakeLLM) -
     fake.script(HttpError(429, headers={"retry-after": "3"}))
     client = openai_client(fake)
     with pytest.raises(openai.RateLimitError) as info:
-        await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "x"}])
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     await client.close()
     assert info.value.response.headers["retry-after"] == "3"
     assert info.value.code == "rate_limit_exceeded"
@@ -126,7 +138,8 @@ async def test_anthropic_error_body_has_the_error_type(fake: FakeLLM) -> None:
     client = anthropic_client(fake)
     with pytest.raises(anthropic.APIStatusError) as info:
         await client.messages.create(
-            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     await client.close()
     assert info.value.status_code == 529 and info.value.type == "overloaded_error"
 
@@ -136,8 +149,9 @@ async def test_anthropic_error_body_has_the_error_type(fake: FakeLLM) -> None:
 
 def test_scripted_responses_are_consumed_fifo_then_the_default_echo(fake: FakeLLM) -> None:
     fake.script(Text("one"), Text("two"))
-    replies = [post(f"{fake.openai_base_url}/chat/completions", chat_body("q"))[2]
-               for _ in range(3)]
+    replies = [
+        post(f"{fake.openai_base_url}/chat/completions", chat_body("q"))[2] for _ in range(3)
+    ]
     assert [r["choices"][0]["message"]["content"] for r in replies] == ["one", "two", "echo: q"]
     assert fake.pending == 0
 
@@ -154,11 +168,17 @@ def test_match_scripts_each_conversation_independently(fake: FakeLLM) -> None:
 
 
 def test_requests_are_recorded_for_assertions(fake: FakeLLM) -> None:
-    post(f"{fake.anthropic_base_url}/v1/messages",
-         {**chat_body("hello"), "system": "sys", "model": "claude-x"})
+    post(
+        f"{fake.anthropic_base_url}/v1/messages",
+        {**chat_body("hello"), "system": "sys", "model": "claude-x"},
+    )
     (request,) = fake.requests
     assert (request.api, request.path, request.model, request.system) == (
-        "anthropic", "/v1/messages", "claude-x", "sys")
+        "anthropic",
+        "/v1/messages",
+        "claude-x",
+        "sys",
+    )
     assert request.messages == [{"role": "user", "content": "hello"}]
     assert request.last_user_text == "hello" and request.completed.is_set()
 
@@ -166,8 +186,9 @@ def test_requests_are_recorded_for_assertions(fake: FakeLLM) -> None:
 def test_control_endpoints_script_and_list_requests_from_another_process(
     fake: FakeLLM,
 ) -> None:
-    script_remote(fake.url, Text("remote"), HttpError(503, headers={"retry-after": "1"}),
-                  match="zz")
+    script_remote(
+        fake.url, Text("remote"), HttpError(503, headers={"retry-after": "1"}), match="zz"
+    )
     status, _, reply = post(f"{fake.openai_base_url}/chat/completions", chat_body("zz 1"))
     assert (status, reply["choices"][0]["message"]["content"]) == (200, "remote")
     status, headers, _ = post(f"{fake.openai_base_url}/chat/completions", chat_body("zz 2"))
@@ -186,13 +207,16 @@ def test_control_endpoint_rejects_bad_scripts(fake: FakeLLM) -> None:
     assert status == 400
 
 
-@pytest.mark.parametrize("response", [
-    Text("t", chunks=2, delay=0.1, usage=FakeUsage(1, 2, 0, 3, 4), reasoning="r"),
-    HttpError(429, "rate_limit_error", "slow", {"retry-after": "2"}),
-    Truncate("abc", after_chunks=1, chunks=3, abort=True),
-    Hang(1.5, then=Text("late")),
-    StreamError("api_error", after_chunks=2),
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        Text("t", chunks=2, delay=0.1, usage=FakeUsage(1, 2, 0, 3, 4), reasoning="r"),
+        HttpError(429, "rate_limit_error", "slow", {"retry-after": "2"}),
+        Truncate("abc", after_chunks=1, chunks=3, abort=True),
+        Hang(1.5, then=Text("late")),
+        StreamError("api_error", after_chunks=2),
+    ],
+)
 def test_responses_round_trip_through_json(response: Any) -> None:
     assert response_from_json(json.loads(json.dumps(response_to_json(response)))) == response
 
@@ -201,16 +225,18 @@ def test_responses_round_trip_through_json(response: Any) -> None:
 
 
 def test_directive_error_with_retry_after(fake: FakeLLM) -> None:
-    status, headers, body = post(f"{fake.anthropic_base_url}/v1/messages",
-                                 chat_body("go [[fake:429 retry-after=1.5]]"))
+    status, headers, body = post(
+        f"{fake.anthropic_base_url}/v1/messages", chat_body("go [[fake:429 retry-after=1.5]]")
+    )
     assert (status, headers["retry-after"]) == (429, "1.5")
     assert body["error"]["type"] == "rate_limit_error"
 
 
 def test_directive_error_type_and_retry_after_ms(fake: FakeLLM) -> None:
-    status, headers, body = post(f"{fake.openai_base_url}/chat/completions",
-                                 chat_body("[[fake:400 error=context_length_exceeded "
-                                           "retry-after-ms=20]]"))
+    status, headers, body = post(
+        f"{fake.openai_base_url}/chat/completions",
+        chat_body("[[fake:400 error=context_length_exceeded retry-after-ms=20]]"),
+    )
     assert (status, headers["retry-after-ms"]) == (400, "20")
     assert body["error"]["code"] == "context_length_exceeded"
 
@@ -222,31 +248,35 @@ def test_directive_times_limits_how_often_it_applies(fake: FakeLLM) -> None:
 
 
 def test_directive_reply_and_chunks_shape_the_stream(fake: FakeLLM) -> None:
-    _, _, raw = post(f"{fake.openai_base_url}/chat/completions",
-                     chat_body("[[fake:reply=hi_there chunks=4]]", stream=True))
-    frames = [json.loads(line[6:]) for line in raw.splitlines()
-              if line.startswith("data: {")]
+    _, _, raw = post(
+        f"{fake.openai_base_url}/chat/completions",
+        chat_body("[[fake:reply=hi_there chunks=4]]", stream=True),
+    )
+    frames = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
     pieces = [f["choices"][0]["delta"].get("content") for f in frames if f["choices"]]
     assert [p for p in pieces if p] == ["hi", " t", "he", "re"]
     assert raw.rstrip().endswith("data: [DONE]")
 
 
 def test_directive_truncate_ends_without_terminal_event(fake: FakeLLM) -> None:
-    _, _, raw = post(f"{fake.anthropic_base_url}/v1/messages",
-                     chat_body("abc [[fake:truncate=2]]", stream=True))
+    _, _, raw = post(
+        f"{fake.anthropic_base_url}/v1/messages", chat_body("abc [[fake:truncate=2]]", stream=True)
+    )
     assert "content_block_delta" in raw
     assert "message_stop" not in raw and "message_delta" not in raw
 
 
 def test_directive_without_directive_text_in_the_echo(fake: FakeLLM) -> None:
-    _, _, reply = post(f"{fake.openai_base_url}/chat/completions",
-                       chat_body("tell me [[fake:chunks=2]]"))
+    _, _, reply = post(
+        f"{fake.openai_base_url}/chat/completions", chat_body("tell me [[fake:chunks=2]]")
+    )
     assert reply["choices"][0]["message"]["content"] == "echo: tell me"
 
 
 def test_bad_directive_is_a_400_naming_the_token(fake: FakeLLM) -> None:
-    status, _, body = post(f"{fake.openai_base_url}/chat/completions",
-                           chat_body("[[fake:explode]]"))
+    status, _, body = post(
+        f"{fake.openai_base_url}/chat/completions", chat_body("[[fake:explode]]")
+    )
     assert status == 400 and "explode" in body["error"]["message"]
 
 
@@ -261,7 +291,8 @@ async def test_serves_150_concurrent_streams_scripted_per_chat(fake: FakeLLM) ->
 
     async def one(i: int) -> str:
         stream = await client.chat.completions.create(
-            model="m", stream=True, messages=[{"role": "user", "content": f"chat-{i}: go"}])
+            model="m", stream=True, messages=[{"role": "user", "content": f"chat-{i}: go"}]
+        )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     try:
@@ -275,7 +306,9 @@ async def test_serves_150_concurrent_streams_scripted_per_chat(fake: FakeLLM) ->
 def test_cli_prints_the_url_first_and_stops_on_sigterm() -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "chatd.fakellm", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     ) as proc:
         try:

@@ -45,19 +45,31 @@ async def collect(
     spec: ModelSpec,
     messages: Sequence[PromptMessage] = HELLO,
     startup_timeout: float = 10.0,
-    **kwargs: object,
+    idle_timeout: float | None = None,
+    api_key: str | None = None,
+    clients: ClientCache | None = None,
 ) -> list[StreamEvent]:
-    return [e async for e in stream_turn(
-        spec, messages, startup_timeout=startup_timeout, **kwargs)]  # type: ignore[arg-type]
+    stream = stream_turn(
+        spec,
+        messages,
+        startup_timeout=startup_timeout,
+        idle_timeout=idle_timeout,
+        api_key=api_key,
+        clients=clients,
+    )
+    return [e async for e in stream]
 
 
 async def failure(
-    spec: ModelSpec, startup_timeout: float = 10.0, **kwargs: object
+    spec: ModelSpec, startup_timeout: float = 10.0, idle_timeout: float | None = None
 ) -> tuple[list[StreamEvent], ChatError]:
+    """Run a turn that must fail; returns what it streamed first and the error."""
     events: list[StreamEvent] = []
     with pytest.raises(ChatTurnError) as info:
-        async for event in stream_turn(
-                spec, HELLO, startup_timeout=startup_timeout, **kwargs):  # type: ignore[arg-type]
+        stream = stream_turn(
+            spec, HELLO, startup_timeout=startup_timeout, idle_timeout=idle_timeout
+        )
+        async for event in stream:
             events.append(event)
     assert not any(isinstance(e, Finished) for e in events)
     return events, info.value.error
@@ -79,16 +91,31 @@ def texts(events: Sequence[StreamEvent]) -> list[str]:
 async def test_streams_text_in_order_in_n_chunks_then_finished_with_usage(
     kind: str, fake: FakeLLM
 ) -> None:
-    fake.script(Text("abcdefghij", chunks=5, usage=FakeUsage(
-        input_tokens=11, output_tokens=7, reasoning_tokens=0, cache_read_tokens=3,
-        cache_write_tokens=2)))
+    fake.script(
+        Text(
+            "abcdefghij",
+            chunks=5,
+            usage=FakeUsage(
+                input_tokens=11,
+                output_tokens=7,
+                reasoning_tokens=0,
+                cache_read_tokens=3,
+                cache_write_tokens=2,
+            ),
+        )
+    )
     events = await collect(spec_for(kind, fake))
     assert texts(events) == ["ab", "cd", "ef", "gh", "ij"]
     assert all(isinstance(e, TextDelta) for e in events[:-1])
     done = events[-1]
     assert isinstance(done, Finished)
-    assert done.usage == Usage(input_tokens=11, output_tokens=7, reasoning_tokens=0,
-                               cache_read_tokens=3, cache_write_tokens=2)
+    assert done.usage == Usage(
+        input_tokens=11,
+        output_tokens=7,
+        reasoning_tokens=0,
+        cache_read_tokens=3,
+        cache_write_tokens=2,
+    )
     assert done.response_id == ("msg_fake_1" if kind == "anthropic" else "chatcmpl-fake-1")
     assert done.finish_reason == ("end_turn" if kind == "anthropic" else "stop")
 
@@ -101,11 +128,15 @@ async def test_default_reply_echoes_the_last_user_message(kind: str, fake: FakeL
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_reasoning_streams_as_reasoning_deltas_before_text(
-    kind: str, fake: FakeLLM
-) -> None:
-    fake.script(Text("answer", chunks=2, reasoning="let me think", usage=FakeUsage(
-        input_tokens=1, output_tokens=9, reasoning_tokens=4)))
+async def test_reasoning_streams_as_reasoning_deltas_before_text(kind: str, fake: FakeLLM) -> None:
+    fake.script(
+        Text(
+            "answer",
+            chunks=2,
+            reasoning="let me think",
+            usage=FakeUsage(input_tokens=1, output_tokens=9, reasoning_tokens=4),
+        )
+    )
     events = await collect(spec_for(kind, fake))
     reasoning = [e.text for e in events if isinstance(e, ReasoningDelta)]
     assert "".join(reasoning) == "let me think"
@@ -139,13 +170,17 @@ async def test_max_output_tokens_uses_each_apis_parameter(fake: FakeLLM) -> None
 PROMPT = [
     PromptMessage("system", [{"type": "text", "text": "be brief"}]),
     PromptMessage("user", [{"type": "text", "text": "what is 2+2?"}]),
-    PromptMessage("assistant", [
-        {"type": "reasoning", "text": "secret thoughts"},
-        {"type": "text", "text": "4"},
-        {"type": "tool-call", "tool_call_id": "c1", "tool_name": "calc", "args": {"x": 1}},
-    ]),
-    PromptMessage("tool", [
-        {"type": "tool-result", "tool_call_id": "c1", "tool_name": "calc", "result": 4}]),
+    PromptMessage(
+        "assistant",
+        [
+            {"type": "reasoning", "text": "secret thoughts"},
+            {"type": "text", "text": "4"},
+            {"type": "tool-call", "tool_call_id": "c1", "tool_name": "calc", "args": {"x": 1}},
+        ],
+    ),
+    PromptMessage(
+        "tool", [{"type": "tool-result", "tool_call_id": "c1", "tool_name": "calc", "result": 4}]
+    ),
     PromptMessage("user", "thanks"),
 ]
 
@@ -168,7 +203,9 @@ async def test_prompt_maps_to_anthropic_system_param_and_merged_turns(fake: Fake
     assert [m["role"] for m in request.messages] == ["user", "assistant", "user"]
     assert "secret" not in str(request.messages)
     assert request.messages[2]["content"] == [
-        {"type": "text", "text": "[tool result calc: 4]"}, {"type": "text", "text": "thanks"}]
+        {"type": "text", "text": "[tool result calc: 4]"},
+        {"type": "text", "text": "thanks"},
+    ]
 
 
 async def test_a_shared_client_cache_serves_many_turns(fake: FakeLLM) -> None:
@@ -187,31 +224,43 @@ async def test_a_shared_client_cache_serves_many_turns(fake: FakeLLM) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("header", "value", "expected_ms"), [
-    ("retry-after", "2", 2000), ("retry-after-ms", "750", 750)])
+@pytest.mark.parametrize(
+    ("header", "value", "expected_ms"), [("retry-after", "2", 2000), ("retry-after-ms", "750", 750)]
+)
 async def test_429_is_retryable_rate_limit_with_retry_after(
     kind: str, fake: FakeLLM, header: str, value: str, expected_ms: int
 ) -> None:
     fake.script(HttpError(429, headers={header: value}))
     _, error = await failure(spec_for(kind, fake))
     assert (error.kind, error.retryable, error.status_code, error.retry_after_ms) == (
-        ChatErrorKind.rate_limit, True, 429, expected_ms)
+        ChatErrorKind.rate_limit,
+        True,
+        429,
+        expected_ms,
+    )
     assert error.provider == f"{kind}-prov"
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("status", "error_type", "expected", "retryable"), [
-    (529, None, ChatErrorKind.overloaded, True),
-    (503, None, ChatErrorKind.overloaded, True),
-    (500, None, ChatErrorKind.generic, True),
-    (401, None, ChatErrorKind.auth, False),
-    (400, "context_length_exceeded", ChatErrorKind.config, False),
-    (404, None, ChatErrorKind.config, False),
-    (429, "insufficient_quota", ChatErrorKind.usage_limit, False),
-])
+@pytest.mark.parametrize(
+    ("status", "error_type", "expected", "retryable"),
+    [
+        (529, None, ChatErrorKind.overloaded, True),
+        (503, None, ChatErrorKind.overloaded, True),
+        (500, None, ChatErrorKind.generic, True),
+        (401, None, ChatErrorKind.auth, False),
+        (400, "context_length_exceeded", ChatErrorKind.config, False),
+        (404, None, ChatErrorKind.config, False),
+        (429, "insufficient_quota", ChatErrorKind.usage_limit, False),
+    ],
+)
 async def test_http_errors_are_classified(
-    kind: str, fake: FakeLLM, status: int, error_type: str | None,
-    expected: ChatErrorKind, retryable: bool,
+    kind: str,
+    fake: FakeLLM,
+    status: int,
+    error_type: str | None,
+    expected: ChatErrorKind,
+    retryable: bool,
 ) -> None:
     fake.script(HttpError(status, error_type))
     _, error = await failure(spec_for(kind, fake))
@@ -240,9 +289,7 @@ async def test_truncated_stream_is_retryable_timeout_and_never_finished(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_dropped_connection_mid_stream_is_retryable_timeout(
-    kind: str, fake: FakeLLM
-) -> None:
+async def test_dropped_connection_mid_stream_is_retryable_timeout(kind: str, fake: FakeLLM) -> None:
     fake.script(Truncate("partial reply", after_chunks=1, abort=True))
     events, error = await failure(spec_for(kind, fake))
     assert texts(events) == ["part"]
@@ -255,7 +302,10 @@ async def test_in_stream_error_event_is_classified(kind: str, fake: FakeLLM) -> 
     events, error = await failure(spec_for(kind, fake))
     assert texts(events) == ["part"]
     assert (error.kind, error.retryable, error.status_code) == (
-        ChatErrorKind.overloaded, True, None)
+        ChatErrorKind.overloaded,
+        True,
+        None,
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -271,9 +321,9 @@ async def test_hang_past_startup_timeout_is_retryable_startup_timeout(
 
 
 async def test_startup_timeout_does_not_limit_later_chunks(fake: FakeLLM) -> None:
-    fake.script(Text("abc", chunks=3, delay=0.4))
-    events = await collect(spec_for("openai", fake), startup_timeout=0.3)
-    assert texts(events) == ["a", "b", "c"] and isinstance(events[-1], Finished)
+    fake.script(Text("ab", chunks=2, delay=0.8))  # the gap is longer than the startup timeout
+    events = await collect(spec_for("openai", fake), startup_timeout=0.5)
+    assert texts(events) == ["a", "b"] and isinstance(events[-1], Finished)
 
 
 async def test_idle_timeout_turns_a_stalled_stream_into_retryable_timeout(
@@ -313,8 +363,9 @@ async def test_missing_or_empty_key_env_var_is_missing_key(
     assert fake.requests == []
 
 
-async def test_explicit_api_key_overrides_the_env(fake: FakeLLM,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_explicit_api_key_overrides_the_env(
+    fake: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(KEY_ENV)
     events = await collect(spec_for("anthropic", fake), api_key="sk-explicit")
     assert isinstance(events[-1], Finished)

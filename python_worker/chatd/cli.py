@@ -18,6 +18,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("chatd.dbcmd", "start or stop a throwaway local PostgreSQL cluster"),
     "worker": ("chatd.worker", "run a worker: claim chats, call the LLM, stream, write back"),
     "fakellm": ("chatd.fakellm", "run the scriptable fake LLM server (OpenAI and Anthropic APIs)"),
+    "chat": ("chatd.cli_chat", "send a prompt (new chat or --chat ID) and stream the answer"),
+    "chats": ("chatd.cli_chats", "list your chats with their status"),
+    "watch": ("chatd.cli_watch", "follow one chat's events"),
+    "models": ("chatd.cli_models", "add or list model configurations"),
+    "providers": ("chatd.cli_providers", "add or list LLM providers"),
+    "limits": ("chatd.cli_limits", "show or set spend limits"),
 }
 
 

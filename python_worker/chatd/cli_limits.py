@@ -1,0 +1,102 @@
+"""`chatd limits show|set`: spend limits (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import argparse
+
+from chatd.cli_common import (
+    add_database_argument,
+    add_identity_arguments,
+    format_micros,
+    parse_usd,
+    resolve_identity,
+    run_command,
+)
+from chatd.client import Client
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Show or set chat spend limits (amounts in USD)."
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = sub.add_parser("show", help="the configuration and a user's limit and spend")
+    add_identity_arguments(show)
+    st = sub.add_parser(
+        "set",
+        help="change the configuration (--enable/--disable, --default, --period), "
+        "a user's limit (--user-limit with --for-user) or a group's (--group-limit with "
+        "--group and --for-org)",
+    )
+    onoff = st.add_mutually_exclusive_group()
+    onoff.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None)
+    onoff.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    st.add_argument("--default", type=parse_usd, default=None, metavar="USD",
+                    help="default limit per period")
+    st.add_argument("--no-default", action="store_true", help="clear the default limit")
+    st.add_argument("--period", choices=["day", "week", "month"], default=None)
+    st.add_argument("--for-user", default=None, metavar="USER", help="user name or id")
+    st.add_argument("--user-limit", default=None, metavar="USD|none",
+                    help="the user's personal limit, or 'none' to clear it")
+    st.add_argument("--group", default=None, help="group name or id")
+    st.add_argument("--for-org", default=None, metavar="ORG", help="the group's organization")
+    st.add_argument("--group-limit", default=None, metavar="USD|none",
+                    help="the group's limit, or 'none' to clear it")
+    add_database_argument(st)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_command(args, lambda client: _limits(client, args), prog="limits")
+
+
+def _amount(value: str) -> int | None:
+    return None if value.lower() == "none" else parse_usd(value)
+
+
+async def _limits(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "set":
+        return await _set(client, args)
+    config = await client.fetch(
+        "SELECT enabled, default_limit_micros, period::text FROM chatd.usage_limit_config"
+    )
+    enabled, default, period = config[0]
+    print(f"limits {'enabled' if enabled else 'disabled'}; default {format_micros(default)} "
+          f"per {period}")
+    who = await resolve_identity(client, args)
+    rows = await client.fetch(
+        "SELECT limit_micros, source, spent_micros, period_start, resets_at "
+        "FROM chatd.usage_limit_status(%s, %s)",
+        [who.user_id, who.organization_id],
+    )
+    limit, source, spent, start, resets = rows[0]
+    print(f"user {who.user_id} in organization {who.organization_id}:")
+    print(f"  limit  {format_micros(limit) if limit is not None else 'none'} ({source})")
+    print(f"  spent  {format_micros(spent)} since {start:%Y-%m-%d %H:%M} UTC")
+    print(f"  resets {resets:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+async def _set(client: Client, args: argparse.Namespace) -> int:
+    did = False
+    if args.enabled is not None or args.default is not None or args.period or args.no_default:
+        await client.fetch(
+            "SELECT chatd.admin_set_usage_limits(%s, %s, %s::chatd.spend_period, %s)",
+            [args.enabled, args.default, args.period, args.no_default],
+        )
+        did = True
+    if args.user_limit is not None:
+        if not args.for_user:
+            raise SystemExit("chatd limits set: --user-limit needs --for-user")
+        await client.fetch("SELECT chatd.admin_set_user_limit(%s, %s)",
+                           [args.for_user, _amount(args.user_limit)])
+        did = True
+    if args.group_limit is not None:
+        if not (args.group and args.for_org):
+            raise SystemExit("chatd limits set: --group-limit needs --group and --for-org")
+        await client.fetch("SELECT chatd.admin_set_group_limit(%s, %s, %s)",
+                           [args.for_org, args.group, _amount(args.group_limit)])
+        did = True
+    if not did:
+        raise SystemExit("chatd limits set: nothing to change (see --help)")
+    print("ok")
+    return 0

@@ -1,0 +1,57 @@
+"""`chatd models add|list`: model configurations (prices in USD per million
+tokens; one model may be the default)."""
+
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal
+
+from chatd.cli_common import add_database_argument, run_command, table
+from chatd.client import Client
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Add, update or list model configurations."
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="add a model, or update the provider's model of this name")
+    add.add_argument("provider", help="provider name or id")
+    add.add_argument("model", help="the provider's model name, e.g. gpt-4o-mini")
+    add.add_argument("--display-name", default=None)
+    add.add_argument("--context-limit", type=int, default=128000)
+    add.add_argument("--max-output-tokens", type=int, default=4096)
+    for bucket in ("input", "output", "cache-read", "cache-write"):
+        add.add_argument(f"--{bucket}-price", type=Decimal, default=None, metavar="USD",
+                         help=f"USD per million {bucket.replace('-', ' ')} tokens (default: unpriced)")
+    add.add_argument("--default", action="store_true", help="make it the default model")
+    add.add_argument("--disabled", action="store_true", help="add it disabled")
+    add_database_argument(add)
+    ls = sub.add_parser("list", help="list models")
+    add_database_argument(ls)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_command(args, lambda client: _models(client, args), prog="models")
+
+
+async def _models(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        rows = await client.fetch(
+            "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [args.provider, args.model, args.display_name, args.context_limit,
+             args.max_output_tokens, args.input_price, args.output_price, args.cache_read_price,
+             args.cache_write_price, args.default, not args.disabled],
+        )
+        print(rows[0][0])
+        return 0
+    rows = await client.fetch(
+        "SELECT p.name, m.model, m.display_name, "
+        "CASE WHEN m.is_default THEN 'yes' ELSE '' END, m.enabled, "
+        "concat_ws(' / ', m.input_price_per_mtok::float8, m.output_price_per_mtok::float8), m.id "
+        "FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id "
+        "ORDER BY p.name, m.model"
+    )
+    print(table([list(r) for r in rows],
+                ["PROVIDER", "MODEL", "NAME", "DEFAULT", "ENABLED", "USD/MTOK IN / OUT", "ID"]))
+    return 0

@@ -1,0 +1,47 @@
+"""`chatd providers add|list`: LLM providers (the API key stays in the
+environment: a provider names the variable that holds it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from chatd.cli_common import add_database_argument, run_command, table
+from chatd.client import Client
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Add, update or list LLM providers."
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="add a provider, or update the one with this name")
+    add.add_argument("name", help="unique provider name")
+    add.add_argument("--kind", required=True, choices=["openai", "openai-compat", "anthropic"])
+    add.add_argument("--base-url", default=None,
+                     help="API base URL (required for openai-compat, e.g. http://localhost:11434/v1)")
+    add.add_argument("--api-key-env", default=None, metavar="VAR",
+                     help="NAME of the environment variable holding the API key, e.g. OPENAI_API_KEY")
+    add.add_argument("--disabled", action="store_true", help="add it disabled")
+    add_database_argument(add)
+    ls = sub.add_parser("list", help="list providers")
+    add_database_argument(ls)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_command(args, lambda client: _providers(client, args), prog="providers")
+
+
+async def _providers(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        rows = await client.fetch(
+            "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s)",
+            [args.name, args.kind, args.base_url, args.api_key_env, not args.disabled],
+        )
+        print(rows[0][0])
+        return 0
+    rows = await client.fetch(
+        "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
+        "p.enabled, p.id FROM chatd.providers AS p ORDER BY p.name"
+    )
+    print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "ID"]))
+    return 0

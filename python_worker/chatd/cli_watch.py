@@ -1,0 +1,111 @@
+"""`chatd watch ID`: follow one chat's events (status, messages, streamed
+parts, queue, retries, errors) until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from uuid import UUID
+
+from chatd.cli_common import add_identity_arguments, resolve_identity, run_command
+from chatd.client import (
+    ChatDeletedEvent,
+    Client,
+    ErrorEvent,
+    Event,
+    MessageEvent,
+    MessagesDeletedEvent,
+    PartsEvent,
+    QueueEvent,
+    RetryEvent,
+    StatusEvent,
+    TitleEvent,
+)
+
+__all__ = ["add_arguments", "describe", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Follow one chat's events until interrupted (Ctrl-C)."
+    parser.add_argument("chat", type=UUID, help="chat id")
+    parser.add_argument("--after", type=int, default=None, metavar="MESSAGE_ID",
+                        help="show only messages after this id (default: the whole history)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per event")
+    parser.add_argument("--exit-when-idle", action="store_true",
+                        help="stop once the chat is waiting or in error")
+    add_identity_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_command(args, lambda client: _watch(client, args), prog="watch")
+
+
+def _text(content: list[dict[str, Any]]) -> str:
+    return "".join(str(p.get("text", "")) for p in content if p.get("type") in ("text", "reasoning"))
+
+
+def describe(event: Event) -> dict[str, Any]:
+    """A JSON-friendly description of an event."""
+    if isinstance(event, StatusEvent):
+        return {"event": "status", "status": event.status, "archived": event.archived,
+                "version": event.version, "lease": event.lease, "worker_id": event.worker_id}
+    if isinstance(event, MessageEvent):
+        m = event.message
+        return {"event": "message", "id": m.id, "role": m.role, "content": m.content,
+                "input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
+                "total_cost_micros": m.total_cost_micros}
+    if isinstance(event, PartsEvent):
+        return {"event": "parts", "lease": event.lease, "seq": event.seq, "parts": event.parts}
+    if isinstance(event, QueueEvent):
+        return {"event": "queue", "version": event.version,
+                "queue": [{"id": q.id, "text": _text(q.content)} for q in event.queue]}
+    if isinstance(event, RetryEvent):
+        return {"event": "retry", "attempt": event.attempt, "delay_ms": event.delay_ms,
+                "retrying_at": event.retrying_at.isoformat() if event.retrying_at else None,
+                "error": event.error.__dict__ if event.error else None}
+    if isinstance(event, ErrorEvent):
+        return {"event": "error", "error": event.error.__dict__ if event.error else None}
+    if isinstance(event, MessagesDeletedEvent):
+        return {"event": "messages_deleted", "from_message_id": event.from_message_id}
+    if isinstance(event, TitleEvent):
+        return {"event": "title", "title": event.title}
+    return {"event": "deleted"}
+
+
+def _line(event: Event) -> str:
+    d = describe(event)
+    if isinstance(event, StatusEvent):
+        return f"[status] {event.status}{' (archived)' if event.archived else ''} v{event.version}"
+    if isinstance(event, MessageEvent):
+        m = event.message
+        return f"[message {m.id}] {m.role}: {_text(m.content)}"
+    if isinstance(event, PartsEvent):
+        return f"[parts {event.lease}/{event.seq}] {_text(event.parts)}"
+    if isinstance(event, QueueEvent):
+        return f"[queue] {len(event.queue)} queued"
+    if isinstance(event, RetryEvent):
+        reason = event.error.message if event.error else ""
+        return f"[retry] attempt {event.attempt} in {d['delay_ms']} ms: {reason}"
+    if isinstance(event, ErrorEvent):
+        return f"[error] {event.error.message if event.error else ''} ({event.error.kind if event.error else ''})"
+    if isinstance(event, MessagesDeletedEvent):
+        return f"[deleted] messages from {event.from_message_id} on"
+    if isinstance(event, TitleEvent):
+        return f"[title] {event.title}"
+    return "[deleted] the chat was deleted"
+
+
+async def _watch(client: Client, args: argparse.Namespace) -> int:
+    who = await resolve_identity(client, args)
+    async with client.subscribe(who.user_id, args.chat, after_message_id=args.after) as events:
+        async for event in events:
+            print(json.dumps(describe(event), default=str) if args.json else _line(event), flush=True)
+            if isinstance(event, ChatDeletedEvent):
+                return 0
+            if (args.exit_when_idle and isinstance(event, StatusEvent)
+                    and event.status in ("waiting", "error")):
+                return 0
+    print("chatd watch: the subscription ended", file=sys.stderr)
+    return 1

@@ -457,10 +457,12 @@ class MessageEvent(ChatEvent):
 
 @dataclass(frozen=True)
 class MessagesDeletedEvent(ChatEvent):
-    """Messages from ``from_message_id`` on were soft-deleted (edit_message)."""
+    """Emitted messages that are gone (soft-deleted by edit_message), from
+    ``from_message_id`` on; ``message_ids`` lists them."""
 
     from_message_id: int
     version: int
+    message_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -891,7 +893,9 @@ class Subscription:
         self._queue_ids: list[int] | None = None
         self._stale = False
         self._base_version = 0
-        self._deletions_seen: set[tuple[int, int]] = set()
+        self._after = after_message_id or 0
+        self._emitted: list[int] = []  # ids of the live messages emitted
+        self._full = False
         self.refresh_failures = 0
 
     def __aiter__(self) -> Subscription:
@@ -937,8 +941,8 @@ class Subscription:
                 batch = [await self._queue.get()]
                 while not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                for event in self._deletions(batch):
-                    yield event
+                if any(self._is_edit(item) for item in batch):
+                    self._full = True  # messages changed: re-read them all
                 for item in batch:
                     if isinstance(item, _Closed):
                         return
@@ -964,23 +968,16 @@ class Subscription:
             return []  # already reflected in what was emitted
         return await self._refresh()
 
-    def _deletions(self, batch: Sequence[_Item]) -> list[Event]:
-        """Soft deletions (edit_message) announced in this batch, emitted
-        before the refresh that shows the replacement messages. Deletions
-        older than the first snapshot are already reflected in it."""
-        events: list[Event] = []
-        for hint in batch:
-            if not isinstance(hint, Mapping) or hint.get("kind") != "message":
-                continue
-            deleted_from = _int_or_none(hint.get("deleted_from"))
-            version = _int_or_none(hint.get("version")) or 0
-            if deleted_from is None or version <= self._base_version:
-                continue
-            if (version, deleted_from) in self._deletions_seen:
-                continue
-            self._deletions_seen.add((version, deleted_from))
-            events.append(MessagesDeletedEvent(self.chat_id, deleted_from, version))
-        return events
+    def _is_edit(self, item: _Item) -> bool:
+        """A hint that existing messages changed (soft-deleted by edit_message)."""
+        if isinstance(item, _Resync):
+            return True
+        if not isinstance(item, Mapping) or item.get("kind") != "message":
+            return False
+        version = _int_or_none(item.get("version")) or 0
+        return version > self._base_version and (
+            item.get("op") == "update" or item.get("deleted_from") is not None
+        )
 
     async def _on_parts(self, hint: Mapping[str, Any]) -> list[Event]:
         lease = _int_or_none(hint.get("lease"))
@@ -999,8 +996,11 @@ class Subscription:
         return [PartsEvent(self.chat_id, lease, seq, parts)]
 
     async def _refresh(self) -> list[Event]:
+        full = self._full
         try:
-            snapshot = await self._client.snapshot(self.user_id, self.chat_id, self.last_message_id)
+            snapshot = await self._client.snapshot(
+                self.user_id, self.chat_id, self._after if full else self.last_message_id
+            )
         except (ChatNotFound, Forbidden):
             raise
         except (*_TRANSIENT, psycopg.Error) as exc:
@@ -1010,7 +1010,17 @@ class Subscription:
             log.warning("chat %s: refresh failed, will retry on the next hint: %s", self.chat_id, exc)
             return []
         self._stale = False
-        return self._apply(snapshot)
+        events: list[Event] = []
+        if full:
+            self._full = False
+            live = {m.id for m in snapshot.messages}
+            gone = [i for i in self._emitted if i not in live]
+            if gone:
+                self._emitted = [i for i in self._emitted if i in live]
+                events.append(
+                    MessagesDeletedEvent(self.chat_id, min(gone), snapshot.chat.version, gone)
+                )
+        return events + self._apply(snapshot)
 
     def _apply(self, snapshot: Snapshot) -> list[Event]:
         """Events for everything in the snapshot not emitted yet."""
@@ -1020,6 +1030,7 @@ class Subscription:
             if message.id > self.last_message_id:
                 events.append(MessageEvent(self.chat_id, message))
                 self.last_message_id = message.id
+                self._emitted.append(message.id)
         if prev is None or chat.version > prev.version:
             if prev is None or (chat.status, chat.archived) != (prev.status, prev.archived):
                 events.append(StatusEvent(

@@ -299,11 +299,19 @@ async def test_after_message_id_and_edits(client: Client, setup: Setup,
         events = await until(sub, is_status("pending"))
         assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["three"]
 
-        first = (await client.snapshot(setup.user, chat)).messages[0].id
-        await client.edit_message(setup.user, chat, first, "one, edited")
+        three = events[0].message.id  # type: ignore[union-attr]
+
+    async with client.subscribe(setup.user, chat) as sub:
+        initial = await until(sub, lambda e: isinstance(e, StatusEvent))
+        ids = [e.message.id for e in initial if isinstance(e, MessageEvent)]
+        assert ids == [ids[0], answer, three]
+        await client.edit_message(setup.user, chat, ids[0], "one, edited")
         events = await until(sub, lambda e: isinstance(e, MessageEvent))
-        assert isinstance(events[0], MessagesDeletedEvent) and events[0].from_message_id == first
+        deleted = events[0]
+        assert isinstance(deleted, MessagesDeletedEvent)
+        assert (deleted.from_message_id, deleted.message_ids) == (ids[0], ids)
         assert events[-1].message.text == "one, edited"  # type: ignore[union-attr]
+        assert [type(e) for e in events].count(MessagesDeletedEvent) == 1
 
 
 async def test_queue_retry_and_error_events(client: Client, setup: Setup,

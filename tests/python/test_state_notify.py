@@ -1,0 +1,129 @@
+"""The exact notifications each state-machine function emits, captured with
+LISTEN on a real connection (delivered at commit). A sentinel notification
+sent after each call marks the end of what that call produced."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import psycopg
+
+from chatd.testing import Factory
+
+
+class Capture:
+    def __init__(self, db: str) -> None:
+        self.listener = psycopg.connect(db, autocommit=True)
+        self.sender = psycopg.connect(db, autocommit=True)
+        self.listener.execute("LISTEN chatd_wake")
+        self.listener.execute("LISTEN chatd_test_sentinel")
+
+    def listen(self, channel: str) -> None:
+        self.listener.execute(f'LISTEN "{channel}"')
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        token = uuid.uuid4().hex
+        self.sender.execute("SELECT pg_notify('chatd_test_sentinel', %s)", (token,))
+        got: list[tuple[str, dict[str, Any]]] = []
+        for n in self.listener.notifies(timeout=10):
+            if n.channel == "chatd_test_sentinel":
+                if n.payload == token:
+                    return got
+                continue
+            got.append((n.channel.split("_")[1], json.loads(n.payload)))
+        raise AssertionError("sentinel never arrived")
+
+    def close(self) -> None:
+        self.listener.close()
+        self.sender.close()
+
+
+def kinds(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    return [(channel, payload.get("kind", "wake")) for channel, payload in events]
+
+
+def test_each_function_emits_exactly_its_notifications(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    cap = Capture(db)
+    try:
+        cap.listen(f"chatd_user_{user}")
+        chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+        events = cap.drain()
+        assert kinds(events) == [("user", "created"), ("wake", "wake")]
+        assert events[0][1]["version"] == 1 and events[0][1]["status"] == "pending"
+        cap.listen(f"chatd_chat_{chat}")
+
+        lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
+        events = cap.drain()
+        assert kinds(events) == [("chat", "status"), ("user", "status")]
+        assert events[0][1]["status"] == "running" and events[0][1]["worker_id"] == "w1"
+        assert events[0][1]["version"] == 2
+
+        conn.execute("SELECT chatd.heartbeat('w1', %s, %s)", ([chat], [lease]))
+        assert cap.drain() == [], "heartbeats notify nothing"
+
+        conn.execute("SELECT chatd.publish_parts(%s, %s, 0, '[{\"type\": \"text\", \"text\": \"He\"}]')", (chat, lease))
+        events = cap.drain()
+        assert kinds(events) == [("chat", "parts")]
+        assert events[0][1]["seq"] == 0 and events[0][1]["parts"][0]["text"] == "He"
+        big = json.dumps([{"type": "text", "text": "x" * 9000}])
+        conn.execute("SELECT chatd.publish_parts(%s, %s, 1, %s)", (chat, lease, big))
+        events = cap.drain()
+        assert events[0][1]["truncated"] is True and "parts" not in events[0][1]
+
+        conn.execute("SELECT chatd.send_message(%s, %s, '\"more\"')", (user, chat))
+        events = cap.drain()
+        assert kinds(events) == [("chat", "queue")]
+        assert events[0][1]["queue_length"] == 1 and events[0][1]["version"] == 3
+
+        msg = conn.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone()[0]
+        events = cap.drain()
+        # status (running -> pending, queue head promoted), one message hint per statement, the queue change
+        assert kinds(events) == [
+            ("chat", "status"), ("user", "status"), ("wake", "wake"),
+            ("chat", "message"), ("chat", "queue"), ("chat", "message"),
+        ]
+        assert {p["version"] for c, p in events if c == "chat"} == {4}
+        assert events[3][1]["last_message_id"] == msg
+        assert events[5][1]["last_message_id"] == msg + 1
+
+        lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
+        cap.drain()
+        conn.execute(
+            "SELECT * FROM chatd.record_failure(%s, %s, %s, 2500)",
+            (chat, lease, json.dumps({"message": "slow down", "kind": "rate_limit", "retryable": True})),
+        )
+        events = cap.drain()
+        assert kinds(events) == [("chat", "retry"), ("user", "status"), ("wake", "wake")]
+        retry = events[0][1]
+        assert retry["attempt"] == 1 and retry["delay_ms"] == 2500
+        assert retry["error"]["kind"] == "rate_limit" and retry["retrying_at"]
+
+        conn.execute("SELECT chatd.archive_chat(%s, %s)", (user, chat))
+        events = cap.drain()
+        assert kinds(events) == [("chat", "archived"), ("user", "archived")]
+        assert events[0][1]["status"] == "waiting" and events[0][1]["archived"] is True
+
+        conn.execute("SELECT chatd.set_chat_title(%s, %s, 'Named')", (user, chat))
+        assert kinds(cap.drain()) == [("chat", "title"), ("user", "title")]
+
+        conn.execute("SELECT chatd.unarchive_chat(%s, %s)", (user, chat))
+        conn.execute("SELECT chatd.edit_message(%s, %s, %s, '\"edited\"')", (user, chat, msg + 1))
+        events = cap.drain()
+        assert kinds(events) == [
+            ("chat", "archived"), ("user", "archived"),
+            ("chat", "status"), ("user", "status"), ("wake", "wake"),
+            ("chat", "message"), ("chat", "message"),
+        ]
+        assert events[5][1]["op"] == "update" and events[6][1]["op"] == "insert"
+
+        conn.execute("DELETE FROM chatd.chats WHERE id = %s", (chat,))
+        assert kinds(cap.drain()) == [("chat", "deleted"), ("user", "deleted")]
+    finally:
+        cap.close()

@@ -69,7 +69,7 @@ SELECT throws_like(
         $$INSERT INTO chatd.chats (id, organization_id, owner_id, root_chat_id, model_config_id, status)
           SELECT i, c.organization_id, c.owner_id, i, c.model_config_id, 'waiting'
           FROM chatd.chats AS c, (SELECT gen_random_uuid() AS i) AS g WHERE c.id = %L$$,
-        (SELECT chat FROM pairs LIMIT 1)
+        (SELECT min(pairs.chat::text) FROM pairs)
     ),
     '%cannot be created as waiting%',
     'a chat cannot be inserted in any status but pending'
@@ -83,17 +83,17 @@ SELECT
     chatd_test.chat_in('running') AS vchat,
     chatd_test.chat(chatd_test.user(chatd_test.org())) AS fresh_chat;
 SELECT throws_ok(
-    format('UPDATE chatd.chats SET lease = lease - 1 WHERE id = %L', (SELECT running_chat FROM ids)),
+    format('UPDATE chatd.chats SET lease = lease - 1 WHERE id = %L', (SELECT ids.running_chat FROM ids)),
     'CD003', NULL, 'the lease never goes back'
 );
 SELECT throws_ok(
-    format('UPDATE chatd.chats SET lease = lease + 1 WHERE id = %L', (SELECT running_chat FROM ids)),
+    format('UPDATE chatd.chats SET lease = lease + 1 WHERE id = %L', (SELECT ids.running_chat FROM ids)),
     'CD003', NULL, 'the lease of a running turn cannot change'
 );
 SELECT throws_ok(
     format(
         $$UPDATE chatd.chats SET status = 'running', worker_id = 'w', started_at = now(), heartbeat_at = now()
-          WHERE id = %L$$, (SELECT pending_chat FROM ids)
+          WHERE id = %L$$, (SELECT ids.pending_chat FROM ids)
     ),
     'CD003', NULL, 'a claim must bump the lease'
 );
@@ -103,13 +103,13 @@ CREATE TEMP TABLE v0 AS SELECT
     version,
     updated_at
 FROM chatd.chats
-WHERE id = (SELECT vchat FROM ids);
+WHERE id = (SELECT ids.vchat FROM ids);
 UPDATE chatd.chats SET heartbeat_at = now() + interval '1 second'
-WHERE id = (SELECT vchat FROM ids);
+WHERE id = (SELECT ids.vchat FROM ids);
 SELECT is(
     (
         SELECT version FROM chatd.chats
-        WHERE id = (SELECT vchat FROM ids)
+        WHERE id = (SELECT ids.vchat FROM ids)
     ), (SELECT version FROM v0
     ),
     'a heartbeat-only update keeps the version'
@@ -117,37 +117,37 @@ SELECT is(
 SELECT is(
     (
         SELECT updated_at FROM chatd.chats
-        WHERE id = (SELECT vchat FROM ids)
+        WHERE id = (SELECT ids.vchat FROM ids)
     ), (SELECT updated_at FROM v0
     ),
     'a heartbeat-only update keeps updated_at'
 );
 UPDATE chatd.chats SET title = title
-WHERE id = (SELECT vchat FROM ids);
+WHERE id = (SELECT ids.vchat FROM ids);
 SELECT is(
     (
         SELECT version FROM chatd.chats
-        WHERE id = (SELECT vchat FROM ids)
+        WHERE id = (SELECT ids.vchat FROM ids)
     ), (SELECT version FROM v0
     ),
     'a no-op update keeps the version'
 );
 UPDATE chatd.chats SET title = 'new title'
-WHERE id = (SELECT vchat FROM ids);
+WHERE id = (SELECT ids.vchat FROM ids);
 SELECT is(
     (
         SELECT version FROM chatd.chats
-        WHERE id = (SELECT vchat FROM ids)
+        WHERE id = (SELECT ids.vchat FROM ids)
     ), (SELECT version + 1 FROM v0
     ),
     'a real change bumps the version by one'
 );
 UPDATE chatd.chats SET version = 1000
-WHERE id = (SELECT vchat FROM ids);
+WHERE id = (SELECT ids.vchat FROM ids);
 SELECT is(
     (
         SELECT version FROM chatd.chats
-        WHERE id = (SELECT vchat FROM ids)
+        WHERE id = (SELECT ids.vchat FROM ids)
     ), (SELECT version + 2 FROM v0
     ),
     'a version write is a touch: +1, never an arbitrary value'

@@ -20,16 +20,16 @@ FROM (
 -- acquire ------------------------------------------------------------------
 CREATE TEMP TABLE c AS
 SELECT
-    chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t), p_text => 'first') AS due,
-    chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS later,
-    chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS archived;
+    chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t), p_text => 'first') AS due,
+    chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t)) AS later,
+    chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t)) AS archived;
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
-WHERE id = (SELECT later FROM c);
+WHERE id = (SELECT c.later FROM c);
 UPDATE chatd.chats SET archived = TRUE
-WHERE id = (SELECT archived FROM c);
+WHERE id = (SELECT c.archived FROM c);
 UPDATE chatd.chats SET next_attempt_at = now() - interval '1 day'
-WHERE id = (SELECT due FROM c);
-SELECT chatd.create_chat((SELECT usr FROM t), (SELECT org FROM t), '"x"', (SELECT model FROM t)) IS NOT NULL
+WHERE id = (SELECT c.due FROM c);
+SELECT chatd.create_chat((SELECT t.usr FROM t), (SELECT t.org FROM t), '"x"', (SELECT t.model FROM t)) IS NOT NULL
     AS created;
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
 WHERE status = 'pending' AND id NOT IN (
@@ -40,36 +40,36 @@ WHERE status = 'pending' AND id NOT IN (
 
 CREATE TEMP TABLE a AS SELECT * FROM chatd.acquire_chats('w1', 10);
 SELECT is((SELECT count(*) FROM a), 1::bigint, 'acquire claims only due, non-archived pending chats');
-SELECT is((SELECT chat_id FROM a), (SELECT due FROM c), 'the due chat is claimed');
-SELECT is((SELECT lease FROM a), 1::bigint, 'the claim bumps the lease (0 -> 1)');
-SELECT is((SELECT attempt FROM a), 0, 'attempt 0: first try of the turn');
+SELECT is((SELECT a.chat_id FROM a), (SELECT c.due FROM c), 'the due chat is claimed');
+SELECT is((SELECT a.lease FROM a), 1::bigint, 'the claim bumps the lease (0 -> 1)');
+SELECT is((SELECT a.attempt FROM a), 0, 'attempt 0: first try of the turn');
 SELECT is((SELECT model ->> 'model_config_id' FROM a), (SELECT model::text FROM t), 'model config in the payload');
 SELECT is((SELECT model -> 'provider' ->> 'kind' FROM a), 'openai-compat', 'provider in the payload');
 SELECT is(
     (SELECT messages -> 0 -> 'content' -> 0 ->> 'text' FROM a), 'first',
     'messages (visible to the model) in the payload'
 );
-SELECT is(chatd_test.status((SELECT due FROM c)), 'running', 'pending -> running');
+SELECT is(chatd_test.status((SELECT c.due FROM c)), 'running', 'pending -> running');
 SELECT is(
     (
         SELECT worker_id FROM chatd.chats
-        WHERE id = (SELECT due FROM c)
+        WHERE id = (SELECT c.due FROM c)
     ), 'w1', 'the worker owns the claimed chat'
 );
 SELECT is((SELECT count(*) FROM chatd.acquire_chats('w2', 10)), 0::bigint, 'nothing else is due');
-SELECT is(chatd_test.status((SELECT archived FROM c)), 'pending', 'an archived pending chat is not claimed');
+SELECT is(chatd_test.status((SELECT c.archived FROM c)), 'pending', 'an archived pending chat is not claimed');
 
 -- heartbeat ----------------------------------------------------------------
 CREATE TEMP TABLE v AS SELECT version FROM chatd.chats
-WHERE id = (SELECT due FROM c);
+WHERE id = (SELECT c.due FROM c);
 SELECT is_empty(
-    format($$SELECT * FROM chatd.heartbeat('w1', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT due FROM c)),
+    format($$SELECT * FROM chatd.heartbeat('w1', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT c.due FROM c)),
     'a heartbeat under the current lease returns nothing lost'
 );
 SELECT is(
     (
         SELECT version FROM chatd.chats
-        WHERE id = (SELECT due FROM c)
+        WHERE id = (SELECT c.due FROM c)
     ), (SELECT version FROM v
     ),
     'a heartbeat does not bump the version'
@@ -77,14 +77,14 @@ SELECT is(
 SELECT results_eq(
     format(
         $$SELECT * FROM chatd.heartbeat('w1', ARRAY[%L, %L]::uuid[], ARRAY[7, 1]::bigint[])$$,
-        (SELECT due FROM c), (SELECT later FROM c)
+        (SELECT c.due FROM c), (SELECT c.later FROM c)
     ),
-    format($$SELECT x FROM unnest(ARRAY[%L, %L]::uuid[]) AS x ORDER BY x$$, (SELECT due FROM c), (SELECT later FROM c)),
+    format($$SELECT x FROM unnest(ARRAY[%L, %L]::uuid[]) AS x ORDER BY x$$, (SELECT c.due FROM c), (SELECT c.later FROM c)),
     'a heartbeat returns the chats not owned under the given lease'
 );
 SELECT results_eq(
-    format($$SELECT * FROM chatd.heartbeat('w2', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT due FROM c)),
-    format($$SELECT %L::uuid$$, (SELECT due FROM c)),
+    format($$SELECT * FROM chatd.heartbeat('w2', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT c.due FROM c)),
+    format($$SELECT %L::uuid$$, (SELECT c.due FROM c)),
     'another worker cannot heartbeat a chat it does not own'
 );
 SELECT throws_ok(
@@ -94,35 +94,35 @@ SELECT throws_ok(
 
 -- publish_parts --------------------------------------------------------------
 SELECT lives_ok(
-    format($$SELECT chatd.publish_parts(%L, 1, 0, '[{"type": "text", "text": "He"}]')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.publish_parts(%L, 1, 0, '[{"type": "text", "text": "He"}]')$$, (SELECT c.due FROM c)),
     'publish_parts under the current lease'
 );
 SELECT lives_ok(
-    format($$SELECT chatd.publish_parts(%L, 1, 0, '[{"type": "text", "text": "He"}]')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.publish_parts(%L, 1, 0, '[{"type": "text", "text": "He"}]')$$, (SELECT c.due FROM c)),
     'publish_parts is idempotent per seq'
 );
 SELECT throws_ok(
-    format($$SELECT chatd.publish_parts(%L, 2, 1, '[]')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.publish_parts(%L, 2, 1, '[]')$$, (SELECT c.due FROM c)),
     'CD004', NULL, 'publish_parts under a wrong lease: lease lost'
 );
 SELECT throws_ok(
-    format($$SELECT chatd.publish_parts(%L, 1, 1, '{}')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.publish_parts(%L, 1, 1, '{}')$$, (SELECT c.due FROM c)),
     'CD007', NULL, 'parts must be an array'
 );
 SELECT is(
     (
         SELECT count(*) FROM chatd.stream_parts
-        WHERE chat_id = (SELECT due FROM c)
+        WHERE chat_id = (SELECT c.due FROM c)
     ), 1::bigint, 'one part stored'
 );
 
 -- finish_turn ----------------------------------------------------------------
 SELECT throws_ok(
-    format($$SELECT chatd.finish_turn(%L, 2, '"x"')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.finish_turn(%L, 2, '"x"')$$, (SELECT c.due FROM c)),
     'CD004', NULL, 'finish_turn under a wrong lease: lease lost'
 );
 SELECT throws_ok(
-    format($$SELECT chatd.finish_turn(%L, 1, '42')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.finish_turn(%L, 1, '42')$$, (SELECT c.due FROM c)),
     'CD007', NULL, 'finish_turn validates content'
 );
 SELECT throws_ok(
@@ -131,23 +131,23 @@ SELECT throws_ok(
 );
 CREATE TEMP TABLE f AS
 SELECT chatd.finish_turn(
-    (SELECT due FROM c), 1,
+    (SELECT c.due FROM c), 1,
     '[{"type": "text", "text": "answer"}]',
     '{"input_tokens": 1000, "output_tokens": 500, "reasoning_tokens": 7}',
     'resp-1', 1234,
     '[{"role": "assistant", "content": [{"type": "tool-call", "id": "t1"}]},
       {"role": "tool", "content": [{"type": "tool-result", "id": "t1"}]}]'
 ) AS id;
-SELECT is(chatd_test.status((SELECT due FROM c)), 'waiting', 'finish_turn with an empty queue: running -> waiting');
+SELECT is(chatd_test.status((SELECT c.due FROM c)), 'waiting', 'finish_turn with an empty queue: running -> waiting');
 SELECT results_eq(
-    format($$SELECT role::text FROM chatd.messages WHERE chat_id = %L ORDER BY id$$, (SELECT due FROM c)),
+    format($$SELECT role::text FROM chatd.messages WHERE chat_id = %L ORDER BY id$$, (SELECT c.due FROM c)),
     ARRAY['user', 'assistant', 'tool', 'assistant'],
     'tool rounds first, then the final assistant message'
 );
 SELECT is(
     (
         SELECT max(id) FROM chatd.messages
-        WHERE chat_id = (SELECT due FROM c)
+        WHERE chat_id = (SELECT c.due FROM c)
     ), (SELECT id FROM f
     ),
     'finish_turn returns the assistant message id'
@@ -155,50 +155,50 @@ SELECT is(
 SELECT row_eq(
     format(
         $$SELECT input_tokens, output_tokens, reasoning_tokens, total_cost_micros, runtime_ms, provider_response_id
-          FROM chatd.messages WHERE id = %s$$, (SELECT id FROM f)
+          FROM chatd.messages WHERE id = %s$$, (SELECT f.id FROM f)
     ),
     row(1000::bigint, 500::bigint, 7::bigint, 2000::bigint, 1234::bigint, 'resp-1'::text),
     'usage, cost (1000 x $1 + 500 x $2 per Mtok = 2000 micros), runtime and response id persisted'
 );
 SELECT row_eq(
-    format($$SELECT worker_id, lease, attempt FROM chatd.chats WHERE id = %L$$, (SELECT due FROM c)),
+    format($$SELECT worker_id, lease, attempt FROM chatd.chats WHERE id = %L$$, (SELECT c.due FROM c)),
     row(NULL::text, 2::bigint, 0),
     'after finish_turn: no worker, lease bumped (turn over), attempt reset'
 );
 SELECT throws_ok(
-    format($$SELECT chatd.finish_turn(%L, 1, '"again"')$$, (SELECT due FROM c)),
+    format($$SELECT chatd.finish_turn(%L, 1, '"again"')$$, (SELECT c.due FROM c)),
     'CD004', NULL, 'a second finish_turn under the old lease is refused'
 );
 
 -- finish_turn promotes the queue head
-CREATE TEMP TABLE q AS SELECT chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS chat;
-CREATE TEMP TABLE ql AS SELECT chatd_test.claim((SELECT chat FROM q)) AS lease;
-SELECT chatd.send_message((SELECT usr FROM t), (SELECT chat FROM q), '"queued one"');
-SELECT chatd.send_message((SELECT usr FROM t), (SELECT chat FROM q), '"queued two"');
-SELECT chatd.finish_turn((SELECT chat FROM q), (SELECT lease FROM ql), '"reply"');
-SELECT is(chatd_test.status((SELECT chat FROM q)), 'pending', 'finish_turn with a queue: running -> pending');
+CREATE TEMP TABLE q AS SELECT chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t)) AS chat;
+CREATE TEMP TABLE ql AS SELECT chatd_test.claim((SELECT q.chat FROM q)) AS lease;
+SELECT chatd.send_message((SELECT t.usr FROM t), (SELECT q.chat FROM q), '"queued one"');
+SELECT chatd.send_message((SELECT t.usr FROM t), (SELECT q.chat FROM q), '"queued two"');
+SELECT chatd.finish_turn((SELECT q.chat FROM q), (SELECT ql.lease FROM ql), '"reply"');
+SELECT is(chatd_test.status((SELECT q.chat FROM q)), 'pending', 'finish_turn with a queue: running -> pending');
 SELECT results_eq(
     format(
         $$SELECT role::text || ':' || (content -> 0 ->> 'text') FROM chatd.messages WHERE chat_id = %L ORDER BY id$$,
-        (SELECT chat FROM q)
+        (SELECT q.chat FROM q)
     ),
     ARRAY['user:hello', 'assistant:reply', 'user:queued one'],
     'the queue head became the next user message, after the reply'
 );
 SELECT results_eq(
-    format($$SELECT content -> 0 ->> 'text' FROM chatd.queued_messages WHERE chat_id = %L$$, (SELECT chat FROM q)),
+    format($$SELECT content -> 0 ->> 'text' FROM chatd.queued_messages WHERE chat_id = %L$$, (SELECT q.chat FROM q)),
     ARRAY['queued two'],
     'the rest of the queue stays'
 );
 
 -- record_failure: retry arithmetic (base 1 s, cap 60 s) --------------------
-CREATE TEMP TABLE r AS SELECT chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS chat;
+CREATE TEMP TABLE r AS SELECT chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t)) AS chat;
 CREATE FUNCTION pg_temp.fail(p_retry_after bigint DEFAULT NULL, p_retryable boolean DEFAULT TRUE)
 RETURNS TABLE (status chatd.chat_status, attempt integer, delay interval)
 LANGUAGE sql AS $$
     SELECT f.status, f.attempt, f.next_attempt_at - now()
     FROM chatd.record_failure(
-        (SELECT chat FROM r), chatd_test.claim((SELECT chat FROM r)),
+        (SELECT r.chat FROM r), chatd_test.claim((SELECT r.chat FROM r)),
         jsonb_build_object('message', 'overloaded', 'kind', 'overloaded', 'provider', 'openai',
             'retryable', p_retryable, 'status_code', 529),
         p_retry_after
@@ -224,10 +224,10 @@ SELECT row_eq(
     'SELECT * FROM pg_temp.fail(30000)', row('pending'::chatd.chat_status, 5, interval '30 seconds'),
     'a retry-after larger than the backoff (16 s) floors the delay'
 );
-SELECT is(chatd_test.status((SELECT chat FROM r)), 'pending', 'running -> pending on a retryable failure');
+SELECT is(chatd_test.status((SELECT r.chat FROM r)), 'pending', 'running -> pending on a retryable failure');
 SELECT row_eq(
     format($$SELECT retry_state ->> 'attempt', retry_state ->> 'delay_ms', retry_state -> 'error' ->> 'kind',
-        last_error ->> 'status_code' FROM chatd.chats WHERE id = %L$$, (SELECT chat FROM r)),
+        last_error ->> 'status_code' FROM chatd.chats WHERE id = %L$$, (SELECT r.chat FROM r)),
     row('5'::text, '30000'::text, 'overloaded'::text, '529'::text),
     'retry_state {attempt, delay_ms, error}; last_error keeps the full error'
 );
@@ -244,7 +244,7 @@ SELECT row_eq(
     'a retry-after above the cap still floors the delay'
 );
 UPDATE chatd.chats SET attempt = 23
-WHERE id = (SELECT chat FROM r);
+WHERE id = (SELECT r.chat FROM r);
 SELECT row_eq(
     'SELECT * FROM pg_temp.fail()', row('pending'::chatd.chat_status, 24, interval '60 seconds'),
     'failure 24 of 25: still retried, capped'
@@ -256,16 +256,16 @@ SELECT is(
 SELECT is(
     (
         SELECT last_error ->> 'kind' FROM chatd.chats
-        WHERE id = (SELECT chat FROM r)
+        WHERE id = (SELECT r.chat FROM r)
     ), 'overloaded',
     'the error keeps the last ChatError'
 );
 UPDATE chatd.settings SET max_attempts = 3;
-SELECT chatd.send_message((SELECT usr FROM t), (SELECT chat FROM r), '"retry please"');
+SELECT chatd.send_message((SELECT t.usr FROM t), (SELECT r.chat FROM r), '"retry please"');
 SELECT is(
     (
         SELECT attempt FROM chatd.chats
-        WHERE id = (SELECT chat FROM r)
+        WHERE id = (SELECT r.chat FROM r)
     ), 0,
     'a new message starts a new turn: attempt 0'
 );
@@ -274,11 +274,11 @@ SELECT row_eq(
     'a non-retryable error goes straight to error'
 );
 SELECT throws_ok(
-    format($$SELECT * FROM chatd.record_failure(%L, 99, '{"message": "x", "kind": "generic"}')$$, (SELECT chat FROM r)),
+    format($$SELECT * FROM chatd.record_failure(%L, 99, '{"message": "x", "kind": "generic"}')$$, (SELECT r.chat FROM r)),
     'CD004', NULL, 'record_failure under a lost lease'
 );
 SELECT throws_ok(
-    format($$SELECT * FROM chatd.record_failure(%L, 1, '{"kind": "generic"}')$$, (SELECT chat FROM r)),
+    format($$SELECT * FROM chatd.record_failure(%L, 1, '{"kind": "generic"}')$$, (SELECT r.chat FROM r)),
     'CD007', NULL, 'record_failure needs a ChatError with message and kind'
 );
 
@@ -287,10 +287,10 @@ CREATE TEMP TABLE rel AS SELECT
     chatd_test.chat_in('running') AS a,
     chatd_test.chat_in('running') AS b;
 UPDATE chatd.chats SET worker_id = 'w-release'
-WHERE id = (SELECT a FROM rel);
+WHERE id = (SELECT rel.a FROM rel);
 SELECT is(chatd.release_chats('w-release'), 1, 'release_chats releases the running chats of that worker only');
-SELECT is(chatd_test.status((SELECT a FROM rel)), 'pending', 'release: running -> pending');
-SELECT is(chatd_test.status((SELECT b FROM rel)), 'running', 'another worker''s chat stays running');
+SELECT is(chatd_test.status((SELECT rel.a FROM rel)), 'pending', 'release: running -> pending');
+SELECT is(chatd_test.status((SELECT rel.b FROM rel)), 'running', 'another worker''s chat stays running');
 SELECT is(chatd.release_chats('w1', ARRAY[gen_random_uuid()]), 0, 'release of chats not owned: nothing');
 
 -- recover_stale_chats ---------------------------------------------------------
@@ -301,38 +301,38 @@ CREATE TEMP TABLE st AS SELECT
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
 WHERE status = 'pending';
 CREATE FUNCTION pg_temp.stale_cycle() RETURNS integer LANGUAGE sql AS $$
-    SELECT chatd_test.age_heartbeat((SELECT chat FROM st));
+    SELECT chatd_test.age_heartbeat((SELECT st.chat FROM st));
     SELECT chatd.recover_stale_chats();
 $$;
 SELECT is(pg_temp.stale_cycle(), 1, 'a stale running chat is recovered, a fresh one is not');
-SELECT is(chatd_test.status((SELECT chat FROM st)), 'pending', 'recovery: running -> pending');
-SELECT is(chatd_test.status((SELECT fresh FROM st)), 'running', 'the fresh chat keeps running');
-SELECT chatd_test.claim((SELECT chat FROM st));
+SELECT is(chatd_test.status((SELECT st.chat FROM st)), 'pending', 'recovery: running -> pending');
+SELECT is(chatd_test.status((SELECT st.fresh FROM st)), 'running', 'the fresh chat keeps running');
+SELECT chatd_test.claim((SELECT st.chat FROM st));
 SELECT is(pg_temp.stale_cycle(), 1, 'second recovery of the same turn');
-SELECT chatd_test.claim((SELECT chat FROM st));
+SELECT chatd_test.claim((SELECT st.chat FROM st));
 SELECT is(pg_temp.stale_cycle(), 1, 'third recovery (more than max_recoveries = 2)');
 SELECT row_eq(
-    format($$SELECT status, last_error ->> 'kind', recoveries FROM chatd.chats WHERE id = %L$$, (SELECT chat FROM st)),
+    format($$SELECT status, last_error ->> 'kind', recoveries FROM chatd.chats WHERE id = %L$$, (SELECT st.chat FROM st)),
     row('error'::chatd.chat_status, 'timeout'::text, 3),
     'a turn recovered more than max_recoveries times: running -> error, kind timeout'
 );
 
 -- janitor and save_interrupted_turn -------------------------------------------
-CREATE TEMP TABLE j AS SELECT chatd_test.chat((SELECT usr FROM t), p_model => (SELECT model FROM t)) AS chat;
-CREATE TEMP TABLE jl AS SELECT chatd_test.claim((SELECT chat FROM j)) AS lease;
-SELECT chatd.publish_parts((SELECT chat FROM j), (SELECT lease FROM jl), 0, '[{"type": "text", "text": "par"}]');
+CREATE TEMP TABLE j AS SELECT chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t)) AS chat;
+CREATE TEMP TABLE jl AS SELECT chatd_test.claim((SELECT j.chat FROM j)) AS lease;
+SELECT chatd.publish_parts((SELECT j.chat FROM j), (SELECT jl.lease FROM jl), 0, '[{"type": "text", "text": "par"}]');
 UPDATE chatd.settings SET stream_part_retention = '0';
 SELECT is(chatd.janitor(), 1, 'the janitor drops parts of ended turns only (one old part of the finished turn)');
-SELECT is(chatd.interrupt_chat((SELECT usr FROM t), (SELECT chat FROM j)), 'waiting', 'interrupt: running -> waiting');
+SELECT is(chatd.interrupt_chat((SELECT t.usr FROM t), (SELECT j.chat FROM j)), 'waiting', 'interrupt: running -> waiting');
 SELECT ok(
-    chatd.save_interrupted_turn((SELECT chat FROM j), (SELECT lease FROM jl), '"partial"', '{"output_tokens": 3}') > 0,
+    chatd.save_interrupted_turn((SELECT j.chat FROM j), (SELECT jl.lease FROM jl), '"partial"', '{"output_tokens": 3}') > 0,
     'the interrupted worker saves its partial message under its unchanged lease'
 );
 SELECT is(chatd.janitor(), 1, 'the interrupted turn''s parts are dropped after retention');
-SELECT chatd.send_message((SELECT usr FROM t), (SELECT chat FROM j), '"next"');
-SELECT chatd_test.claim((SELECT chat FROM j));
+SELECT chatd.send_message((SELECT t.usr FROM t), (SELECT j.chat FROM j), '"next"');
+SELECT chatd_test.claim((SELECT j.chat FROM j));
 SELECT throws_ok(
-    format($$SELECT chatd.save_interrupted_turn(%L, %s, '"late"')$$, (SELECT chat FROM j), (SELECT lease FROM jl)),
+    format($$SELECT chatd.save_interrupted_turn(%L, %s, '"late"')$$, (SELECT j.chat FROM j), (SELECT jl.lease FROM jl)),
     'CD004', NULL, 'after a newer claim the partial can no longer be saved'
 );
 

@@ -336,7 +336,8 @@ class Worker:
 
     def _cancel_lost(self, chat_id: UUID, lease: int | None = None) -> None:
         turn = self.turns.get(chat_id)
-        if turn and turn.task and not turn.task.done() and (lease is None or lease == turn.lease):
+        if (turn and turn.task and not turn.task.done() and turn.cancel_reason is None
+                and (lease is None or lease == turn.lease)):
             turn.cancel_reason = "lost"
             turn.task.cancel()
 
@@ -389,12 +390,16 @@ class Worker:
             chat_id = UUID(hint["chat_id"])
         except (ValueError, KeyError, TypeError):
             return
-        status = hint.get("status")
-        if status is None or chat_id not in self.turns:
+        turn = self.turns.get(chat_id)
+        status, lease = hint.get("status"), hint.get("lease")
+        if turn is None or status is None or not isinstance(lease, int):
             return
-        if status != "running" or hint.get("worker_id") not in (None, self.config.worker_id):
-            log.info("chat %s left running (%s): cancelling its turn", chat_id, status)
-            self._cancel_lost(chat_id)
+        # Notifications are delivered after the fact: one about an earlier
+        # turn of this chat (a smaller lease) may arrive after this worker
+        # claimed the chat again, and must not cancel the new turn.
+        if lease > turn.lease or (lease == turn.lease and status != "running"):
+            log.info("chat %s left running (%s, lease %d): cancelling its turn", chat_id, status, lease)
+            self._cancel_lost(chat_id, turn.lease)
 
     async def _heartbeat_once(self) -> None:
         turns = [t for t in self.turns.values() if t.task and not t.task.done()]
@@ -554,8 +559,11 @@ class Worker:
         log.error("chat %s: could not write the turn's result; stale recovery will re-run it", claim.chat_id)
 
     async def _save_interrupted(self, params: Mapping[str, Any], claim: Claim) -> None:
+        # Shielded: a shutdown cancelling the turn again must not cut the save short.
+        save = asyncio.ensure_future(self._fetch(queries.SAVE_INTERRUPTED_TURN, params))
+        save.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
         try:
-            await asyncio.shield(self._fetch(queries.SAVE_INTERRUPTED_TURN, params))
+            await asyncio.shield(save)
             self.metrics.inc("chatd_worker_turns_interrupted_total")
         except (LeaseLost, psycopg.Error, TimeoutError) as exc:
             log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)

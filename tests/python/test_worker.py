@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -381,3 +383,27 @@ def test_worker_help_documents_every_setting() -> None:
     for option in OPTIONS:
         assert option.env in result.stdout, option.env
         assert "--" + option.name.replace("_", "-") in result.stdout
+
+
+async def test_a_late_notification_about_an_earlier_turn_does_not_cancel_the_current_one() -> None:
+    # The same worker finished lease 1 (chat -> pending) and claimed the chat
+    # again as lease 2 before its listener delivered lease 1's notification.
+    from chatd.worker import Turn, Worker
+
+    worker = Worker(worker_config("postgresql://unused@127.0.0.1/unused"))
+    chat = UUID(int=7)
+    running = asyncio.create_task(asyncio.Event().wait())
+    turn = Turn(chat, lease=2, task=running)
+    worker.turns[chat] = turn
+
+    def notify(status: str, lease: int) -> None:
+        payload = json.dumps({"kind": "status", "chat_id": str(chat), "status": status, "lease": lease})
+        worker._on_notification(f"chatd_chat_{chat}", payload)
+
+    notify("pending", 1)
+    notify("running", 2)
+    assert turn.cancel_reason is None, "stale and current-running hints leave the turn alone"
+    notify("waiting", 2)
+    assert turn.cancel_reason == "lost", "its own lease leaving running cancels it"
+    with contextlib.suppress(asyncio.CancelledError):
+        await running

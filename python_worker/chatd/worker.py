@@ -83,6 +83,10 @@ class Turn:
     # why the worker cancelled the task: "lost" (SQL says it is not ours any
     # more: interrupted, recovered) or "shutdown"
     cancel_reason: str | None = None
+    # set once the turn writes its result (finish_turn, record_failure): the
+    # notifications of that very write must not cancel it; a lost lease
+    # surfaces as the write's own error
+    finishing: bool = False
 
 
 @dataclass
@@ -337,7 +341,7 @@ class Worker:
     def _cancel_lost(self, chat_id: UUID, lease: int | None = None) -> None:
         turn = self.turns.get(chat_id)
         if (turn and turn.task and not turn.task.done() and turn.cancel_reason is None
-                and (lease is None or lease == turn.lease)):
+                and not turn.finishing and (lease is None or lease == turn.lease)):
             turn.cancel_reason = "lost"
             turn.task.cancel()
 
@@ -510,10 +514,12 @@ class Worker:
                     "stream closed before the response completed", ChatErrorKind.timeout,
                     claim.spec().provider_name, True,
                 ))
+            turn.finishing = True
             await flush()
             await self._write_result(queries.FINISH_TURN, result(finished), claim)
             self.metrics.inc("chatd_worker_turns_finished_total")
         except ChatTurnError as failure:
+            turn.finishing = True
             await self._record_failure(claim, failure.error)
         except LeaseLost:
             # A write was fenced off: interrupted or taken away. SQL decides

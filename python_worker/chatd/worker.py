@@ -189,6 +189,20 @@ class Worker:
                 raise LeaseLost(str(exc)) from exc
             raise
 
+    async def _fetch_in_transaction(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Several statements in one transaction, sent as one pipeline: one
+        round trip and one commit (one WAL flush, one NOTIFY commit)."""
+        self.metrics.inc("chatd_worker_db_calls_total")
+        try:
+            async with asyncio.timeout(self.config.db_timeout):
+                async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                    for query, params in statements:
+                        await conn.execute(query, params)
+        except psycopg.Error as exc:
+            if exc.sqlstate == LEASE_LOST:
+                raise LeaseLost(str(exc)) from exc
+            raise
+
     # ------------------------------------------------------------------ lifecycle
 
     async def connect(self) -> None:
@@ -515,8 +529,10 @@ class Worker:
                     claim.spec().provider_name, True,
                 ))
             turn.finishing = True
-            await flush()
-            await self._write_result(queries.FINISH_TURN, result(finished), claim)
+            final = result(finished)
+            if not await self._publish_and_finish(flush_lock, output, seq, final, claim):
+                await flush()
+                await self._write_result(queries.FINISH_TURN, final, claim)
             self.metrics.inc("chatd_worker_turns_finished_total")
         except ChatTurnError as failure:
             turn.finishing = True
@@ -542,6 +558,30 @@ class Worker:
                 f"worker error: {type(exc).__name__}: {exc}"[:500], ChatErrorKind.generic,
                 claim.spec().provider_name, True,
             ))
+
+    async def _publish_and_finish(
+        self, flush_lock: asyncio.Lock, output: _Output, seq: int, final: Mapping[str, Any], claim: Claim
+    ) -> bool:
+        """The last streamed parts and finish_turn in one transaction (one
+        commit instead of two). False when there were no parts left, or when
+        it failed with anything but a lost lease: the caller then takes the
+        two-step path (flush, then finish_turn with its retries), which
+        handles every outcome."""
+        async with flush_lock:  # a straggler flush may be in flight
+            parts, size = output.pending, output.pending_bytes
+            output.pending, output.pending_bytes = [], 0
+        if not parts:
+            return False
+        publish = {"chat_id": claim.chat_id, "lease": claim.lease, "seq": seq, "parts": Jsonb(parts)}
+        try:
+            await self._fetch_in_transaction([(queries.PUBLISH_PARTS, publish), (queries.FINISH_TURN, final)])
+        except (psycopg.Error, TimeoutError) as exc:
+            log.info("chat %s: parts + finish_turn in one transaction failed, retrying in two: %s",
+                     claim.chat_id, exc)
+            output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
+            return False
+        self.metrics.inc("chatd_worker_part_flushes_total")
+        return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
         """finish_turn, retried on transient database errors. A retry that

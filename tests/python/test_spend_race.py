@@ -1,0 +1,210 @@
+"""Concurrent spend admissions (docs/spend-limits.md, "Concurrency").
+
+Deterministic: the first transaction is held open after its admission and
+the spend it records; the second admission runs on another connection in a
+thread, and the test waits until PostgreSQL reports that backend waiting on
+a lock (pg_stat_activity.wait_event_type = 'Lock') before it lets the first
+commit. Nothing is synchronized by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from chatd.testing import Factory
+
+LIMIT = 1_000_000
+WAIT_DEADLINE_S = 30.0
+
+
+@pytest.fixture
+def limits_on(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT chatd_test.spend_config(p_enabled => TRUE, p_default_limit_micros => %s)", (LIMIT,))
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        yield executor
+
+
+@contextmanager
+def transaction(db: str, isolation: str = "READ COMMITTED") -> Iterator[psycopg.Connection[Any]]:
+    """A connection inside an explicit transaction, rolled back unless the
+    test committed it."""
+    with psycopg.connect(db) as connection:
+        connection.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+def backend_pid(connection: psycopg.Connection[Any]) -> int:
+    # from the connection's own state: the connection may be busy in a thread
+    return connection.info.backend_pid
+
+
+def wait_until_lock_waiting(observer: psycopg.Connection[Any], pid: int, pending: Future[Any]) -> None:
+    """Poll pg_stat_activity until backend ``pid`` waits on an advisory lock."""
+    deadline = time.monotonic() + WAIT_DEADLINE_S
+    while time.monotonic() < deadline:
+        if pending.done():
+            pending.result()  # re-raise its error, if any
+            pytest.fail("the second admission finished instead of waiting for the first")
+        row = observer.execute(
+            "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+        if row is not None and row[0] == "Lock":
+            assert row[1] == "advisory", f"waiting on {row[1]}, not the advisory spend lock"
+            return
+    pytest.fail(f"backend {pid} never waited on a lock")
+
+
+def admit(connection: psycopg.Connection[Any], user: uuid.UUID, org: uuid.UUID | None) -> None:
+    connection.execute("SELECT chatd.admit_spend(%s, %s)", (user, org))
+
+
+def admit_in_thread(
+    pool: ThreadPoolExecutor, connection: psycopg.Connection[Any], user: uuid.UUID, org: uuid.UUID | None
+) -> Future[None]:
+    return pool.submit(admit, connection, user, org)
+
+
+def record_spend(connection: psycopg.Connection[Any], chat: uuid.UUID, cost: int) -> None:
+    """What a turn records: an assistant message with its cost."""
+    connection.execute("SELECT chatd_test.spend(%s, %s)", (chat, cost))
+
+
+def usage_limit_detail(error: BaseException) -> dict[str, Any]:
+    assert isinstance(error, psycopg.Error), error
+    assert error.sqlstate == "CD006", error
+    detail = error.diag.message_detail
+    assert detail is not None
+    parsed: dict[str, Any] = json.loads(detail)
+    return parsed
+
+
+def spender(factory: Factory, spent: int) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    org = factory.org()
+    user = factory.user(org)
+    chat = factory.chat(user, org=org)
+    if spent:
+        factory.message(chat, role="assistant", cost_micros=spent)
+    return org, user, chat
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_two_admissions_at_the_limit_cannot_both_pass(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    org, user, chat = spender(factory, LIMIT - 1)
+    with transaction(db) as first, transaction(db) as second:
+        admit(first, user, org)  # 999999 of 1000000: admitted
+        record_spend(first, chat, 5_000)  # the spend that reaches the limit
+        pending = admit_in_thread(pool, second, user, org)
+        wait_until_lock_waiting(conn, backend_pid(second), pending)
+        first.commit()
+        with pytest.raises(psycopg.Error) as refused:
+            pending.result(timeout=WAIT_DEADLINE_S)
+        detail = usage_limit_detail(refused.value)
+    assert detail["spent_micros"] == LIMIT - 1 + 5_000
+    assert detail["limit_micros"] == LIMIT
+    assert set(detail) == {"kind", "spent_micros", "limit_micros", "resets_at"}
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_second_admission_passes_when_the_first_rolls_back(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    org, user, chat = spender(factory, LIMIT - 1)
+    with transaction(db) as first, transaction(db) as second:
+        admit(first, user, org)
+        record_spend(first, chat, 5_000)
+        pending = admit_in_thread(pool, second, user, org)
+        wait_until_lock_waiting(conn, backend_pid(second), pending)
+        first.rollback()
+        pending.result(timeout=WAIT_DEADLINE_S)  # admitted: the spend never happened
+        second.commit()
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_waiting_admission_sees_spend_committed_while_it_waited_in_another_org(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    """Default limit, so spend is global: the first admission in org A records
+    spend; the second, waiting in org B, must see it once A commits."""
+    org_a, user, chat_a = spender(factory, LIMIT - 1)
+    org_b = factory.org()
+    factory.member(org_b, user)
+    with transaction(db) as first, transaction(db) as second:
+        second.execute("SELECT 1")  # the second transaction is already under way
+        admit(first, user, org_a)
+        record_spend(first, chat_a, 1)
+        pending = admit_in_thread(pool, second, user, org_b)
+        wait_until_lock_waiting(conn, backend_pid(second), pending)
+        first.commit()
+        with pytest.raises(psycopg.Error) as refused:
+            pending.result(timeout=WAIT_DEADLINE_S)
+        assert usage_limit_detail(refused.value)["spent_micros"] == LIMIT
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_admissions_of_different_users_do_not_block_each_other(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    org, alice, _ = spender(factory, 0)
+    bob = factory.user(org)
+    hashes = conn.execute("SELECT uuid_hash(%s), uuid_hash(%s)", (alice, bob)).fetchone()
+    assert hashes is not None and hashes[0] != hashes[1], "lock keys collide (2^-32): rerun"
+    with transaction(db) as first, transaction(db) as other, transaction(db) as same:
+        admit(first, alice, org)  # holds alice's lock until the end of the transaction
+        # bob's admission completes while alice's lock is held; the timeout
+        # only turns a wrong implementation's hang into a failure
+        other.execute("SET LOCAL lock_timeout = '10s'")
+        admit(other, bob, org)
+        # control: a second admission of alice does wait
+        pending = admit_in_thread(pool, same, alice, org)
+        wait_until_lock_waiting(conn, backend_pid(same), pending)
+        first.commit()
+        pending.result(timeout=WAIT_DEADLINE_S)
+
+
+def test_disabled_config_admits_without_locking(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    conn.execute("SELECT chatd_test.spend_config(p_enabled => FALSE, p_default_limit_micros => 0)")
+    org, user, _ = spender(factory, LIMIT)
+    with transaction(db) as first, transaction(db) as second:
+        admit(first, user, org)
+        second.execute("SET LOCAL lock_timeout = '10s'")
+        admit(second, user, org)  # no lock taken by either
+        locks = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1667527536::oid"
+        ).fetchone()
+        assert locks == (0,)
+
+
+@pytest.mark.usefixtures("limits_on")
+@pytest.mark.parametrize(
+    ("isolation", "refused"),
+    [("READ COMMITTED", False), ("REPEATABLE READ", True), ("SERIALIZABLE", False)],
+)
+def test_isolation_levels(db: str, factory: Factory, isolation: str, refused: bool) -> None:
+    """REPEATABLE READ is refused: its snapshot may predate the lock."""
+    org, user, _ = spender(factory, 0)
+    with transaction(db, isolation) as connection:
+        if refused:
+            with pytest.raises(psycopg.errors.InvalidTransactionState):
+                admit(connection, user, org)
+        else:
+            admit(connection, user, org)

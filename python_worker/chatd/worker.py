@@ -387,9 +387,12 @@ class Worker:
 
     async def _listen(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         while not self.stopping.is_set():
+            commands = []  # every pending change in one round trip
             while not self._listen_changes.empty():
                 command, channel = self._listen_changes.get_nowait()
-                await conn.execute(f'{command} "{channel}"')
+                commands.append(f'{command} "{channel}"')
+            if commands:
+                await conn.execute("; ".join(commands))
             async for note in conn.notifies(timeout=0.25):
                 self._on_notification(note.channel, note.payload)
                 if not self._listen_changes.empty():

@@ -208,3 +208,38 @@ def test_isolation_levels(db: str, factory: Factory, isolation: str, refused: bo
                 admit(connection, user, org)
         else:
             admit(connection, user, org)
+
+
+def create_chat(connection: psycopg.Connection[Any], user: uuid.UUID, org: uuid.UUID, model: uuid.UUID) -> uuid.UUID:
+    row = connection.execute(
+        "SELECT chatd.create_chat(%s, %s, '\"hello\"', p_model_config_id => %s)", (user, org, model)
+    ).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_two_create_chats_at_the_limit_cannot_both_pass(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    """Through chatd.create_chat: the first creates a chat and records the
+    spend that reaches the limit, held open; the second create_chat waits on
+    the user's spend lock and, once the first commits, is refused."""
+    org, user, _ = spender(factory, LIMIT - 1)
+    model = factory.model_config()
+    with transaction(db) as first, transaction(db) as second:
+        chat = create_chat(first, user, org, model)
+        record_spend(first, chat, 1)
+        pending = pool.submit(create_chat, second, user, org, model)
+        wait_until_lock_waiting(conn, backend_pid(second), pending)
+        first.commit()
+        with pytest.raises(psycopg.Error) as refused:
+            pending.result(timeout=WAIT_DEADLINE_S)
+        assert usage_limit_detail(refused.value) == {
+            "kind": "usage_limit",
+            "spent_micros": LIMIT,
+            "limit_micros": LIMIT,
+            "resets_at": usage_limit_detail(refused.value)["resets_at"],
+        }
+    owned = conn.execute("SELECT count(*) FROM chatd.chats WHERE owner_id = %s", (user,)).fetchone()
+    assert owned == (2,)  # the spender fixture's chat and the first create_chat's

@@ -243,3 +243,23 @@ def test_two_create_chats_at_the_limit_cannot_both_pass(
         }
     owned = conn.execute("SELECT count(*) FROM chatd.chats WHERE owner_id = %s", (user,)).fetchone()
     assert owned == (2,)  # the spender fixture's chat and the first create_chat's
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_serializable_admission_on_a_stale_snapshot_fails_to_commit(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    """Under SERIALIZABLE the second snapshot predates the first's commit, so
+    its admission reads stale spend; SSI then refuses its commit (40001)."""
+    org, user, _ = spender(factory, LIMIT - 1)
+    model = factory.model_config()
+    with transaction(db, "SERIALIZABLE") as first, transaction(db, "SERIALIZABLE") as second:
+        second.execute("SELECT count(*) FROM chatd.chats")  # takes the snapshot now
+        chat = create_chat(first, user, org, model)
+        record_spend(first, chat, 1)
+        pending = pool.submit(create_chat, second, user, org, model)
+        wait_until_lock_waiting(conn, backend_pid(second), pending)
+        first.commit()
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            pending.result(timeout=WAIT_DEADLINE_S)
+            second.commit()

@@ -39,6 +39,9 @@ DECLARE
         'promote_queued_message', 'archive_chat', 'unarchive_chat', 'set_chat_title',
         'get_chat_snapshot', 'list_chats', 'usage_limit_status'
     ];
+    -- Functions the spend views call: a view runs its functions with the
+    -- privileges of the reader, not of the view's owner (sql/50_spend.sql)
+    v_reporting_fn CONSTANT text [] := ARRAY['spend_period_bounds', 'resolve_spend_limit'];
     -- sql/55_spend_views.sql: cross-tenant reports, so not chatd_app's
     v_reporting CONSTANT text [] := ARRAY[
         'spend_current_period', 'spend_by_organization', 'spend_by_user', 'spend_by_model',
@@ -66,15 +69,19 @@ BEGIN
         SELECT format(
             'GRANT EXECUTE ON FUNCTION %s TO %s',
             p.oid::regprocedure,
-            CASE WHEN p.proname = ANY (v_worker) THEN 'chatd_worker' ELSE 'chatd_app' END
+            CASE
+                WHEN p.proname = ANY (v_worker) THEN 'chatd_worker'
+                WHEN p.proname = ANY (v_app) THEN 'chatd_app'
+                ELSE 'chatd_reporting'
+            END
         )
         FROM pg_catalog.pg_proc AS p
-        WHERE p.pronamespace = 'chatd'::regnamespace AND p.proname = ANY (v_worker || v_app)
+        WHERE p.pronamespace = 'chatd'::regnamespace AND p.proname = ANY (v_worker || v_app || v_reporting_fn)
     LOOP
         EXECUTE v_sql;
     END LOOP;
 
-    FOREACH v_name IN ARRAY v_worker || v_app LOOP
+    FOREACH v_name IN ARRAY v_worker || v_app || v_reporting_fn LOOP
         IF NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_proc AS p
             WHERE p.pronamespace = 'chatd'::regnamespace AND p.proname = v_name

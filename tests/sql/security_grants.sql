@@ -7,8 +7,9 @@ SELECT plan(22);
 
 -- The classification of every function in schema chatd: who may EXECUTE it
 -- besides chatd_owner. A new function fails "every function is classified"
--- below: add it here, and to sql/95_grants.sql when chatd_worker or
--- chatd_app must call it ('owner' = internal, nobody but chatd_owner).
+-- below: add it here, and to sql/95_grants.sql when chatd_worker,
+-- chatd_app or chatd_reporting must call it ('owner' = internal, nobody
+-- but chatd_owner).
 CREATE TEMP TABLE expected_fn (signature text PRIMARY KEY, audience text NOT NULL);
 INSERT INTO expected_fn (signature, audience) VALUES
 -- worker interface (sql/40_worker.sql, 45_recovery.sql, 70_worker_settings.sql)
@@ -62,11 +63,12 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._fenced_chat(uuid,bigint,text)', 'owner'),
 ('chatd._insert_turn_messages(chatd.chats,jsonb,jsonb,text,bigint,jsonb)', 'owner'),
 ('chatd._promote_queue_head(uuid)', 'owner'),
+-- reporting: called by the spend views, which run functions as the reader
+('chatd.resolve_spend_limit(uuid,uuid)', 'reporting'),
+('chatd.spend_period_bounds(chatd.spend_period,timestamp with time zone)', 'reporting'),
 -- owner only: spend internals (sql/50_spend.sql); admit_spend is called by
 -- the application functions, usage_limit_status is the app's read
 ('chatd.message_cost_micros(uuid,bigint,bigint,bigint,bigint)', 'owner'),
-('chatd.resolve_spend_limit(uuid,uuid)', 'owner'),
-('chatd.spend_period_bounds(chatd.spend_period,timestamp with time zone)', 'owner'),
 ('chatd.spend_in_period(uuid,timestamp with time zone,timestamp with time zone,uuid)', 'owner'),
 ('chatd.admit_spend(uuid,uuid)', 'owner'),
 -- owner only: administration, for the CLI run by a member of chatd_owner (sql/80_admin.sql)
@@ -95,84 +97,131 @@ WHERE p.pronamespace = 'chatd'::regnamespace;
 
 -- roles -----------------------------------------------------------------------
 SELECT is(
-    (SELECT array_agg(r.rolname ORDER BY r.rolname) FROM pg_roles AS r
-        WHERE r.rolname IN ('chatd_owner', 'chatd_worker', 'chatd_app', 'chatd_reporting')
-            AND NOT r.rolsuper AND NOT r.rolbypassrls AND NOT r.rolcreaterole AND NOT r.rolcreatedb),
-    ARRAY['chatd_app', 'chatd_owner', 'chatd_reporting', 'chatd_worker']::name [],
+    (
+        SELECT array_agg(r.rolname ORDER BY r.rolname)
+        FROM pg_roles AS r
+        WHERE
+            r.rolname IN ('chatd_owner', 'chatd_worker', 'chatd_app', 'chatd_reporting')
+            AND NOT r.rolsuper AND NOT r.rolbypassrls AND NOT r.rolcreaterole AND NOT r.rolcreatedb
+    ),
+    ARRAY['chatd_app', 'chatd_owner', 'chatd_reporting', 'chatd_worker']::name[],
     'the four chatd roles exist, none SUPERUSER, BYPASSRLS, CREATEROLE or CREATEDB'
 );
 SELECT ok(
-    NOT (SELECT r.rolcanlogin FROM pg_roles AS r WHERE r.rolname = 'chatd_owner'),
+    NOT (
+        SELECT r.rolcanlogin
+        FROM pg_roles AS r
+        WHERE r.rolname = 'chatd_owner'
+    ),
     'chatd_owner cannot log in (SECURITY DEFINER functions run as it)'
 );
 SELECT is(
-    (SELECT array_agg(x.r ORDER BY x.r) FROM unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting']) AS x (r)
-        WHERE pg_has_role(x.r, 'chatd_owner', 'MEMBER')
+    (
+        SELECT array_agg(x.r ORDER BY x.r)
+        FROM unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting']) AS x (r)
+        WHERE
+            pg_has_role(x.r, 'chatd_owner', 'MEMBER')
             OR EXISTS (
-                SELECT 1 FROM unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting']) AS y (r)
+                SELECT 1
+                FROM unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting']) AS y (r)
                 WHERE y.r <> x.r AND pg_has_role(x.r, y.r, 'MEMBER')
-            )),
+            )
+    ),
     NULL,
     'worker, app and reporting roles are members of neither chatd_owner nor each other'
 );
 
 -- ownership -------------------------------------------------------------------
 SELECT is(
-    (SELECT n.nspowner::regrole::text FROM pg_namespace AS n WHERE n.nspname = 'chatd'),
+    (
+        SELECT n.nspowner::regrole::text
+        FROM pg_namespace AS n
+        WHERE n.nspname = 'chatd'
+    ),
     'chatd_owner',
     'schema chatd is owned by chatd_owner'
 );
+CREATE TEMP TABLE owned AS
+SELECT
+    c.oid::regclass::text AS what,
+    c.relowner AS owner
+FROM pg_class AS c
+WHERE c.relnamespace = 'chatd'::regnamespace
+UNION ALL
+SELECT
+    p.oid::regprocedure::text,
+    p.proowner
+FROM pg_proc AS p
+WHERE p.pronamespace = 'chatd'::regnamespace
+UNION ALL
+SELECT
+    t.oid::regtype::text,
+    t.typowner
+FROM pg_type AS t
+WHERE t.typnamespace = 'chatd'::regnamespace
+UNION ALL
+SELECT
+    o.oid::regoperator::text,
+    o.oprowner
+FROM pg_operator AS o
+WHERE o.oprnamespace = 'chatd'::regnamespace;
 SELECT is(
     array(
-        SELECT x.what FROM (
-            SELECT c.oid::regclass::text AS what, c.relowner AS owner
-            FROM pg_class AS c WHERE c.relnamespace = 'chatd'::regnamespace
-            UNION ALL
-            SELECT p.oid::regprocedure::text, p.proowner
-            FROM pg_proc AS p WHERE p.pronamespace = 'chatd'::regnamespace
-            UNION ALL
-            SELECT t.oid::regtype::text, t.typowner
-            FROM pg_type AS t WHERE t.typnamespace = 'chatd'::regnamespace
-            UNION ALL
-            SELECT o.oid::regoperator::text, o.oprowner
-            FROM pg_operator AS o WHERE o.oprnamespace = 'chatd'::regnamespace
-        ) AS x
-        WHERE x.owner <> 'chatd_owner'::regrole
+        SELECT o.what
+        FROM owned AS o
+        WHERE o.owner <> 'chatd_owner'::regrole
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'every table, view, sequence, index, function, type and operator in chatd is owned by chatd_owner '
     || '(not by the migrating role: a superuser-owned SECURITY DEFINER function is an escalation)'
 );
 
 -- tables, views, sequences ----------------------------------------------------
+CREATE TEMP TABLE rel_grants AS
+SELECT
+    c.oid::regclass::text AS rel,
+    c.relkind,
+    a.grantee,
+    a.privilege_type
+FROM pg_class AS c
+CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) AS a
+WHERE
+    c.relnamespace = 'chatd'::regnamespace
+    AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    AND a.grantee <> c.relowner
+UNION ALL
+SELECT
+    c.oid::regclass::text,
+    c.relkind,
+    a.grantee,
+    a.privilege_type
+FROM pg_class AS c
+CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('s', c.relowner))) AS a
+WHERE
+    c.relnamespace = 'chatd'::regnamespace
+    AND c.relkind = 'S'
+    AND a.grantee <> c.relowner;
 SELECT is(
     array(
-        SELECT c.oid::regclass::text || ': ' || coalesce(nullif(a.grantee, 0)::regrole::text, 'PUBLIC')
-            || ' ' || a.privilege_type
-        FROM pg_class AS c
-        CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault(
-            CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner
-        ))) AS a
-        WHERE
-            c.relnamespace = 'chatd'::regnamespace
-            AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-            AND a.grantee <> c.relowner
-            AND NOT (c.relkind = 'v' AND a.grantee = 'chatd_reporting'::regrole AND a.privilege_type = 'SELECT')
+        SELECT g.rel || ': ' || coalesce(nullif(g.grantee, 0)::regrole::text, 'PUBLIC') || ' ' || g.privilege_type
+        FROM rel_grants AS g
+        WHERE NOT (g.relkind = 'v' AND g.grantee = 'chatd_reporting'::regrole AND g.privilege_type = 'SELECT')
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'no table, sequence or view of chatd grants anything to anyone but its owner '
     || '(views: SELECT to chatd_reporting); review a new table''s grants in sql/95_grants.sql'
 );
 SELECT is(
     array(
         SELECT c.oid::regclass::text || '.' || a.attname
-        FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid
+        FROM pg_attribute AS a
+        INNER JOIN pg_class AS c ON a.attrelid = c.oid
         WHERE c.relnamespace = 'chatd'::regnamespace AND a.attacl IS NOT NULL
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'no column-level grants in chatd'
 );
 SELECT is(
@@ -183,16 +232,15 @@ SELECT is(
         WHERE
             c.relnamespace = 'chatd'::regnamespace
             AND c.relkind IN ('r', 'p', 'm', 'S', 'f')
-            AND (
-                CASE WHEN c.relkind = 'S'
+            AND CASE
+                WHEN c.relkind = 'S'
                     THEN has_sequence_privilege(r.r, c.oid, 'SELECT,UPDATE,USAGE')
-                    ELSE has_table_privilege(r.r, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')
-                        OR has_any_column_privilege(r.r, c.oid, 'SELECT,INSERT,UPDATE,REFERENCES')
-                END
-            )
+                ELSE has_table_privilege(r.r, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')
+                    OR has_any_column_privilege(r.r, c.oid, 'SELECT,INSERT,UPDATE,REFERENCES')
+            END
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'chatd_worker, chatd_app, chatd_reporting and PUBLIC have no privilege on any chatd table or sequence'
 );
 SELECT is(
@@ -200,21 +248,26 @@ SELECT is(
         SELECT r.r || ' ' || c.oid::regclass::text
         FROM pg_class AS c
         CROSS JOIN unnest(ARRAY['chatd_worker', 'chatd_app', 'public']) AS r (r)
-        WHERE c.relnamespace = 'chatd'::regnamespace AND c.relkind = 'v'
+        WHERE
+            c.relnamespace = 'chatd'::regnamespace
+            AND c.relkind = 'v'
             AND has_table_privilege(r.r, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'the spend views (cross-tenant reports) are not readable by chatd_worker, chatd_app or PUBLIC'
 );
 SELECT is(
     array(
-        SELECT c.relname::text FROM pg_class AS c
-        WHERE c.relnamespace = 'chatd'::regnamespace AND c.relkind = 'v'
+        SELECT c.relname::text
+        FROM pg_class AS c
+        WHERE
+            c.relnamespace = 'chatd'::regnamespace
+            AND c.relkind = 'v'
             AND NOT has_table_privilege('chatd_reporting', c.oid, 'SELECT')
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'chatd_reporting may SELECT every spend view'
 );
 
@@ -232,88 +285,112 @@ SELECT is(
 );
 SELECT is(
     array(
-        SELECT r.r FROM unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting', 'public']) AS r (r)
-        WHERE has_schema_privilege(r.r, 'chatd_meta', 'USAGE,CREATE')
+        SELECT r.r
+        FROM unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting', 'public']) AS r (r)
+        WHERE
+            has_schema_privilege(r.r, 'chatd_meta', 'USAGE,CREATE')
             OR EXISTS (
-                SELECT 1 FROM pg_class AS c
-                WHERE c.relnamespace = 'chatd_meta'::regnamespace AND c.relkind = 'r'
+                SELECT 1
+                FROM pg_class AS c
+                WHERE
+                    c.relnamespace = 'chatd_meta'::regnamespace
+                    AND c.relkind = 'r'
                     AND has_table_privilege(r.r, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE')
             )
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'the migration ledger (chatd_meta) is out of reach of the chatd roles and PUBLIC'
 );
 
 -- functions -------------------------------------------------------------------
 SELECT is(
-    array(SELECT fn.signature FROM fn WHERE fn.signature NOT IN (SELECT e.signature FROM expected_fn AS e) ORDER BY 1),
-    '{}'::text [],
+    array(
+        SELECT f.signature
+        FROM fn AS f
+        WHERE f.signature NOT IN (SELECT e.signature FROM expected_fn AS e)
+        ORDER BY 1
+    ),
+    '{}'::text[],
     'every function in chatd is classified: add a new function to expected_fn in '
-    || 'tests/sql/security_grants.sql (worker, app or owner) and grant it in sql/95_grants.sql if needed'
+    || 'tests/sql/security_grants.sql (worker, app, reporting or owner) and grant it in sql/95_grants.sql if needed'
 );
 SELECT is(
-    array(SELECT e.signature FROM expected_fn AS e WHERE e.signature NOT IN (SELECT fn.signature FROM fn) ORDER BY 1),
-    '{}'::text [],
+    array(
+        SELECT e.signature
+        FROM expected_fn AS e
+        WHERE e.signature NOT IN (SELECT f.signature FROM fn AS f)
+        ORDER BY 1
+    ),
+    '{}'::text[],
     'every classified function exists (update tests/sql/security_grants.sql after a rename or signature change)'
 );
 SELECT is(
     array(
-        SELECT fn.signature || ' -> ' || array_to_string(fn.grantees, ',')
-        FROM fn JOIN expected_fn AS e USING (signature)
-        WHERE fn.grantees IS DISTINCT FROM CASE e.audience
-            WHEN 'worker' THEN ARRAY['chatd_worker']
-            WHEN 'app' THEN ARRAY['chatd_app']
-            ELSE '{}'::text []
-        END
+        SELECT f.signature || ' -> ' || array_to_string(f.grantees, ',')
+        FROM fn AS f
+        INNER JOIN expected_fn AS e ON f.signature = e.signature
+        WHERE
+            f.grantees
+            IS DISTINCT FROM (CASE WHEN e.audience = 'owner' THEN '{}'::text[] ELSE ARRAY['chatd_' || e.audience] END)
         ORDER BY 1
     ),
-    '{}'::text [],
-    'every function is executable by exactly chatd_owner and its audience (worker, app or nobody else; never PUBLIC)'
+    '{}'::text[],
+    'every function is executable by exactly chatd_owner and its audience (worker, app, reporting or nobody else; '
+    || 'never PUBLIC)'
 );
 SELECT is(
     array(
-        SELECT r.r || ' ' || fn.signature
-        FROM fn JOIN expected_fn AS e USING (signature)
+        SELECT r.r || ' ' || f.signature
+        FROM fn AS f
+        INNER JOIN expected_fn AS e ON f.signature = e.signature
         CROSS JOIN unnest(ARRAY['chatd_worker', 'chatd_app', 'chatd_reporting']) AS r (r)
-        WHERE has_function_privilege(r.r, fn.signature, 'EXECUTE')
-            <> (r.r = 'chatd_worker' AND e.audience = 'worker' OR r.r = 'chatd_app' AND e.audience = 'app')
+        WHERE has_function_privilege(r.r, f.signature, 'EXECUTE') <> (r.r = 'chatd_' || e.audience)
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'has_function_privilege agrees for every role (no EXECUTE through PUBLIC or inheritance)'
 );
 SELECT is(
-    array(SELECT fn.signature FROM fn JOIN expected_fn AS e USING (signature)
-        WHERE e.audience IN ('worker', 'app') AND NOT fn.prosecdef ORDER BY 1),
-    '{}'::text [],
+    array(
+        SELECT f.signature
+        FROM fn AS f
+        INNER JOIN expected_fn AS e ON f.signature = e.signature
+        WHERE e.audience IN ('worker', 'app') AND NOT f.prosecdef
+        ORDER BY 1
+    ),
+    '{}'::text[],
     'every worker and application function is SECURITY DEFINER (the roles cannot touch tables)'
 );
 SELECT is(
     array(
-        SELECT fn.signature FROM fn
-        WHERE NOT EXISTS (
-            SELECT 1 FROM unnest(fn.proconfig) AS c (setting)
-            WHERE c.setting = 'search_path=pg_catalog, chatd, pg_temp'
-        )
-        AND fn.prosecdef
+        SELECT f.signature
+        FROM fn AS f
+        WHERE
+            f.prosecdef
+            AND NOT coalesce(f.proconfig @> ARRAY['search_path=pg_catalog, chatd, pg_temp'], FALSE)
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'every SECURITY DEFINER function pins search_path = pg_catalog, chatd, pg_temp (pg_temp last: '
     || 'an unlisted pg_temp is searched first)'
 );
 SELECT is(
     array(
-        SELECT fn.signature FROM fn
-        WHERE NOT EXISTS (
-            SELECT 1 FROM unnest(fn.proconfig) AS c (setting)
-            WHERE c.setting LIKE 'search_path=pg_catalog, %pg_temp'
-                AND c.setting NOT LIKE '%public%' AND c.setting NOT LIKE '%$user%'
-        )
+        SELECT f.signature
+        FROM fn AS f
+        WHERE
+            NOT EXISTS (
+                SELECT 1
+                FROM unnest(f.proconfig) AS c (setting)
+                WHERE
+                    c.setting LIKE 'search_path=pg_catalog, %pg_temp'
+                    AND c.setting NOT LIKE '%public%'
+                    AND c.setting NOT LIKE '%$user%'
+            )
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'every function in chatd pins search_path: pg_catalog first, pg_temp last, never public or $user'
 );
 
@@ -334,15 +411,20 @@ SELECT ok(
 );
 SELECT is(
     array(
-        SELECT t.oid::regtype::text FROM pg_type AS t
-        WHERE t.typnamespace = 'chatd'::regnamespace AND t.typtype IN ('e', 'd')
+        SELECT t.oid::regtype::text
+        FROM pg_type AS t
+        WHERE
+            t.typnamespace = 'chatd'::regnamespace
+            AND t.typtype IN ('e', 'd')
             AND t.typname <> 'zz_security_probe_t'
             AND EXISTS (
-                SELECT 1 FROM aclexplode(coalesce(t.typacl, acldefault('T', t.typowner))) AS a WHERE a.grantee = 0
+                SELECT 1
+                FROM aclexplode(coalesce(t.typacl, acldefault('T', t.typowner))) AS a
+                WHERE a.grantee = 0
             )
         ORDER BY 1
     ),
-    '{}'::text [],
+    '{}'::text[],
     'no chatd enum or domain is usable by PUBLIC'
 );
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("chatd.cli_models", "add or list model configurations"),
     "providers": ("chatd.cli_providers", "add or list LLM providers"),
     "limits": ("chatd.cli_limits", "show or set spend limits"),
+    "demo": ("chatd.demo", "run chatd end to end on a throwaway database and a scripted LLM"),
 }
 
 

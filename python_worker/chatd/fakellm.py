@@ -33,7 +33,7 @@ Directive grammar (space-separated tokens inside `[[fake: ...]]`):
     truncate[=K]        end the stream after K text chunks (default 1) without
                         the terminal event
     abort               with truncate: drop the connection instead
-    hang=S              wait S seconds before sending anything
+    hang=S              wait S seconds before sending anything (the reply or NNN)
     times=N             only the first N requests carrying this exact user
                         message obey the directive; later ones get the echo
 
@@ -138,10 +138,11 @@ class Truncate:
 
 @dataclass(frozen=True)
 class Hang:
-    """Send nothing for `seconds`, then answer with `then` (default: the echo)."""
+    """Send nothing for `seconds`, then answer with `then` (default: the echo):
+    a reply, or an HTTP error that arrives late."""
 
     seconds: float
-    then: Text | None = None
+    then: Text | HttpError | None = None
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,8 @@ def response_from_json(obj: Mapping[str, Any]) -> FakeResponse:
         kwargs["usage"] = FakeUsage(**kwargs["usage"])
     if isinstance(kwargs.get("then"), Mapping):
         then = response_from_json(kwargs["then"])
-        if not isinstance(then, Text):
-            raise ValueError("hang.then must be a text response")
+        if not isinstance(then, Text | HttpError):
+            raise ValueError("hang.then must be a text or error response")
         kwargs["then"] = then
     return cast(FakeResponse, cls(**kwargs))
 
@@ -453,8 +454,8 @@ def _parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
             reasoning = opts.get("reasoning", "").replace("_", " ")
             response = Text(text, chunks=chunks, delay=delay, reasoning=reasoning)
         if opts.get("hang"):
-            if not isinstance(response, Text):
-                raise ValueError("hang combines only with a text reply")
+            if not isinstance(response, Text | HttpError):
+                raise ValueError("hang combines only with a text reply or an HTTP status")
             response = Hang(float(opts["hang"]), then=response)
     except ValueError as exc:
         raise ValueError(f"bad directive {spec.strip()!r}: {exc}") from exc

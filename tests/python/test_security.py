@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from chatd import migrate
-from chatd.testing import DatabaseServer, Factory
+from chatd.testing import REPO_ROOT, DatabaseServer, Factory
 
 PASSWORD = "chatd-test-password"
 
@@ -153,3 +153,19 @@ def test_unprivileged_migrator_is_told_what_a_dba_must_run_then_migrates_as_memb
         pg.drop_database(name)
         with pg.admin() as conn:
             conn.execute(sql.SQL("REVOKE chatd_owner FROM {}").format(sql.Identifier(migrator)))
+
+
+def test_docs_name_every_function_a_chatd_role_may_call(conn: psycopg.Connection[Any]) -> None:
+    docs = (REPO_ROOT / "docs" / "security.md").read_text()
+    granted = conn.execute(
+        """
+        SELECT DISTINCT p.proname::text FROM pg_proc AS p
+        WHERE p.pronamespace = 'chatd'::regnamespace
+            AND (has_function_privilege('chatd_worker', p.oid, 'EXECUTE')
+                OR has_function_privilege('chatd_app', p.oid, 'EXECUTE')
+                OR has_function_privilege('chatd_reporting', p.oid, 'EXECUTE'))
+        """
+    ).fetchall()
+    assert granted
+    missing = [name for (name,) in granted if f"`{name}`" not in docs]
+    assert missing == [], f"docs/security.md does not name: {missing}"

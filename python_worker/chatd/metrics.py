@@ -11,6 +11,7 @@ from collections import defaultdict
 
 HELP = {
     "chatd_worker_db_calls_total": "database statements sent",
+    "chatd_worker_db_timeouts_total": "database calls abandoned at their deadline",
     "chatd_worker_turns_claimed_total": "turns claimed",
     "chatd_worker_turns_finished_total": "turns finished successfully",
     "chatd_worker_turns_interrupted_total": "partial messages saved after an interrupt",

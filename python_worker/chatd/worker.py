@@ -166,6 +166,7 @@ class Worker:
         self._pool: AsyncConnectionPool | None = None
         self._listen_changes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
+        self._last_heal = 0.0
 
     # ------------------------------------------------------------------ db
 
@@ -184,10 +185,27 @@ class Worker:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(query, params)
                     return await cursor.fetchall() if cursor.description else []
+        except psycopg.OperationalError:
+            self._heal_pool()
+            raise
         except psycopg.Error as exc:
             if exc.sqlstate == LEASE_LOST:
                 raise LeaseLost(str(exc)) from exc
             raise
+        except TimeoutError:
+            self.metrics.inc("chatd_worker_db_timeouts_total")
+            raise
+
+    def _heal_pool(self) -> None:
+        """After a connection-level error (a server restart drops every
+        connection at once), have the pool test its idle connections and
+        replace the dead ones, instead of failing once per dead connection."""
+        now = time.monotonic()
+        if self._pool is None or now - self._last_heal < 1.0:
+            return
+        self._last_heal = now
+        task = asyncio.create_task(self._pool.check())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _fetch_in_transaction(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Several statements in one transaction, sent as one pipeline: one
@@ -198,6 +216,9 @@ class Worker:
                 async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                     for query, params in statements:
                         await conn.execute(query, params)
+        except psycopg.OperationalError:
+            self._heal_pool()
+            raise
         except psycopg.Error as exc:
             if exc.sqlstate == LEASE_LOST:
                 raise LeaseLost(str(exc)) from exc

@@ -1,0 +1,212 @@
+"""Faults with real processes: chats survive a killed worker, a restarted
+database, a stalled database and a storm of LLM failures."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from worker_support import (
+    chat_row,
+    messages,
+    running_worker,
+    status_is,
+    text_of,
+    wait_until,
+    worker_config,
+)
+
+from chatd import migrate
+from chatd.client import Client
+from chatd.fakellm import FakeLLM, Text
+from chatd.localpg import LocalCluster
+from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, fixture_files
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+def compat_model(factory: Factory, fake: FakeLLM) -> UUID:
+    return factory.model_config(provider=factory.provider(kind="openai-compat", base_url=fake.openai_base_url))
+
+
+async def _has_parts(dsn: str, chat: UUID) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        row = await (await conn.execute(
+            "SELECT count(*) FROM chatd.stream_parts WHERE chat_id = %s", (chat,)
+        )).fetchone()
+    return bool(row and row[0])
+
+
+async def test_a_sigkilled_worker_s_turn_is_completed_once_by_another_worker(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    conn.execute("UPDATE chatd.settings SET heartbeat_interval = '200 ms', stale_after = '1 second'")
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text(" ".join(["doomed"] * 200), chunks=200, delay=0.05), Text("the completed answer"))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "chatd", "worker", "--database-url", db, "--worker-id", "doomed"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_until(lambda: _has_parts(db, chat), what="the doomed worker to stream")
+        doomed.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(doomed.wait, 30)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+    async with running_worker(worker_config(db, worker_id="rescuer", recover_interval=0.2)):
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the rescuer to finish the turn")
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == "the completed answer"
+    assert len(fake.requests) == 2, "the killed turn, then the recovered one: nothing else ran"
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[tuple[LocalCluster, str]]:
+    """A cluster of this test's own, which it may restart."""
+    cluster = LocalCluster.create(settings=TEST_CLUSTER_SETTINGS).start()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE chatd_restart")
+        dsn = cluster.dsn("chatd_restart")
+        migrate.apply(dsn, log=lambda _m: None)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for path in fixture_files():
+                conn.execute(path.read_text().encode())
+        yield cluster, dsn
+    finally:
+        cluster.stop()
+
+
+async def test_every_chat_completes_once_after_postgres_restarts_mid_stream(
+    private_cluster: tuple[LocalCluster, str], fake: FakeLLM
+) -> None:
+    cluster, dsn = private_cluster
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        factory = Factory(conn)
+        org = factory.org()
+        owner = factory.user(org=org)
+        model = compat_model(factory, fake)
+        fake.script(*[Text(" ".join([f"part{i}"] * 60), chunks=60, delay=0.05) for i in range(8)])
+        chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(8)]
+    async with running_worker(worker_config(dsn, db_timeout=2.0)) as worker:
+        for chat in chats:
+            await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
+        await asyncio.to_thread(cluster.restart)
+        for chat in chats:
+            await wait_until(lambda c=chat: status_is(dsn, c, "waiting"), timeout=90,
+                             what="every chat to complete after the restart")
+        assert worker.metrics.counters["chatd_worker_listener_reconnects_total"] >= 1
+    for chat in chats:
+        assert len(await messages(dsn, chat, "assistant")) == 1, "one answer per chat: none lost, none twice"
+    assert len(fake.requests) == 8, "no turn had to be re-run"
+
+
+async def test_a_stalled_database_makes_control_path_calls_time_out_not_hang(
+    db: str, factory: Factory
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    chat = factory.chat(owner, org=org)
+    async with await Client.connect(db, timeout=0.5) as client:
+        with psycopg.connect(db) as locker:
+            locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            with pytest.raises(TimeoutError):
+                await client.interrupt(owner, chat)
+            with pytest.raises(TimeoutError):
+                await client.send_message(owner, chat, "blocked by the lock")
+            locker.rollback()
+        # the lock is gone: the same calls work, and the timed-out ones changed nothing
+        await client.interrupt(owner, chat)
+        assert (await client.snapshot(owner, chat)).chat.status == "waiting"
+    assert [m["role"] for m in await messages(db, chat)] == ["user"]
+
+
+async def test_a_worker_whose_writes_stall_times_out_and_completes_once_the_lock_is_gone(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("written after the stall", chunks=20, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    async with running_worker(worker_config(db, db_timeout=0.3, heartbeat_interval=0.2)) as worker:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        with psycopg.connect(db) as locker:
+            locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            # heartbeats and part flushes need the row too: they must give up, not hang
+            await wait_until(lambda: _timed_out(worker), what="a worker call to time out")
+            locker.rollback()
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the turn to complete after the stall")
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == "written after the stall"
+
+
+async def _timed_out(worker: Any) -> bool:
+    return bool(worker.metrics.counters["chatd_worker_db_timeouts_total"] > 0)
+
+
+STORM = [
+    # directive, expected status, expected last_error kind (None: cleared by success)
+    ("429 retry-after=0.05 times=2", "waiting", None),
+    ("529 error=overloaded_error times=1", "waiting", None),
+    ("500 times=99", "error", "generic"),
+    ("truncate times=1", "waiting", None),
+    ("hang=1.5 times=1", "waiting", None),
+    ("401", "error", "auth"),
+    ("400 error=context_length_exceeded", "error", "config"),
+    ("chunks=4", "waiting", None),
+]
+
+
+async def test_a_storm_of_llm_faults_over_200_chats_leaves_nothing_running(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    conn.execute(
+        "UPDATE chatd.settings SET backoff_base = '20 ms', backoff_cap = '100 ms', "
+        "startup_timeout = '500 ms', max_attempts = 4"
+    )
+    org = factory.org()
+    owner = factory.user(org=org)
+    model = compat_model(factory, fake)
+    chats: list[tuple[UUID, str, str | None]] = []
+    for i in range(200):
+        directive, status, kind = STORM[i % len(STORM)]
+        row = conn.execute(
+            "SELECT chatd.create_chat(%s, %s, %s, %s)",
+            (owner, org, Jsonb([{"type": "text", "text": f"chat {i} [[fake:{directive}]]"}]), model),
+        ).fetchone()
+        assert row is not None
+        chats.append((row[0], status, kind))
+
+    async def settled() -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM chatd.chats WHERE status IN ('waiting', 'error')"
+        ).fetchone()
+        return bool(row and row[0] == len(chats))
+
+    async with running_worker(worker_config(db, max_chats=40, pool_size=12, recover_interval=1.0)):
+        await wait_until(settled, timeout=150, what="every chat to complete or fail for good")
+    for chat, status, kind in chats:
+        row = await chat_row(db, chat)
+        assert row["status"] == status, (chat, row)
+        if kind is None:
+            assert len(await messages(db, chat, "assistant")) == 1
+        else:
+            assert row["last_error"]["kind"] == kind
+            assert await messages(db, chat, "assistant") == []
+    stuck = conn.execute("SELECT count(*) FROM chatd.chats WHERE status IN ('running', 'pending')").fetchone()
+    assert stuck == (0,)

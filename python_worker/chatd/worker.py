@@ -66,6 +66,15 @@ _FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.co
 
 StreamFn = Callable[..., Any]
 
+# publish_parts, then finish_turn, in one statement (one implicit transaction):
+# the subquery is not flattened (volatile function, OFFSET 0), so the parts
+# are stored and notified before the turn ends.
+PUBLISH_AND_FINISH = (
+    "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s) "
+    "FROM (SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq)s, %(parts)s) OFFSET 0) AS published"
+)
+
 
 class WorkerFatal(RuntimeError):
     """A condition the worker cannot recover from by retrying."""
@@ -206,23 +215,6 @@ class Worker:
         self._last_heal = now
         task = asyncio.create_task(self._pool.check())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _fetch_in_transaction(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Several statements in one transaction, sent as one pipeline: one
-        round trip and one commit (one WAL flush, one NOTIFY commit)."""
-        self.metrics.inc("chatd_worker_db_calls_total")
-        try:
-            async with asyncio.timeout(self.config.db_timeout):
-                async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-                    for query, params in statements:
-                        await conn.execute(query, params)
-        except psycopg.OperationalError:
-            self._heal_pool()
-            raise
-        except psycopg.Error as exc:
-            if exc.sqlstate == LEASE_LOST:
-                raise LeaseLost(str(exc)) from exc
-            raise
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -586,21 +578,20 @@ class Worker:
     async def _publish_and_finish(
         self, flush_lock: asyncio.Lock, output: _Output, seq: int, final: Mapping[str, Any], claim: Claim
     ) -> bool:
-        """The last streamed parts and finish_turn in one transaction (one
-        commit instead of two). False when there were no parts left, or when
-        it failed with anything but a lost lease: the caller then takes the
-        two-step path (flush, then finish_turn with its retries), which
-        handles every outcome."""
+        """The last streamed parts and finish_turn in one statement: one
+        round trip and one commit instead of two. False when there were no
+        parts left, or when it failed with anything but a lost lease: the
+        caller then takes the two-step path (flush, then finish_turn with its
+        retries), which handles every outcome."""
         async with flush_lock:  # a straggler flush may be in flight
             parts, size = output.pending, output.pending_bytes
             output.pending, output.pending_bytes = [], 0
         if not parts:
             return False
-        publish = {"chat_id": claim.chat_id, "lease": claim.lease, "seq": seq, "parts": Jsonb(parts)}
         try:
-            await self._fetch_in_transaction([(queries.PUBLISH_PARTS, publish), (queries.FINISH_TURN, final)])
+            await self._fetch(PUBLISH_AND_FINISH, {**final, "seq": seq, "parts": Jsonb(parts)})
         except (psycopg.Error, TimeoutError) as exc:
-            log.info("chat %s: parts + finish_turn in one transaction failed, retrying in two: %s",
+            log.info("chat %s: parts + finish_turn in one statement failed, retrying in two: %s",
                      claim.chat_id, exc)
             output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
             return False

@@ -17,6 +17,10 @@ BEGIN
     IF p_content IS NULL THEN
         RAISE EXCEPTION 'invalid content: content is required' USING ERRCODE = 'CD007';
     END IF;
+    IF octet_length(p_content::text) > 1048576 THEN
+        RAISE EXCEPTION 'invalid content: % bytes, at most 1 MB (1048576 bytes)', octet_length(p_content::text)
+            USING ERRCODE = 'CD007';
+    END IF;
     IF jsonb_typeof(p_content) = 'string' THEN
         IF length(p_content #>> '{}') = 0 THEN
             RAISE EXCEPTION 'invalid content: empty text' USING ERRCODE = 'CD007';

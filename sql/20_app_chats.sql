@@ -37,6 +37,10 @@ BEGIN
     IF length(p_title) > 1000 THEN
         RAISE EXCEPTION 'invalid title: longer than 1000 characters' USING ERRCODE = 'CD007';
     END IF;
+    IF octet_length(p_system_prompt) > 1048576 THEN
+        RAISE EXCEPTION 'invalid system prompt: % bytes, at most 1 MB (1048576 bytes)', octet_length(p_system_prompt)
+            USING ERRCODE = 'CD007';
+    END IF;
 
     IF p_parent_chat_id IS NOT NULL THEN
         -- locked: an archive of the parent cannot miss this child

@@ -142,6 +142,10 @@ BEGIN
     IF jsonb_typeof(p_parts) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'publish_parts: parts must be a JSON array' USING ERRCODE = 'CD007';
     END IF;
+    IF octet_length(p_parts::text) > 262144 THEN
+        RAISE EXCEPTION 'publish_parts: a batch of % bytes, at most 256 KB (262144 bytes)', octet_length(p_parts::text)
+            USING ERRCODE = 'CD007';
+    END IF;
     PERFORM chatd._fenced_chat(p_chat_id, p_lease, 'publish_parts');
     INSERT INTO chatd.stream_parts (chat_id, lease, seq, parts)
     VALUES (p_chat_id, p_lease, p_seq, p_parts)

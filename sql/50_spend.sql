@@ -68,6 +68,7 @@ CREATE OR REPLACE FUNCTION chatd.resolve_spend_limit(
 ) RETURNS TABLE (limit_micros bigint, source text)
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE

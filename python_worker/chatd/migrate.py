@@ -9,8 +9,8 @@ Two kinds of SQL live in the repository:
   refuses to run until the file is restored.
 * ``sql/*.sql``: repeatable definitions (functions, triggers, views, grants)
   written with CREATE OR REPLACE. When any of them changed since it was last
-  applied, all of them are re-applied, in file-name order, in one
-  transaction. Re-applying all rather than only the changed file means a
+  applied, or a migration was just applied, all of them are re-applied, in
+  file-name order, in one transaction. Re-applying all rather than only the changed file means a
   file that drops and recreates an object cannot silently orphan a dependent
   object defined in another file.
 
@@ -428,7 +428,11 @@ def apply(
                 )
             log(f"applied {migration.label} ({(time.monotonic() - started) * 1000:.0f} ms)")
             result.applied.append(migration.label)
-        if target == sources.latest and repeatables_changed(sources, read_ledger(conn)):
+        # Re-applied after any migration too: a new table or type must get
+        # the ownership and grants that sql/9x_*.sql establish.
+        if target == sources.latest and (
+            result.applied or repeatables_changed(sources, read_ledger(conn))
+        ):
             started = time.monotonic()
             with conn.transaction():
                 for repeatable in sources.repeatables:
@@ -572,7 +576,12 @@ def plan_sql(
             "COMMIT;",
             "",
         ]
-    if target == sources.latest and (not dsn or repeatables_changed(sources, ledger)):
+    migrations_pending = any(
+        m.version <= target and m.version not in ledger.migrations for m in sources.migrations
+    )
+    if target == sources.latest and (
+        not dsn or migrations_pending or repeatables_changed(sources, ledger)
+    ):
         out += ["-- repeatable definitions from sql/, all re-applied together", "BEGIN;", lock]
         for repeatable in sources.repeatables:
             out += [f"-- sql/{repeatable.name} (sha256 {repeatable.checksum})", repeatable.sql.rstrip(), ""]

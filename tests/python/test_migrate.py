@@ -210,6 +210,23 @@ def test_to_applies_only_up_to_the_given_version_and_down_reverts_above_it(
         assert conn.execute("SELECT to_regclass('chatd.extra')").fetchone() == (None,)
 
 
+def test_repeatables_are_reapplied_after_a_new_migration(
+    empty_db: str, sources_copy: migrate.Sources
+) -> None:
+    migrate.apply(empty_db, sources=sources_copy, log=_quiet)
+    newer = _add_migration(
+        sources_copy, "new_table", "CREATE TABLE chatd.added_later (id int);\n",
+        "DROP TABLE chatd.added_later;\n",
+    )
+    result = migrate.apply(empty_db, sources=newer, log=_quiet)
+    assert result.repeatables_applied, "ownership and grants must cover the new table"
+    with psycopg.connect(empty_db) as conn:
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'chatd.added_later'::regclass"
+        ).fetchone()
+    assert owner == ("chatd_owner",)
+
+
 def test_changed_repeatable_file_is_reapplied(empty_db: str, sources_copy: migrate.Sources) -> None:
     migrate.apply(empty_db, sources=sources_copy, log=_quiet)
     extra = sources_copy.root / "sql" / "99_test_only.sql"

@@ -513,7 +513,6 @@ SELECT is(
 
 -- oversized content -------------------------------------------------------------------
 SET LOCAL ROLE chatd_app;
-SELECT todo('no size limit yet: patch for sql/12_helpers.sql proposed (1 MB per content)', 2);
 SELECT throws_ok(
     format(
         'SELECT chatd.send_message(%L, %L, to_jsonb(repeat(%L, 1100000)))', (SELECT t.usr FROM t),
@@ -529,7 +528,6 @@ SELECT throws_ok(
     'CD007', NULL, 'create_chat refuses a system prompt over 1 MB'
 );
 SET LOCAL ROLE chatd_worker;
-SELECT todo('no size limit yet: patch for sql/40_worker.sql proposed (256 KB per part batch)', 1);
 SELECT throws_ok(
     format(
         'SELECT chatd.publish_parts(%L, %s, 2, jsonb_build_array(jsonb_build_object(%L, %L, %L, repeat(%L, 300000))))',

@@ -185,10 +185,6 @@ SELECT lives_ok(
     || 'chatd.models_without_prices',
     'chatd_reporting reads the spend views'
 );
-SELECT todo(
-    'chatd.resolve_spend_limit is SECURITY INVOKER and reads tables: make it SECURITY DEFINER '
-    || '(patch proposed for sql/50_spend.sql)', 1
-);
 SELECT lives_ok('SELECT * FROM chatd.spend_by_user', 'chatd_reporting reads spend_by_user');
 SELECT is(
     array(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -90,4 +91,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(main(parse(sys.argv[1:])))
+    profile = os.environ.get("CHATD_BENCH_PROFILE")  # a path: cProfile stats of this process
+    if profile:
+        import cProfile
+
+        cProfile.run("asyncio.run(main(parse(sys.argv[1:])))", f"{profile}.{os.getpid()}")
+    else:
+        asyncio.run(main(parse(sys.argv[1:])))

@@ -229,6 +229,7 @@ class Counters:
     xact_commit: int
     wal_lsn: str
     xid: int
+    chats_updates: tuple[int, int]  # n_tup_upd, n_tup_hot_upd of chatd.chats
 
     @classmethod
     def read(cls, conn: psycopg.Connection[Any]) -> Counters:
@@ -245,7 +246,11 @@ class Counters:
             "txid_snapshot_xmax(txid_current_snapshot()) "
             "FROM pg_stat_database WHERE datname = current_database()"
         ).fetchone()  # type: ignore[misc]
-        return cls(statements, int(commits), str(lsn), int(xid))
+        upd, hot = conn.execute(
+            MARK + "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+            "WHERE relid = 'chatd.chats'::regclass"
+        ).fetchone()  # type: ignore[misc]
+        return cls(statements, int(commits), str(lsn), int(xid), (int(upd), int(hot)))
 
 
 def diff(conn: psycopg.Connection[Any], before: Counters, after: Counters, turns: int,
@@ -279,6 +284,8 @@ def diff(conn: psycopg.Connection[Any], before: Counters, after: Counters, turns
         "xact_commits_per_turn": round(commits / turns, 3),
         "xids_per_turn": round((after.xid - before.xid) / turns, 3),
         "wal_bytes_per_turn": round(wal_bytes / turns, 1),
+        "chats_updates_per_turn": round((after.chats_updates[0] - before.chats_updates[0]) / turns, 3),
+        "chats_hot_updates_per_turn": round((after.chats_updates[1] - before.chats_updates[1]) / turns, 3),
         "statements": dict(sorted(per_statement.items(), key=lambda kv: -kv[1]["calls"])),
     }
 
@@ -309,6 +316,17 @@ class WorkerSet:
                     p.kill()
                 raise RuntimeError(f"worker did not start (exit {proc.poll()}): {line!r}")
         return cls(procs)
+
+    def cpu_seconds(self) -> float:
+        """user + system CPU the worker processes have used so far."""
+        total = 0.0
+        for proc in self.procs:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -375,23 +393,67 @@ def create_chats(conn: psycopg.Connection[Any], user: uuid.UUID, fixture: Fixtur
 # --------------------------------------------------------------------------- 1 + 4: dispatch
 
 
-def bench_dispatch(dsn: str, fixture: Fixture, procs: int, turns: int, max_chats: int,
-                   pool_size: int) -> dict[str, Any]:
+def server_cpu_seconds(server: Server) -> float | None:
+    """CPU used so far by the cluster: the postmaster, its live children, and
+    (through the postmaster's cutime/cstime) every child that has exited."""
+    if server.cluster is None:
+        return None
+    try:
+        pid = int((server.cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: Path) -> list[str] | None:
+        try:
+            return path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+
+    total = 0.0
+    own = stat(Path(f"/proc/{pid}/stat"))
+    if own is None:
+        return None
+    total += sum(int(x) for x in own[11:15]) / tick  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = stat(entry / "stat")
+            if fields is not None and int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return (0, 0)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle, sum(fields))
+
+
+def bench_dispatch(server: Server, dsn: str, fixture: Fixture, procs: int, turns: int,
+                   max_chats: int, pool_size: int) -> dict[str, Any]:
     user = new_user(dsn, fixture, f"dispatch-{procs}")
     with (
         psycopg.connect(dsn, autocommit=True) as monitor,
         psycopg.connect(dsn, autocommit=True) as listener,
         psycopg.connect(dsn) as producer,
         workers(dsn, procs, f"dispatch{procs}", "--max-chats", str(max_chats),
-                "--pool-size", str(pool_size)),
+                "--pool-size", str(pool_size)) as ws,
     ):
         listener.execute(f'LISTEN "{user_channel(user)}"')
         chats = create_chats(producer, user, fixture, turns, "dispatch")
         before = Counters.read(monitor)
+        worker_cpu0, cpu0, server_cpu0 = ws.cpu_seconds(), _cpu_times(), server_cpu_seconds(server)
         t0 = time.time()
         producer.commit()  # every chat becomes runnable (and notified) at once
         t_last = wait_waiting(listener, set(chats), timeout=120)
         wall = t_last - t0
+        worker_cpu, cpu1, server_cpu1 = ws.cpu_seconds() - worker_cpu0, _cpu_times(), server_cpu_seconds(server)
+    server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
+    busy = (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1)
     # the workers exited: their backends flushed their statistics
     with psycopg.connect(dsn, autocommit=True) as monitor:
         time.sleep(0.3)  # let exiting backends report their stats
@@ -412,6 +474,12 @@ def bench_dispatch(dsn: str, fixture: Fixture, procs: int, turns: int, max_chats
         "turns_per_s_db": round(turns / db_window, 1),
         "turns_per_s_wall": round(turns / wall, 1),
         "db_window_s": round(db_window, 3),
+        # user+sys CPU of the worker processes while the turns ran, per turn
+        "worker_cpu_ms_per_turn": round(worker_cpu / turns * 1000, 3),
+        # every PostgreSQL process of the cluster (backends, walwriter, ...)
+        "server_cpu_ms_per_turn": None if server_cpu is None else round(server_cpu / turns * 1000, 3),
+        # whole machine (all processes, other users included) while it ran
+        "machine_cpu_busy": round(busy, 3),
         "wall_s": round(wall, 3),
         **costs,
     }
@@ -714,6 +782,11 @@ def table(results: dict[str, Any]) -> str:
         row("  commits / turn (pg_stat_database)", d["xact_commits_per_turn"])
         row("  xids / turn (write transactions)", d["xids_per_turn"])
         row("  WAL bytes / turn", d["wal_bytes_per_turn"])
+        row("  chats row updates / turn (of which HOT)",
+            f"{d['chats_updates_per_turn']:.2f} ({d['chats_hot_updates_per_turn']:.2f})")
+        row("  CPU ms / turn: workers; PostgreSQL",
+            f"{d['worker_cpu_ms_per_turn']:.2f}; {d['server_cpu_ms_per_turn'] or float('nan'):.2f}")
+        row("  machine CPU busy (all users)", f"{d['machine_cpu_busy']:.0%}")
     p = results.get("pickup", {})
     for key, label in (("listen", "pickup LISTEN"), ("poll_only", "pickup --poll-only")):
         if key in p:
@@ -746,7 +819,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pgbench-seconds", type=int, default=12)
     parser.add_argument("--pgbench-clients", type=int, default=4)
     parser.add_argument("--only", default="pgbench,dispatch,pickup,streaming,heartbeat")
+    parser.add_argument("--track-all", action="store_true",
+                        help="pg_stat_statements.track = all: also statements inside the chatd "
+                             "functions (for profiling; the statements-per-turn figure then counts them)")
     args = parser.parse_args(argv)
+    if args.track_all:
+        CLUSTER_SETTINGS["pg_stat_statements.track"] = "all"
     only = set(args.only.split(","))
 
     started = time.monotonic()
@@ -771,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for procs in [int(x) for x in args.procs.split(",")]:
                 log(f"dispatch: {args.turns} turns, {procs} worker process(es) ...")
                 results["dispatch"].append(
-                    bench_dispatch(dsn, fixture, procs, args.turns, args.max_chats, args.pool_size)
+                    bench_dispatch(server, dsn, fixture, procs, args.turns, args.max_chats, args.pool_size)
                 )
         if "pickup" in only:
             log(f"pickup latency: {args.pickup} sends (LISTEN), {args.poll_pickup} (poll-only) ...")

@@ -130,6 +130,30 @@ def _seed(dsn: str, llm: Llm) -> tuple[UUID, UUID, UUID]:
         return user_id, org_id, model[0]
 
 
+DEMO_ROLES = {"worker": "chatd_demo_worker", "app": "chatd_demo_app"}
+
+
+def _login_roles(dsn: str, owns_database: bool) -> tuple[str, str]:
+    """DSNs for the worker and the client: login roles in chatd_worker and
+    chatd_app on the demo's own cluster (trust authentication), as a
+    deployment would use. On a database given by DATABASE_URL the demo does
+    not create roles: both connect as that URL's user."""
+    if not owns_database:
+        return dsn, dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for kind, login in DEMO_ROLES.items():
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone():
+                conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE chatd_{kind}")
+    params = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
+    worker = psycopg.conninfo.make_conninfo(**{**params, "user": DEMO_ROLES["worker"]})
+    app = psycopg.conninfo.make_conninfo(**{**params, "user": DEMO_ROLES["app"]})
+    return worker, app
+
+
+def _user_of(dsn: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(dsn).get("user", "?"))
+
+
 async def _follow(
     client: Client, user: UUID, scenario: Scenario, *, until: Callable[[Any], bool],
     on_event: Callable[[Any], Any] | None = None,
@@ -187,11 +211,14 @@ async def _run(args: argparse.Namespace) -> int:
     llm = _choose_llm(args.llm)
     try:
         async with _database(say) as dsn:
+            owns_database = not os.environ.get("DATABASE_URL")
             await asyncio.to_thread(migrate.apply, dsn, log=lambda m: say(f"migrate: {m}"))
             user, org, _model = await asyncio.to_thread(_seed, dsn, llm)
+            worker_dsn, app_dsn = await asyncio.to_thread(_login_roles, dsn, owns_database)
+            say(f"worker connects as {_user_of(worker_dsn)}, the client as {_user_of(app_dsn)}")
             say(f"LLM: {'scripted fake server at ' + str(llm.base_url) if llm.scripted else llm.kind + ' ' + llm.model}")
             config = WorkerConfig(
-                database_url=dsn, worker_id="demo-worker", max_chats=8, poll_interval=0.5,
+                database_url=worker_dsn, worker_id="demo-worker", max_chats=8, poll_interval=0.5,
                 heartbeat_interval=1.0, recover_interval=2.0, shutdown_grace=5.0,
             )
             worker = Worker(config)
@@ -199,7 +226,7 @@ async def _run(args: argparse.Namespace) -> int:
             try:
                 await asyncio.wait_for(worker.ready.wait(), 30)
                 say("worker started; four chats at once:")
-                async with await Client.connect(dsn) as client:
+                async with await Client.connect(app_dsn) as client:
                     await _scenarios(client, user, org, llm, say)
             finally:
                 worker.stop()

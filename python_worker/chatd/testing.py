@@ -177,11 +177,48 @@ def build_template(server: DatabaseServer, name: str | None = None) -> str:
                     "(`make setup` does this as root)"
                 ) from exc
     migrate.apply(dsn, log=lambda _message: None)
+    ensure_login_roles(server.admin_dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for path in fixture_files():
             with conn.transaction():
                 conn.execute(path.read_text(encoding="utf-8").encode())
     return name
+
+
+# Login roles the tests connect as, members of the NOLOGIN roles the
+# migrator creates: workers and application servers never run as the owner.
+TEST_LOGIN_ROLES = {"worker": "chatd_test_worker", "app": "chatd_test_app"}
+TEST_ROLE_PASSWORD = "chatd-test"
+
+
+def ensure_login_roles(admin_dsn: str) -> None:
+    """Create the test login roles (cluster-wide, once)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for kind, login in TEST_LOGIN_ROLES.items():
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
+            if exists:
+                continue
+            try:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                        sql.Identifier(login), sql.Literal(TEST_ROLE_PASSWORD),
+                        sql.Identifier(f"chatd_{kind}"),
+                    )
+                )
+            except psycopg.errors.DuplicateObject:
+                pass  # another session created it meanwhile
+            except psycopg.Error as exc:
+                raise HarnessError(
+                    f"cannot create the test login role {login} (needs CREATEROLE): {exc}"
+                ) from exc
+
+
+def as_role(dsn: str, kind: str) -> str:
+    """The same database, connecting as the worker or app test login role."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["user"] = TEST_LOGIN_ROLES[kind]
+    params["password"] = TEST_ROLE_PASSWORD
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
 class Factory:

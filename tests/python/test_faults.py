@@ -28,7 +28,7 @@ from chatd import migrate
 from chatd.client import Client
 from chatd.fakellm import FakeLLM, Text
 from chatd.localpg import LocalCluster
-from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, fixture_files
+from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles, fixture_files
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ async def test_a_sigkilled_worker_s_turn_is_completed_once_by_another_worker(
     fake.script(Text(" ".join(["doomed"] * 200), chunks=200, delay=0.05), Text("the completed answer"))
     chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
     doomed = subprocess.Popen(
-        [sys.executable, "-m", "chatd", "worker", "--database-url", db, "--worker-id", "doomed"],
+        [sys.executable, "-m", "chatd", "worker", "--database-url", as_role(db, "worker"), "--worker-id", "doomed"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -84,6 +84,7 @@ def private_cluster() -> Iterator[tuple[LocalCluster, str]]:
             conn.execute("CREATE DATABASE chatd_restart")
         dsn = cluster.dsn("chatd_restart")
         migrate.apply(dsn, log=lambda _m: None)
+        ensure_login_roles(cluster.dsn())
         with psycopg.connect(dsn, autocommit=True) as conn:
             for path in fixture_files():
                 conn.execute(path.read_text().encode())
@@ -122,7 +123,7 @@ async def test_a_stalled_database_makes_control_path_calls_time_out_not_hang(
     org = factory.org()
     owner = factory.user(org=org)
     chat = factory.chat(owner, org=org)
-    async with await Client.connect(db, timeout=0.5) as client:
+    async with await Client.connect(as_role(db, "app"), timeout=0.5) as client:
         with psycopg.connect(db) as locker:
             locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
             with pytest.raises(TimeoutError):

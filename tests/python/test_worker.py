@@ -27,7 +27,7 @@ from worker_support import (
 )
 
 from chatd.fakellm import FakeLLM, FakeUsage, Hang, HttpError, Text, Truncate
-from chatd.testing import Factory
+from chatd.testing import Factory, as_role
 
 OPENAI_KEY_ENV = "CHATD_TEST_OPENAI_KEY"
 ANTHROPIC_KEY_ENV = "CHATD_TEST_ANTHROPIC_KEY"
@@ -308,7 +308,7 @@ async def test_sigterm_drains_and_releases_an_unfinished_turn(
     fake.script(Text(" ".join(["long"] * 300), chunks=300, delay=0.05))
     chat = factory.chat(owner, org=org, model=model_for(factory, fake))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatd", "worker", "--database-url", db, "--worker-id", "drained",
+        [sys.executable, "-m", "chatd", "worker", "--database-url", as_role(db, "worker"), "--worker-id", "drained",
          "--shutdown-grace", "0.5", "--poll-interval", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
     )
@@ -333,7 +333,7 @@ async def test_a_turn_that_finishes_within_the_grace_period_is_saved_on_sigterm(
     fake.script(Text("short and sweet", chunks=10, delay=0.1))
     chat = factory.chat(owner, org=org, model=model_for(factory, fake))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatd", "worker", "--database-url", db, "--shutdown-grace", "20"],
+        [sys.executable, "-m", "chatd", "worker", "--database-url", as_role(db, "worker"), "--shutdown-grace", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -390,7 +390,7 @@ async def test_a_late_notification_about_an_earlier_turn_does_not_cancel_the_cur
     # again as lease 2 before its listener delivered lease 1's notification.
     from chatd.worker import Turn, Worker
 
-    worker = Worker(worker_config("postgresql://unused@127.0.0.1/unused"))
+    worker = Worker(worker_config("postgresql://unused@127.0.0.1/unused", login_role=False))
     chat = UUID(int=7)
     running = asyncio.create_task(asyncio.Event().wait())
     turn = Turn(chat, lease=2, task=running)

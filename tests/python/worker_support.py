@@ -12,12 +12,15 @@ from uuid import UUID
 import psycopg
 
 from chatd.config import WorkerConfig
+from chatd.testing import as_role
 from chatd.worker import Worker
 
 
-def worker_config(dsn: str, **overrides: Any) -> WorkerConfig:
+def worker_config(dsn: str, *, login_role: bool = True, **overrides: Any) -> WorkerConfig:
+    """A worker connecting, as in production, as a login role in chatd_worker
+    (``login_role=False``: as the DSN's own user)."""
     settings: dict[str, Any] = {
-        "database_url": dsn,
+        "database_url": as_role(dsn, "worker") if login_role else dsn,
         "worker_id": "test-worker",
         "max_chats": 10,
         "poll_interval": 0.2,

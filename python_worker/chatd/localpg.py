@@ -75,7 +75,7 @@ class LocalCluster:
     @classmethod
     def create(
         cls, *, port: int | None = None, settings: dict[str, str] | None = None
-    ) -> "LocalCluster":
+    ) -> LocalCluster:
         bin_dir = find_pg_bin()
         run_as = "postgres" if os.geteuid() == 0 else None
         directory = Path(tempfile.mkdtemp(prefix="chatd-pg-"))
@@ -117,7 +117,7 @@ class LocalCluster:
                 f"{what} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
             )
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         self._check(
             "initdb",
             self._run(
@@ -172,7 +172,7 @@ class LocalCluster:
             )
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -66,16 +66,6 @@ _FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.co
 
 StreamFn = Callable[..., Any]
 
-# publish_parts, then finish_turn, in one statement (one implicit transaction):
-# the subquery is not flattened (volatile function, OFFSET 0), so the parts
-# are stored and notified before the turn ends.
-PUBLISH_AND_FINISH = (
-    "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
-    "%(provider_response_id)s, %(runtime_ms)s) "
-    "FROM (SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq)s, %(parts)s) OFFSET 0) AS published"
-)
-
-
 class WorkerFatal(RuntimeError):
     """A condition the worker cannot recover from by retrying."""
 
@@ -589,7 +579,7 @@ class Worker:
         if not parts:
             return False
         try:
-            await self._fetch(PUBLISH_AND_FINISH, {**final, "seq": seq, "parts": Jsonb(parts)})
+            await self._fetch(queries.PUBLISH_AND_FINISH, {**final, "seq": seq, "parts": Jsonb(parts)})
         except (psycopg.Error, TimeoutError) as exc:
             log.info("chat %s: parts + finish_turn in one statement failed, retrying in two: %s",
                      claim.chat_id, exc)

@@ -44,6 +44,25 @@ BEGIN
 END
 $$;
 
+-- Records that a worker is alive: inserts or refreshes its row in
+-- chatd.workers (one small HOT update; heartbeat_at is in no index). This
+-- row, not the chats, is what recover_stale_chats() checks for staleness.
+-- A recovery holding the row of this worker (found stale) makes the caller
+-- wait until it committed.
+CREATE OR REPLACE FUNCTION chatd._worker_alive(p_worker_id text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'invalid worker id %', p_worker_id USING ERRCODE = 'CD007';
+    END IF;
+    INSERT INTO chatd.workers AS w (id) VALUES (p_worker_id)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+END
+$$;
+
 -- Claims up to p_limit runnable chats (pending, due, not archived), oldest
 -- due first, skipping rows another worker is claiming. Each claim bumps the
 -- lease. Returns everything the turn needs.
@@ -59,6 +78,9 @@ BEGIN
     IF p_limit IS NULL OR p_limit < 0 THEN
         RAISE EXCEPTION 'invalid limit %', p_limit USING ERRCODE = 'CD007';
     END IF;
+    -- the worker of a claimed chat always has a row in chatd.workers; taken
+    -- before any chat row, so a claim never waits on a chat while holding it
+    PERFORM chatd._worker_alive(p_worker_id);
     RETURN QUERY
     WITH candidates AS (
         SELECT c.id
@@ -94,10 +116,11 @@ BEGIN
 END
 $$;
 
--- One batched UPDATE of heartbeat_at for the chats this worker runs under
--- the given leases. Returns the given chats it no longer owns under that
--- lease (the worker cancels those turns). Heartbeats bump no version and
--- notify nothing.
+-- The worker is alive: refreshes its row in chatd.workers (one small HOT
+-- update, whatever the number of chats it runs; no chat row is written).
+-- Returns the given chats it no longer owns under the given lease (the
+-- worker cancels those turns), read by primary key. Heartbeats bump no
+-- version and notify nothing.
 CREATE OR REPLACE FUNCTION chatd.heartbeat(p_worker_id text, p_chat_ids uuid[], p_leases bigint[])
 RETURNS TABLE (chat_id uuid)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -108,22 +131,23 @@ BEGIN
         RAISE EXCEPTION 'heartbeat: % chat ids but % leases', cardinality(p_chat_ids), cardinality(p_leases)
             USING ERRCODE = 'CD007';
     END IF;
+    PERFORM chatd._worker_alive(p_worker_id);
+    -- A new statement, so a new snapshot: a recovery this heartbeat waited
+    -- for (on the worker row) is visible, and its chats are reported lost.
     RETURN QUERY
     WITH input AS (
         SELECT DISTINCT i.chat_id, i.lease FROM unnest(p_chat_ids, p_leases) AS i (chat_id, lease)
     ),
-    beat AS (
-        UPDATE chatd.chats AS c
-        SET heartbeat_at = now()
-        FROM input
-        WHERE c.id = input.chat_id
-            AND c.lease = input.lease
+    owned AS (
+        SELECT c.id
+        FROM chatd.chats AS c
+        JOIN input ON c.id = input.chat_id
+        WHERE c.lease = input.lease
             AND c.status = 'running'
             AND c.worker_id = p_worker_id
-        RETURNING c.id
     )
     SELECT input.chat_id FROM input
-    WHERE input.chat_id NOT IN (SELECT beat.id FROM beat)
+    WHERE input.chat_id NOT IN (SELECT owned.id FROM owned)
     ORDER BY input.chat_id;
 END
 $$;
@@ -408,7 +432,10 @@ END
 $$;
 
 -- Graceful shutdown: the worker's running chats (all, or the given ones) go
--- back to pending, due now; their leases are bumped. Returns how many.
+-- back to pending, due now; their leases are bumped. Releasing all of them
+-- (p_chat_ids NULL) also deletes the worker's row in chatd.workers: the
+-- worker is going away (a later heartbeat or claim creates it again).
+-- Returns how many chats were released.
 CREATE OR REPLACE FUNCTION chatd.release_chats(p_worker_id text, p_chat_ids uuid[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -429,6 +456,13 @@ BEGIN
     FROM locked
     WHERE c.id = locked.id AND c.status = 'running' AND c.worker_id = p_worker_id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF p_chat_ids IS NULL THEN
+        DELETE FROM chatd.workers AS w
+        WHERE w.id = p_worker_id
+            AND NOT EXISTS (
+                SELECT 1 FROM chatd.chats AS c WHERE c.status = 'running' AND c.worker_id = p_worker_id
+            );
+    END IF;
     RETURN v_count;
 END
 $$;

@@ -1,11 +1,21 @@
 -- Recovery of stale running chats and the stream-part janitor. Both are safe
 -- to call from every worker at once (SKIP LOCKED, re-checked in the UPDATE).
 
--- A running chat whose heartbeat is older than settings.stale_after lost its
--- worker: it goes back to pending (due now) with recoveries + 1, or, when the
--- current turn was already recovered settings.max_recoveries times, to error
--- with a ChatError of kind timeout. The lease is bumped, so the lost worker,
--- should it still be alive, can write nothing. Returns how many chats moved.
+-- A running chat is stale when its worker stopped sending heartbeats: the
+-- worker's row in chatd.workers is older than settings.stale_after, or the
+-- worker has no row and the chat was claimed (chats.heartbeat_at) longer
+-- than stale_after ago (claimed before migration 0004, or the row was
+-- deleted). A stale chat goes back to pending (due now) with recoveries + 1,
+-- or, when the current turn was already recovered settings.max_recoveries
+-- times, to error with a ChatError of kind timeout. The lease is bumped, so
+-- the lost worker, should it still be alive, can write nothing. Returns how
+-- many chats moved.
+--
+-- The stale workers are found first (a small table) and their rows locked
+-- (SKIP LOCKED: a worker whose heartbeat or claim holds its row is alive,
+-- and a concurrent recovery has it already); their running chats are then
+-- found through chats_running_worker_idx. A heartbeat that arrives while a
+-- recovery holds its row waits for it, then reports the recovered chats lost.
 CREATE OR REPLACE FUNCTION chatd.recover_stale_chats()
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -13,14 +23,34 @@ SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
     v_settings chatd.settings;
+    v_workers text [];
     v_count integer;
 BEGIN
     SELECT s.* INTO STRICT v_settings FROM chatd.settings AS s;
-    WITH stale AS (
+    -- re-checked on the locked row: a heartbeat that committed in between wins
+    v_workers := ARRAY(
+        SELECT w.id FROM chatd.workers AS w
+        WHERE w.heartbeat_at < now() - v_settings.stale_after
+        ORDER BY w.id
+        FOR UPDATE SKIP LOCKED
+    );
+    WITH of_stale_workers AS (
+        SELECT c.id FROM chatd.chats AS c
+        WHERE c.status = 'running' AND c.worker_id = ANY (v_workers)
+        ORDER BY c.id
+        FOR UPDATE SKIP LOCKED
+    ),
+    without_worker AS (
         SELECT c.id FROM chatd.chats AS c
         WHERE c.status = 'running' AND c.heartbeat_at < now() - v_settings.stale_after
+            AND NOT EXISTS (SELECT 1 FROM chatd.workers AS w WHERE w.id = c.worker_id)
         ORDER BY c.heartbeat_at, c.id
         FOR UPDATE SKIP LOCKED
+    ),
+    stale AS (
+        SELECT of_stale_workers.id FROM of_stale_workers
+        UNION
+        SELECT without_worker.id FROM without_worker
     )
     UPDATE chatd.chats AS c
     SET status = CASE
@@ -49,17 +79,18 @@ BEGIN
         END
     FROM stale
     WHERE c.id = stale.id
-        -- re-checked on the locked row: a heartbeat may have won the race
-        AND c.status = 'running'
-        AND c.heartbeat_at < now() - v_settings.stale_after;
+        -- re-checked on the locked row: the turn may have ended meanwhile
+        AND c.status = 'running';
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END
 $$;
 
 -- Drops stream parts of ended turns (the chat is no longer running under
--- the part's lease) older than settings.stream_part_retention. Returns how
--- many rows it deleted.
+-- the part's lease) older than settings.stream_part_retention, and the rows
+-- of workers silent for an hour (or stale_after, if longer) that run no
+-- chat, so chatd.workers stays small (a worker that comes back creates its
+-- row again). Returns how many stream parts it deleted.
 CREATE OR REPLACE FUNCTION chatd.janitor()
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -67,9 +98,10 @@ SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
     v_retention interval;
+    v_stale_after interval;
     v_count integer;
 BEGIN
-    SELECT s.stream_part_retention INTO STRICT v_retention FROM chatd.settings AS s;
+    SELECT s.stream_part_retention, s.stale_after INTO STRICT v_retention, v_stale_after FROM chatd.settings AS s;
     DELETE FROM chatd.stream_parts AS p
     WHERE p.created_at <= now() - v_retention
         AND NOT EXISTS (
@@ -77,6 +109,14 @@ BEGIN
             WHERE c.id = p.chat_id AND c.status = 'running' AND c.lease = p.lease
         );
     GET DIAGNOSTICS v_count = ROW_COUNT;
+    -- SKIP LOCKED: a row a heartbeat, claim or recovery holds is left alone
+    WITH gone AS (
+        SELECT w.id FROM chatd.workers AS w
+        WHERE w.heartbeat_at < now() - greatest(v_stale_after, interval '1 hour')
+            AND NOT EXISTS (SELECT 1 FROM chatd.chats AS c WHERE c.status = 'running' AND c.worker_id = w.id)
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM chatd.workers AS w USING gone WHERE w.id = gone.id;
     RETURN v_count;
 END
 $$;

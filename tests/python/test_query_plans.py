@@ -96,14 +96,28 @@ def test_claim_scan_uses_the_runnable_partial_index(
 
 
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
-def test_stale_recovery_scan_uses_the_running_heartbeat_partial_index(
+def test_stale_workers_chats_are_found_through_the_running_worker_partial_index(
     busy_table: psycopg.Connection[Any], plan_cache_mode: str
 ) -> None:
     conn = busy_table
-    query = function_query(conn, "recover_stale_chats", "stale")
+    query = function_query(conn, "recover_stale_chats", "of_stale_workers")
+    assert "v_workers" in query
+    conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+    conn.execute(f"PREPARE stale_scan(text[]) AS {query.replace('v_workers', '$1')}")
+    scans = chats_scans(conn, "stale_scan", "ARRAY['plan-worker']")
+    assert scans, "the plan reads chatd.chats"
+    assert all(index == "chats_running_worker_idx" for _, index in scans), scans
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+def test_chats_without_a_worker_row_are_found_through_the_running_heartbeat_partial_index(
+    busy_table: psycopg.Connection[Any], plan_cache_mode: str
+) -> None:
+    conn = busy_table
+    query = function_query(conn, "recover_stale_chats", "without_worker")
     assert "v_settings.stale_after" in query
     conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
-    conn.execute(f"PREPARE stale_scan(interval) AS {query.replace('v_settings.stale_after', '$1')}")
-    scans = chats_scans(conn, "stale_scan", "'30 seconds'")
+    conn.execute(f"PREPARE orphan_scan(interval) AS {query.replace('v_settings.stale_after', '$1')}")
+    scans = chats_scans(conn, "orphan_scan", "'30 seconds'")
     assert scans, "the plan reads chatd.chats"
     assert all(index == "chats_running_heartbeat_idx" for _, index in scans), scans

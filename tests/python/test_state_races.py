@@ -163,9 +163,9 @@ def test_recovery_racing_a_late_heartbeat(db: str, factory: Factory) -> None:
         for iteration in range(ITERATIONS):
             chat = factory.chat(owner)
             lease = _claim(observer, chat, "w1")
-            observer.execute("SELECT chatd_test.age_heartbeat(%s)", (chat,))
+            observer.execute("SELECT chatd_test.make_stale('w1')")
             if iteration % 2 == 0:
-                # the late heartbeat wins the row: recovery skips it (SKIP LOCKED)
+                # the late heartbeat wins the worker row: recovery skips it (SKIP LOCKED)
                 lost = beat.execute(
                     "SELECT * FROM chatd.heartbeat('w1', %s, %s)", ([chat], [lease])
                 ).fetchall()
@@ -177,7 +177,7 @@ def test_recovery_racing_a_late_heartbeat(db: str, factory: Factory) -> None:
                 recover.commit()
                 expected = "running"
             else:
-                # recovery wins: the blocked heartbeat then reports the chat lost
+                # recovery wins the worker row: the blocked heartbeat then reports the chat lost
                 assert recover.execute("SELECT chatd.recover_stale_chats()").fetchone()[0] == 1
                 hb = _Background(lambda chat=chat, lease=lease: (
                     beat.execute("SELECT * FROM chatd.heartbeat('w1', %s, %s)", ([chat], [lease])).fetchall(),

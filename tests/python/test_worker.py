@@ -248,10 +248,10 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(
         first_lease = (await chat_row(db, chat))["lease"]
         # Another worker takes the turn over: recovered as stale, then claimed.
         conn.execute("UPDATE chatd.settings SET stale_after = '1 second', heartbeat_interval = '100 ms'")
-        conn.execute(
-            "UPDATE chatd.chats SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (chat,)
-        )
-        conn.execute("SELECT chatd.recover_stale_chats()")
+        worker_id = (await chat_row(db, chat))["worker_id"]
+        with conn.transaction():  # the worker's own heartbeat waits until the recovery committed
+            conn.execute("SELECT chatd_test.make_stale(%s)", (worker_id,))
+            assert conn.execute("SELECT chatd.recover_stale_chats()").fetchone() == (1,)
         [(stolen_id, stolen_lease, *_)] = conn.execute(
             "SELECT * FROM chatd.acquire_chats('thief', 1)"
         ).fetchall()

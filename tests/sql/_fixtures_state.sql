@@ -59,10 +59,16 @@ BEGIN
 END
 $$;
 
--- Makes a running chat's heartbeat look stale.
-CREATE FUNCTION chatd_test.age_heartbeat(p_chat uuid, p_age interval DEFAULT '1 hour') RETURNS void
-LANGUAGE sql AS $$
-    UPDATE chatd.chats SET heartbeat_at = now() - p_age WHERE id = p_chat
+-- Makes a worker look stale: its last heartbeat (its row in chatd.workers)
+-- is p_age old. Every running chat of that worker becomes recoverable.
+CREATE FUNCTION chatd_test.make_stale(p_worker_id text, p_age interval DEFAULT '1 hour') RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE chatd.workers SET heartbeat_at = now() - p_age WHERE id = p_worker_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'chatd_test.make_stale: worker % has no row', p_worker_id;
+    END IF;
+END
 $$;
 
 CREATE FUNCTION chatd_test.status(p_chat uuid) RETURNS chatd.chat_status

@@ -1,6 +1,6 @@
--- Schema of migration 0001: tables, key columns, constraints, indexes.
+-- Schema of the migrations: tables, key columns, constraints, indexes.
 BEGIN;
-SELECT plan(40);
+SELECT plan(42);
 
 SELECT has_schema('chatd');
 SELECT tables_are(
@@ -8,7 +8,7 @@ SELECT tables_are(
     ARRAY[
         'organizations', 'users', 'organization_members', 'groups', 'group_members', 'workspaces',
         'providers', 'model_configs', 'chats', 'messages', 'queued_messages', 'stream_parts',
-        'usage_limit_config', 'settings'
+        'usage_limit_config', 'settings', 'workers'
     ]
 );
 SELECT enum_has_labels('chatd', 'chat_status', ARRAY['waiting', 'pending', 'running', 'error', 'requires_action']);
@@ -30,7 +30,17 @@ SELECT has_column('chatd', 'providers', 'api_key_env', 'has column: providers ap
 SELECT has_column('chatd', 'users', 'chat_spend_limit_micros', 'has column: users chat_spend_limit_micros');
 
 SELECT has_index('chatd', 'chats', 'chats_runnable_idx', 'claims use a partial index on runnable chats');
-SELECT has_index('chatd', 'chats', 'chats_running_heartbeat_idx', 'recovery uses an index on running heartbeats');
+SELECT has_index('chatd', 'chats', 'chats_running_heartbeat_idx', 'recovery of chats whose worker has no row uses an index on running claims');
+SELECT has_index('chatd', 'chats', 'chats_running_worker_idx', 'recovery finds a stale worker''s running chats by index');
+SELECT is(
+    (
+        SELECT count(*) FROM pg_index AS i
+        INNER JOIN pg_attribute AS a ON i.indrelid = a.attrelid AND a.attnum = any(i.indkey)
+        WHERE i.indrelid = 'chatd.workers'::regclass AND a.attname = 'heartbeat_at'
+    ),
+    0::bigint,
+    'workers.heartbeat_at is in no index (a heartbeat is a HOT update)'
+);
 SELECT has_index('chatd', 'model_configs', 'model_configs_one_default_idx', 'has index: model_configs model_configs_one_default_idx');
 SELECT has_index('chatd', 'messages', 'messages_chat_idx', 'has index: messages messages_chat_idx');
 

@@ -60,6 +60,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._start_turn(uuid,uuid)', 'owner'),
 ('chatd._enqueue(uuid,uuid,jsonb,uuid)', 'owner'),
 ('chatd._model_json(uuid)', 'owner'),
+('chatd._worker_alive(text)', 'owner'),
 ('chatd._fenced_chat(uuid,bigint,text)', 'owner'),
 ('chatd._insert_turn_messages(chatd.chats,jsonb,jsonb,text,bigint,jsonb)', 'owner'),
 ('chatd._promote_queue_head(uuid)', 'owner'),

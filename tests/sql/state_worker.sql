@@ -3,7 +3,7 @@
 -- cost), fencing (CD004) of every worker write, record_failure retry
 -- arithmetic, release, stale recovery, janitor, save_interrupted_turn.
 BEGIN;
-SELECT plan(65);
+SELECT plan(76);
 
 CREATE TEMP TABLE t AS
 SELECT
@@ -62,9 +62,44 @@ SELECT is(chatd_test.status((SELECT c.archived FROM c)), 'pending', 'an archived
 -- heartbeat ----------------------------------------------------------------
 CREATE TEMP TABLE v AS SELECT version FROM chatd.chats
 WHERE id = (SELECT c.due FROM c);
+UPDATE chatd.workers SET heartbeat_at = now() - interval '1 minute'
+WHERE id = 'w1';
+-- a written row gets a new ctid (a HOT update too); the counters are this transaction's
+CREATE TEMP TABLE hb0 AS SELECT
+    (
+        SELECT ctid FROM chatd.chats
+        WHERE id = (SELECT c.due FROM c)
+    ) AS chat_ctid,
+    (
+        SELECT n_tup_upd + n_tup_ins FROM pg_stat_xact_user_tables
+        WHERE relid = 'chatd.chats'::regclass
+    ) AS chats_writes;
 SELECT is_empty(
     format($$SELECT * FROM chatd.heartbeat('w1', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT c.due FROM c)),
     'a heartbeat under the current lease returns nothing lost'
+);
+SELECT is(
+    (
+        SELECT ctid FROM chatd.chats
+        WHERE id = (SELECT c.due FROM c)
+    ), (SELECT hb0.chat_ctid FROM hb0
+    ),
+    'a heartbeat writes no chat row (the chat''s tuple is unchanged)'
+);
+SELECT is(
+    (
+        SELECT n_tup_upd + n_tup_ins FROM pg_stat_xact_user_tables
+        WHERE relid = 'chatd.chats'::regclass
+    ),
+    (SELECT hb0.chats_writes FROM hb0),
+    'a heartbeat updates no row of chatd.chats'
+);
+SELECT is(
+    (
+        SELECT heartbeat_at FROM chatd.workers
+        WHERE id = 'w1'
+    ), now(),
+    'a heartbeat refreshes the worker''s row'
 );
 SELECT is(
     (
@@ -294,27 +329,89 @@ SELECT is(chatd_test.status((SELECT rel.b FROM rel)), 'running', 'another worker
 SELECT is(chatd.release_chats('w1', ARRAY[gen_random_uuid()]), 0, 'release of chats not owned: nothing');
 
 -- recover_stale_chats ---------------------------------------------------------
+-- Staleness is per worker (chatd.workers), or per claim for a chat whose
+-- worker has no row. Each chat here runs under a worker of its own.
 UPDATE chatd.settings SET max_recoveries = 2;
 CREATE TEMP TABLE st AS SELECT
-    chatd_test.chat_in('running') AS chat,
-    chatd_test.chat_in('running') AS fresh;
+    chatd_test.chat((SELECT t.usr FROM t)) AS chat,
+    chatd_test.chat((SELECT t.usr FROM t)) AS fresh,
+    chatd_test.chat((SELECT t.usr FROM t)) AS old_claim,
+    chatd_test.chat((SELECT t.usr FROM t)) AS no_row,
+    chatd_test.chat((SELECT t.usr FROM t)) AS no_row_new;
+SELECT
+    chatd_test.claim((SELECT st.chat FROM st), 'w-stale') AS lease_chat,
+    chatd_test.claim((SELECT st.fresh FROM st), 'w-fresh') AS lease_fresh,
+    chatd_test.claim((SELECT st.old_claim FROM st), 'w-old-claim') AS lease_old_claim,
+    chatd_test.claim((SELECT st.no_row FROM st), 'w-gone') AS lease_no_row,
+    chatd_test.claim((SELECT st.no_row_new FROM st), 'w-gone-new') AS lease_no_row_new;
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
 WHERE status = 'pending';
+-- old claims: the worker row alone decides for these two
+UPDATE chatd.chats SET heartbeat_at = now() - interval '1 hour'
+WHERE id IN ((SELECT st.chat FROM st), (SELECT st.old_claim FROM st));
+SELECT is(
+    chatd.recover_stale_chats(), 0,
+    'no stale worker: nothing recovered, even a chat claimed long ago by a live worker'
+);
+DELETE FROM chatd.workers
+WHERE id IN ('w-gone', 'w-gone-new');
+UPDATE chatd.chats SET heartbeat_at = now() - interval '1 hour'
+WHERE id = (SELECT st.no_row FROM st);
 CREATE FUNCTION pg_temp.stale_cycle() RETURNS integer LANGUAGE sql AS $$
-    SELECT chatd_test.age_heartbeat((SELECT st.chat FROM st));
+    SELECT chatd_test.make_stale('w-stale');
     SELECT chatd.recover_stale_chats();
 $$;
-SELECT is(pg_temp.stale_cycle(), 1, 'a stale running chat is recovered, a fresh one is not');
-SELECT is(chatd_test.status((SELECT st.chat FROM st)), 'pending', 'recovery: running -> pending');
-SELECT is(chatd_test.status((SELECT st.fresh FROM st)), 'running', 'the fresh chat keeps running');
-SELECT chatd_test.claim((SELECT st.chat FROM st));
+SELECT is(
+    pg_temp.stale_cycle(), 2,
+    'recovered: the chat of a stale worker, and the chat claimed long ago by a worker with no row'
+);
+SELECT is(chatd_test.status((SELECT st.chat FROM st)), 'pending', 'recovery: running -> pending (stale worker row)');
+SELECT is(chatd_test.status((SELECT st.no_row FROM st)), 'pending', 'recovery: running -> pending (no worker row, old claim)');
+SELECT is(chatd_test.status((SELECT st.fresh FROM st)), 'running', 'the chat of a fresh worker keeps running');
+SELECT is(
+    chatd_test.status((SELECT st.old_claim FROM st)), 'running',
+    'a chat claimed long ago keeps running while its worker''s row is fresh'
+);
+SELECT is(
+    chatd_test.status((SELECT st.no_row_new FROM st)), 'running',
+    'a chat claimed recently keeps running though its worker has no row'
+);
+SELECT results_eq(
+    format(
+        $$SELECT * FROM chatd.heartbeat('w-stale', ARRAY[%L]::uuid[], ARRAY[1]::bigint[])$$, (SELECT st.chat FROM st)
+    ),
+    format($$SELECT %L::uuid$$, (SELECT st.chat FROM st)),
+    'the recovered worker''s next heartbeat reports the chat lost'
+);
+SELECT chatd_test.claim((SELECT st.chat FROM st), 'w-stale');
 SELECT is(pg_temp.stale_cycle(), 1, 'second recovery of the same turn');
-SELECT chatd_test.claim((SELECT st.chat FROM st));
+SELECT chatd_test.claim((SELECT st.chat FROM st), 'w-stale');
 SELECT is(pg_temp.stale_cycle(), 1, 'third recovery (more than max_recoveries = 2)');
 SELECT row_eq(
     format($$SELECT status, last_error ->> 'kind', recoveries FROM chatd.chats WHERE id = %L$$, (SELECT st.chat FROM st)),
     row('error'::chatd.chat_status, 'timeout'::text, 3),
     'a turn recovered more than max_recoveries times: running -> error, kind timeout'
+);
+-- worker rows: the janitor drops long-silent ones that run nothing;
+-- release_chats(worker) drops the releasing worker's
+SELECT chatd_test.make_stale('w-stale', '2 hours');
+SELECT chatd_test.make_stale('w-fresh', '2 hours');
+SELECT chatd.janitor();
+SELECT is(
+    (
+        SELECT array_agg(id ORDER BY id) FROM chatd.workers
+        WHERE id IN ('w-stale', 'w-fresh')
+    ), ARRAY['w-fresh'
+    ],
+    'the janitor deletes the row of a long-silent worker that runs no chat, not of one that runs a chat'
+);
+SELECT is(chatd.release_chats('w-old-claim'), 1, 'release_chats releases the worker''s chat');
+SELECT ok(
+    NOT EXISTS (
+        SELECT 1 FROM chatd.workers
+        WHERE id = 'w-old-claim'
+    ),
+    'release_chats(worker) deletes the worker''s row'
 );
 
 -- janitor and save_interrupted_turn -------------------------------------------

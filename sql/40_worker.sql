@@ -138,16 +138,23 @@ BEGIN
     WITH input AS (
         SELECT DISTINCT i.chat_id, i.lease FROM unnest(p_chat_ids, p_leases) AS i (chat_id, lease)
     ),
+    -- one primary-key lookup per given chat: the lateral subquery names only
+    -- the id (and OFFSET 0 keeps the other conditions out of it), so no
+    -- plan can scan the worker's running chats instead
     owned AS (
-        SELECT c.id
-        FROM chatd.chats AS c
-        JOIN input ON c.id = input.chat_id
+        SELECT input.chat_id
+        FROM input
+        CROSS JOIN LATERAL (
+            SELECT c.status, c.worker_id, c.lease FROM chatd.chats AS c
+            WHERE c.id = input.chat_id
+            OFFSET 0
+        ) AS c
         WHERE c.lease = input.lease
             AND c.status = 'running'
             AND c.worker_id = p_worker_id
     )
     SELECT input.chat_id FROM input
-    WHERE input.chat_id NOT IN (SELECT owned.id FROM owned)
+    WHERE input.chat_id NOT IN (SELECT owned.chat_id FROM owned)
     ORDER BY input.chat_id;
 END
 $$;

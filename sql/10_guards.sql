@@ -1,6 +1,6 @@
 -- Guards of the chat state machine (DESIGN.md section 4, docs/state-machine.md):
 --
--- * chatd.status_transitions(): the table of allowed status changes;
+-- * chatd.transition_allowed() / status_transitions(): the allowed status changes;
 -- * trigger chats_10_guard: rejects, whoever writes it, an INSERT of a chat
 --   in any status but pending, every status change not in the table
 --   (SQLSTATE CD003) and every lease change that is not a fresh claim or
@@ -13,46 +13,49 @@
 --   version is a "touch": message and queue triggers use it so that every
 --   notification carries a version newer than any earlier snapshot.
 
--- Every allowed (from, to) pair with from <> to. Staying in a status is
--- always allowed (heartbeats, title changes, archiving an idle chat).
-CREATE OR REPLACE FUNCTION chatd.status_transitions()
-RETURNS TABLE (from_status chatd.chat_status, to_status chatd.chat_status)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, chatd, pg_temp
-AS $$
-    SELECT t.f::chatd.chat_status, t.t::chatd.chat_status
-    FROM (VALUES
-        -- send_message (idle, empty queue), edit_message
-        ('waiting', 'pending'),
-        ('error', 'pending'),
-        -- edit_message
-        ('requires_action', 'pending'),
-        -- acquire_chats
-        ('pending', 'running'),
-        -- finish_turn (no queue), interrupt_chat, archive_chat
-        ('running', 'waiting'),
-        -- finish_turn (queue head promoted), record_failure (retry),
-        -- release_chats, recover_stale_chats, edit_message, send_message
-        -- with busy_behavior interrupt, promote_queued_message
-        ('running', 'pending'),
-        -- record_failure (not retryable, attempts exhausted),
-        -- recover_stale_chats (too many recoveries)
-        ('running', 'error'),
-        -- interrupt_chat, archive_chat
-        ('pending', 'waiting')
-    ) AS t (f, t)
-$$;
-
+-- The allowed status changes: the one place the transition table of
+-- DESIGN.md section 4 lives. Staying in a status is always allowed
+-- (heartbeats, title changes, archiving an idle chat). A plain list
+-- comparison: the guard trigger calls this on every chat update.
 CREATE OR REPLACE FUNCTION chatd.transition_allowed(p_from chatd.chat_status, p_to chatd.chat_status)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
     SELECT p_from = p_to
-        OR EXISTS (
-            SELECT 1 FROM chatd.status_transitions() AS t
-            WHERE t.from_status = p_from AND t.to_status = p_to
+        OR p_from::text || '>' || p_to::text IN (
+            -- send_message (idle, empty queue), edit_message
+            'waiting>pending',
+            'error>pending',
+            -- edit_message
+            'requires_action>pending',
+            -- acquire_chats
+            'pending>running',
+            -- finish_turn (no queue), interrupt_chat, archive_chat
+            'running>waiting',
+            -- finish_turn (queue head promoted), record_failure (retry),
+            -- release_chats, recover_stale_chats, edit_message, send_message
+            -- with busy_behavior interrupt, promote_queued_message
+            'running>pending',
+            -- record_failure (not retryable, attempts exhausted),
+            -- recover_stale_chats (too many recoveries)
+            'running>error',
+            -- interrupt_chat, archive_chat
+            'pending>waiting'
         )
+$$;
+
+-- Every allowed (from, to) pair with from <> to, as a table (for documents
+-- and tests), derived from transition_allowed.
+CREATE OR REPLACE FUNCTION chatd.status_transitions()
+RETURNS TABLE (from_status chatd.chat_status, to_status chatd.chat_status)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT f.s, t.s
+    FROM unnest(enum_range(NULL::chatd.chat_status)) AS f (s)
+    CROSS JOIN unnest(enum_range(NULL::chatd.chat_status)) AS t (s)
+    WHERE f.s <> t.s AND chatd.transition_allowed(f.s, t.s)
 $$;
 
 CREATE OR REPLACE FUNCTION chatd.chats_guard()

@@ -49,6 +49,8 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from chatd.listener import Listener
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ChatArchived",
@@ -575,10 +577,15 @@ class Client:
             open=False,
         )
         self._subs: dict[str, set[Subscription]] = {}
+        self._listener = Listener(
+            dsn,
+            application_name=f"{application_name} listener",
+            on_notify=self._dispatch,
+            on_listening=self._on_listening,
+            poll_interval=listen_poll,
+            command_timeout=timeout,
+        )
         self._listener_task: asyncio.Task[None] | None = None
-        self._listener_conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._reconcile = asyncio.Event()
-        self._generation = 0
         self._closed = False
         #: Test hook: awaited by every subscription after its LISTEN is armed
         #: and before its snapshot is read.
@@ -601,6 +608,7 @@ class Client:
             for sub in list(subs):
                 sub._queue.put_nowait(_CLOSED)
         if self._listener_task is not None:
+            self._listener.stop()
             self._listener_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener_task
@@ -623,10 +631,7 @@ class Client:
     @property
     def listener_pid(self) -> int | None:
         """Backend pid of the listener connection (None when not connected)."""
-        conn = self._listener_conn
-        if conn is None or conn.closed:
-            return None
-        return conn.info.backend_pid
+        return self._listener.backend_pid
 
     # ------------------------------------------------------------------ calls
 
@@ -776,14 +781,14 @@ class Client:
     def _ensure_listener(self) -> None:
         if self._listener_task is None or self._listener_task.done():
             self._listener_task = asyncio.create_task(
-                self._listener_loop(), name="chatd-client listener"
+                self._listener.run(), name="chatd-client listener"
             )
 
     async def _register(self, sub: Subscription) -> None:
         channel = chat_channel(sub.chat_id)
         self._subs.setdefault(channel, set()).add(sub)
         self._ensure_listener()
-        self._reconcile.set()
+        self._listener.listen(channel)
         async with asyncio.timeout(self.timeout):
             await asyncio.shield(sub._armed)
 
@@ -794,68 +799,19 @@ class Client:
             subs.discard(sub)
             if not subs:
                 del self._subs[channel]
-                self._reconcile.set()
+                self._listener.unlisten(channel)
 
-    async def _listener_loop(self) -> None:
-        delay = 0.05
-        while not self._closed:
-            try:
-                async with asyncio.timeout(max(self.timeout, 10.0)):
-                    conn = await psycopg.AsyncConnection.connect(
-                        self.dsn, autocommit=True, connect_timeout=10,
-                        application_name=f"{self.application_name} listener",
-                        keepalives=1, keepalives_idle=30, keepalives_interval=10,
-                        keepalives_count=3,
-                    )
-                async with conn:
-                    self._listener_conn = conn
-                    self._generation += 1
-                    listening: set[str] = set()
-                    delay = 0.05
-                    await self._listen_loop(conn, listening)
-            except asyncio.CancelledError:
-                raise
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                if self._closed:
-                    return
-                log.warning("listener connection lost, reconnecting in %.2fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                self._listener_conn = None
-
-    async def _listen_loop(
-        self, conn: psycopg.AsyncConnection[TupleRow], listening: set[str]
-    ) -> None:
-        generation = self._generation
-        self._reconcile.set()
-        while not self._closed:
-            if self._reconcile.is_set():
-                self._reconcile.clear()
-                wanted = set(self._subs)
-                commands = [f'LISTEN "{c}"' for c in sorted(wanted - listening)]
-                commands += [f'UNLISTEN "{c}"' for c in sorted(listening - wanted)]
-                if commands:
-                    async with asyncio.timeout(self.timeout):
-                        await conn.execute("; ".join(commands))
-                listening.intersection_update(wanted)
-                listening.update(wanted)
-                # Arm new subscriptions; tell the others to re-read after a
-                # reconnect, since notifications sent while deaf are lost.
-                for channel in listening:
-                    for sub in list(self._subs.get(channel, ())):
-                        if not sub._armed.done():
-                            sub._generation = generation
-                            sub._armed.set_result(None)
-                        elif sub._generation != generation:
-                            sub._generation = generation
-                            sub._queue.put_nowait(_RESYNC)
-            async for note in conn.notifies(timeout=self.listen_poll):
-                self._dispatch(note.channel, note.payload)
-                if self._reconcile.is_set():
-                    break
-            if conn.closed or conn.broken:
-                raise psycopg.OperationalError("listener connection closed")
+    async def _on_listening(self, listening: frozenset[str], generation: int) -> None:
+        """Arm new subscriptions; tell the others to re-read after a
+        reconnect, since notifications sent while deaf are lost."""
+        for channel in listening:
+            for sub in list(self._subs.get(channel, ())):
+                if not sub._armed.done():
+                    sub._generation = generation
+                    sub._armed.set_result(None)
+                elif sub._generation != generation:
+                    sub._generation = generation
+                    sub._queue.put_nowait(_RESYNC)
 
     def _dispatch(self, channel: str, payload: str) -> None:
         subs = self._subs.get(channel)

@@ -41,6 +41,7 @@ from psycopg_pool import AsyncConnectionPool
 from chatd import queries
 from chatd.config import WorkerConfig, add_worker_arguments, config_from_args
 from chatd.errors import ChatError, ChatErrorKind, ChatTurnError
+from chatd.listener import Listener
 from chatd.llm import (
     ClientCache,
     Finished,
@@ -163,7 +164,16 @@ class Worker:
         self.heartbeat_interval = config.heartbeat_interval or 5.0
         self.startup_timeout = 60.0
         self._pool: AsyncConnectionPool | None = None
-        self._listen_changes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.listener = None if config.poll_only else Listener(
+            config.database_url,
+            application_name=f"chatd-listener {config.worker_id}",
+            on_notify=self._on_notification,
+            on_listening=self._on_listening,
+            command_timeout=config.db_timeout,
+        )
+        if self.listener is not None:
+            self.listener.listen(queries.WAKE_CHANNEL)
+        self._listener_generation = 0
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
         self._last_heal = 0.0
 
@@ -253,8 +263,8 @@ class Worker:
         mode = "passive" if self.config.passive else "poll-only" if self.config.poll_only else "listening"
         log.info("worker %s started (%s, max_chats=%d)", self.config.worker_id, mode, self.config.max_chats)
         loops = [self._heartbeat_loop(), self._maintenance_loop()]
-        if not self.config.poll_only:
-            loops.append(self._listener_loop())
+        if self.listener is not None:
+            loops.append(self.listener.run())
         else:
             self.ready.set()
         if not self.config.passive:
@@ -272,6 +282,8 @@ class Worker:
         finally:
             self.stopping.set()
             await self._drain()
+            if self.listener is not None:
+                self.listener.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
@@ -345,14 +357,16 @@ class Worker:
         turn = Turn(claim.chat_id, claim.lease)
         self.turns[claim.chat_id] = turn
         self.metrics.inc("chatd_worker_turns_claimed_total")
-        self._listen_changes.put_nowait(("LISTEN", queries.chat_channel(claim.chat_id)))
+        if self.listener is not None:
+            self.listener.listen(queries.chat_channel(claim.chat_id))
         turn.task = asyncio.create_task(self._run_turn(turn, claim), name=f"turn {claim.chat_id}")
         turn.task.add_done_callback(lambda _t: self._turn_done(turn))
 
     def _turn_done(self, turn: Turn) -> None:
         if self.turns.get(turn.chat_id) is turn:
             del self.turns[turn.chat_id]
-            self._listen_changes.put_nowait(("UNLISTEN", queries.chat_channel(turn.chat_id)))
+            if self.listener is not None:
+                self.listener.unlisten(queries.chat_channel(turn.chat_id))
         self.wake.set()
 
     def _cancel_lost(self, chat_id: UUID, lease: int | None = None) -> None:
@@ -362,47 +376,21 @@ class Worker:
             turn.cancel_reason = "lost"
             turn.task.cancel()
 
-    async def _listener_loop(self) -> None:
-        delay = 0.1
-        while not self.stopping.is_set():
+    async def _on_listening(self, _channels: frozenset[str], generation: int) -> None:
+        """After the listener (re)connected: NOTIFY is not durable, so rescan
+        what may have changed while it was deaf (claims and lost turns)."""
+        if generation == self._listener_generation:
+            return  # only a channel change on the same connection
+        if self._listener_generation:
+            self.metrics.inc("chatd_worker_listener_reconnects_total")
+        self._listener_generation = generation
+        self.wake.set()
+        if self.turns:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.config.database_url, autocommit=True, connect_timeout=10,
-                    application_name=f"chatd-listener {self.config.worker_id}",
-                ) as conn:
-                    await conn.execute(f"LISTEN {queries.WAKE_CHANNEL}")
-                    for chat_id in list(self.turns):
-                        await conn.execute(f'LISTEN "{queries.chat_channel(chat_id)}"')
-                    delay = 0.1  # a successful connection resets the backoff
-                    # NOTIFY is not durable: rescan what changed while deaf.
-                    self.wake.set()
-                    if self.turns:
-                        await self._heartbeat_once()
-                    self.ready.set()
-                    await self._listen(conn)
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                if self.stopping.is_set():
-                    return
-                self.metrics.inc("chatd_worker_listener_reconnects_total")
-                log.warning("listener connection lost, reconnecting in %.1fs: %s", delay, exc)
-                await self._sleep_unless_stopping(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _listen(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
-        while not self.stopping.is_set():
-            commands = []  # every pending change in one round trip
-            while not self._listen_changes.empty():
-                command, channel = self._listen_changes.get_nowait()
-                commands.append(f'{command} "{channel}"')
-            if commands:
-                await conn.execute("; ".join(commands))
-            async for note in conn.notifies(timeout=0.25):
-                self._on_notification(note.channel, note.payload)
-                if not self._listen_changes.empty():
-                    break
-            # notifies() returning is also how a dead connection is noticed
-            if conn.closed or conn.broken:
-                raise psycopg.OperationalError("listener connection closed")
+                await self._heartbeat_once()
+            except (psycopg.Error, TimeoutError, LeaseLost) as exc:
+                log.warning("heartbeat after reconnect failed: %s", exc)
+        self.ready.set()
 
     def _on_notification(self, channel: str, payload: str) -> None:
         if channel == queries.WAKE_CHANNEL:

@@ -60,6 +60,7 @@ log = logging.getLogger("chatd.worker")
 
 LEASE_LOST = "CD004"
 INVALID_TRANSITION = "CD003"
+INVALID_INPUT = "CD007"
 # Errors after which reconnecting cannot help: wrong password, no such role or
 # database, no pg_hba entry.
 _FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.conf entry",
@@ -585,6 +586,12 @@ class Worker:
                 await self._fetch(query, params)
                 return
             except psycopg.Error as exc:
+                if exc.sqlstate == INVALID_INPUT:
+                    # the same reply would be refused again: fail the turn for good
+                    raise ChatTurnError(ChatError(
+                        f"chatd could not store the reply: {exc.diag.message_primary or exc}",
+                        ChatErrorKind.generic, claim.spec().provider_name, False,
+                    )) from exc
                 if exc.sqlstate == INVALID_TRANSITION:
                     # interrupted between the last part and the finish
                     await self._save_interrupted(params, claim)

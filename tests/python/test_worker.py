@@ -407,3 +407,18 @@ async def test_a_late_notification_about_an_earlier_turn_does_not_cancel_the_cur
     assert turn.cancel_reason == "lost", "its own lease leaving running cancels it"
     with contextlib.suppress(asyncio.CancelledError):
         await running
+
+
+async def test_a_reply_too_large_to_store_errors_the_chat_once_instead_of_retrying(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    owner, org = owner_and_org(factory)
+    fake.script(Text("x" * 1_100_000, chunks=20))  # over the 1 MB content limit
+    chat = factory.chat(owner, org=org, model=model_for(factory, fake))
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "error"), what="the chat to fail for good")
+    row = await chat_row(db, chat)
+    assert row["last_error"]["retryable"] is False
+    assert "at most 1 MB" in row["last_error"]["message"]
+    assert len(fake.requests) == 1, "not retried: the same reply would fail again"
+    assert await messages(db, chat, "assistant") == []

@@ -473,3 +473,50 @@ BEGIN
     RETURN v_count;
 END
 $$;
+
+-- Finishes a batch of turns in one statement: one commit, one WAL flush and
+-- one wake-up of every listener for all of them, instead of one per turn.
+-- Each item is {chat_id, lease, content, usage, provider_response_id,
+-- runtime_ms} and optionally the turn's last streamed parts {seq, parts}.
+-- Chats are locked in id order (two batches never deadlock each other). A
+-- turn whose lease is lost is reported with message_id NULL and changes
+-- nothing; any other error aborts the whole batch, and the caller finishes
+-- those turns one by one (finish_turn), which reports each error on its own.
+CREATE OR REPLACE FUNCTION chatd.finish_turns(p_turns jsonb)
+RETURNS TABLE (chat_id uuid, message_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_turn jsonb;
+    v_chat_id uuid;
+    v_lease bigint;
+    v_fenced boolean;
+BEGIN
+    IF jsonb_typeof(p_turns) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'finish_turns: turns must be a JSON array' USING ERRCODE = 'CD007';
+    END IF;
+    FOR v_turn IN
+        SELECT e.value FROM jsonb_array_elements(p_turns) AS e (value)
+        ORDER BY (e.value ->> 'chat_id')::uuid
+    LOOP
+        v_chat_id := (v_turn ->> 'chat_id')::uuid;
+        v_lease := (v_turn ->> 'lease')::bigint;
+        SELECT c.status = 'running' AND c.lease = v_lease INTO v_fenced
+        FROM chatd.chats AS c WHERE c.id = v_chat_id FOR UPDATE;
+        chat_id := v_chat_id;
+        IF v_fenced IS NOT TRUE THEN
+            message_id := NULL;  -- lease lost (or no such chat): nothing written
+        ELSE
+            IF v_turn ? 'parts' THEN
+                PERFORM chatd.publish_parts(v_chat_id, v_lease, (v_turn ->> 'seq')::integer, v_turn -> 'parts');
+            END IF;
+            message_id := chatd.finish_turn(
+                v_chat_id, v_lease, v_turn -> 'content', coalesce(v_turn -> 'usage', '{}'),
+                v_turn ->> 'provider_response_id', (v_turn ->> 'runtime_ms')::bigint
+            );
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

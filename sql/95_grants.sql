@@ -30,7 +30,7 @@ DO $grants$
 DECLARE
     -- sql/40_worker.sql, 45_recovery.sql, 70_worker_settings.sql
     v_worker CONSTANT text [] := ARRAY[
-        'acquire_chats', 'heartbeat', 'publish_parts', 'finish_turn', 'save_interrupted_turn',
+        'acquire_chats', 'heartbeat', 'publish_parts', 'finish_turn', 'finish_turns', 'save_interrupted_turn',
         'record_failure', 'release_chats', 'recover_stale_chats', 'janitor', 'worker_settings'
     ];
     -- sql/20_app_chats.sql, 25_app_queue.sql, 30_snapshot.sql, 50_spend.sql

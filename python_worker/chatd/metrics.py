@@ -18,6 +18,7 @@ HELP = {
     "chatd_worker_turn_failures_total": "turns that failed (retried or errored, as SQL decided)",
     "chatd_worker_leases_lost_total": "writes refused because the lease was lost",
     "chatd_worker_part_flushes_total": "publish_parts calls that succeeded",
+    "chatd_worker_finish_batches_total": "finish_turns statements (each finishing one or more turns)",
     "chatd_worker_heartbeats_total": "batched heartbeats sent",
     "chatd_worker_wakeups_total": "chatd_wake notifications received",
     "chatd_worker_listener_reconnects_total": "LISTEN connection re-establishments",

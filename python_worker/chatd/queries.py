@@ -24,14 +24,9 @@ FINISH_TURN: Final = (
     "%(provider_response_id)s, %(runtime_ms)s)"
 )
 
-# publish_parts, then finish_turn, in one statement (one implicit transaction):
-# the subquery is not flattened (volatile function, OFFSET 0), so the parts
-# are stored and notified before the turn ends.
-PUBLISH_AND_FINISH: Final = (
-    "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
-    "%(provider_response_id)s, %(runtime_ms)s) "
-    "FROM (SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq)s, %(parts)s) OFFSET 0) AS published"
-)
+# A batch of finished turns, each with its last streamed parts, in one
+# statement; lost leases come back with message_id NULL.
+FINISH_TURNS: Final = "SELECT chat_id, message_id FROM chatd.finish_turns(%(turns)s)"
 
 SAVE_INTERRUPTED_TURN: Final = (
     "SELECT chatd.save_interrupted_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "

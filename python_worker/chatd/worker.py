@@ -153,6 +153,74 @@ def _usage_json(finished: Finished | None) -> dict[str, int]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+class BatchFailed(Exception):
+    """A batch of finishes failed as a whole (not a lost lease of this turn)."""
+
+
+class FinishBatcher:
+    """Finishes turns in batches with `chatd.finish_turns`: every turn that
+    finishes while a batch is in flight joins the next one, so under load one
+    statement, one commit and one wake-up of each listener serve many turns,
+    and an idle worker adds no wait at all."""
+
+    def __init__(self, worker: Worker, *, max_batch: int = 32, max_in_flight: int = 2) -> None:
+        self._worker = worker
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def finish(self, item: dict[str, Any]) -> int:
+        """The assistant message id; LeaseLost when this turn's lease was
+        lost (nothing written); BatchFailed when the batch failed otherwise."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="finish batcher")
+        return await future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._batches, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                await self._slots.acquire()
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                task = asyncio.create_task(self._execute(batch))
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
+
+    async def _execute(self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
+        try:
+            rows = await self._worker._fetch(queries.FINISH_TURNS, {"turns": Jsonb([i for i, _ in batch])})
+            finished = {str(chat_id): message_id for chat_id, message_id in rows}
+            self._worker.metrics.inc("chatd_worker_finish_batches_total")
+            for item, future in batch:
+                if future.done():
+                    continue
+                message_id = finished.get(item["chat_id"])
+                if message_id is None:
+                    future.set_exception(LeaseLost(f"chat {item['chat_id']}: lease {item['lease']} lost"))
+                else:
+                    future.set_result(message_id)
+        except Exception as exc:  # the whole batch: each turn falls back to finishing alone
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(BatchFailed(f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._slots.release()
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, *, stream: StreamFn = stream_turn) -> None:
         self.config = config
@@ -175,6 +243,7 @@ class Worker:
         if self.listener is not None:
             self.listener.listen(queries.WAKE_CHANNEL)
         self._listener_generation = 0
+        self.finisher = FinishBatcher(self)
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
         self._last_heal = 0.0
 
@@ -283,6 +352,7 @@ class Worker:
         finally:
             self.stopping.set()
             await self._drain()
+            await self.finisher.close()
             if self.listener is not None:
                 self.listener.stop()
             for task in tasks:
@@ -557,24 +627,32 @@ class Worker:
     async def _publish_and_finish(
         self, flush_lock: asyncio.Lock, output: _Output, seq: int, final: Mapping[str, Any], claim: Claim
     ) -> bool:
-        """The last streamed parts and finish_turn in one statement: one
-        round trip and one commit instead of two. False when there were no
-        parts left, or when it failed with anything but a lost lease: the
-        caller then takes the two-step path (flush, then finish_turn with its
-        retries), which handles every outcome."""
+        """The last streamed parts and finish_turn, batched with the other
+        turns finishing now (FinishBatcher): one statement and one commit for
+        all of them. False when the batch failed with anything but this turn's
+        lost lease: the caller then takes the two-step path (flush, then
+        finish_turn with its retries), which handles every outcome."""
         async with flush_lock:  # a straggler flush may be in flight
             parts, size = output.pending, output.pending_bytes
             output.pending, output.pending_bytes = [], 0
-        if not parts:
-            return False
+        item: dict[str, Any] = {
+            "chat_id": str(claim.chat_id),
+            "lease": claim.lease,
+            "content": final["content"].obj,
+            "usage": final["usage"].obj,
+            "provider_response_id": final["provider_response_id"],
+            "runtime_ms": final["runtime_ms"],
+        }
+        if parts:
+            item.update(seq=seq, parts=parts)
         try:
-            await self._fetch(queries.PUBLISH_AND_FINISH, {**final, "seq": seq, "parts": Jsonb(parts)})
-        except (psycopg.Error, TimeoutError) as exc:
-            log.info("chat %s: parts + finish_turn in one statement failed, retrying in two: %s",
-                     claim.chat_id, exc)
+            await self.finisher.finish(item)
+        except BatchFailed as exc:
+            log.info("chat %s: batched finish failed, finishing alone: %s", claim.chat_id, exc)
             output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
             return False
-        self.metrics.inc("chatd_worker_part_flushes_total")
+        if parts:
+            self.metrics.inc("chatd_worker_part_flushes_total")
         return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:

@@ -17,6 +17,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.heartbeat(text,uuid[],bigint[])', 'worker'),
 ('chatd.publish_parts(uuid,bigint,integer,jsonb)', 'worker'),
 ('chatd.finish_turn(uuid,bigint,jsonb,jsonb,text,bigint,jsonb)', 'worker'),
+('chatd.finish_turns(jsonb)', 'worker'),
 ('chatd.save_interrupted_turn(uuid,bigint,jsonb,jsonb,text,bigint)', 'worker'),
 ('chatd.record_failure(uuid,bigint,jsonb,bigint)', 'worker'),
 ('chatd.release_chats(text,uuid[])', 'worker'),

@@ -72,7 +72,7 @@ FROM pg_class AS c
 WHERE c.relnamespace = 'chatd'::regnamespace AND c.relkind = 'S';
 
 CREATE TEMP TABLE worker_api (name) AS VALUES
-('acquire_chats'), ('heartbeat'), ('publish_parts'), ('finish_turn'), ('save_interrupted_turn'),
+('acquire_chats'), ('heartbeat'), ('publish_parts'), ('finish_turn'), ('finish_turns'), ('save_interrupted_turn'),
 ('record_failure'), ('release_chats'), ('recover_stale_chats'), ('janitor'), ('worker_settings');
 CREATE TEMP TABLE app_api (name) AS VALUES
 ('create_chat'), ('send_message'), ('interrupt_chat'), ('edit_message'), ('delete_queued_message'),

@@ -3,7 +3,7 @@
 -- cost), fencing (CD004) of every worker write, record_failure retry
 -- arithmetic, release, stale recovery, janitor, save_interrupted_turn.
 BEGIN;
-SELECT plan(76);
+SELECT plan(83);
 
 CREATE TEMP TABLE t AS
 SELECT
@@ -431,6 +431,76 @@ SELECT chatd_test.claim((SELECT j.chat FROM j));
 SELECT throws_ok(
     format($$SELECT chatd.save_interrupted_turn(%L, %s, '"late"')$$, (SELECT j.chat FROM j), (SELECT jl.lease FROM jl)),
     'CD004', NULL, 'after a newer claim the partial can no longer be saved'
+);
+
+-- finish_turns: a batch in one statement; a lost lease is reported, not raised
+CREATE TEMP TABLE fb AS
+SELECT
+    chatd_test.chat(chatd_test.user(chatd_test.org())) AS a,
+    chatd_test.chat(chatd_test.user(chatd_test.org())) AS b,
+    chatd_test.chat(chatd_test.user(chatd_test.org())) AS lost;
+CREATE TEMP TABLE fbl AS
+SELECT
+    chatd_test.claim((SELECT fb.a FROM fb)) AS lease_a,
+    chatd_test.claim((SELECT fb.b FROM fb)) AS lease_b,
+    chatd_test.claim((SELECT fb.lost FROM fb)) AS lease_lost;
+CREATE TEMP TABLE fbr AS
+SELECT r.chat_id, r.message_id
+FROM chatd.finish_turns(
+    jsonb_build_array(
+        jsonb_build_object(
+            'chat_id', (SELECT fb.a FROM fb), 'lease', (SELECT fbl.lease_a FROM fbl),
+            'content', '[{"type": "text", "text": "answer a"}]'::jsonb,
+            'usage', '{"input_tokens": 10, "output_tokens": 5}'::jsonb,
+            'seq', 0, 'parts', '[{"type": "text", "text": "answer a"}]'::jsonb
+        ),
+        jsonb_build_object(
+            'chat_id', (SELECT fb.b FROM fb), 'lease', (SELECT fbl.lease_b FROM fbl),
+            'content', '[{"type": "text", "text": "answer b"}]'::jsonb
+        ),
+        jsonb_build_object(
+            'chat_id', (SELECT fb.lost FROM fb), 'lease', (SELECT fbl.lease_lost FROM fbl) - 1,
+            'content', '[{"type": "text", "text": "too late"}]'::jsonb
+        )
+    )
+) AS r;
+SELECT is(
+    (SELECT count(*) FROM fbr WHERE message_id IS NOT NULL), 2::bigint,
+    'finish_turns finishes every turn whose lease holds'
+);
+SELECT is(
+    (SELECT array[chatd_test.status(fb.a), chatd_test.status(fb.b)]::text[] FROM fb),
+    array['waiting', 'waiting'],
+    'finish_turns: both chats are waiting'
+);
+SELECT ok(
+    (SELECT fbr.message_id IS NULL FROM fbr, fb WHERE fbr.chat_id = fb.lost),
+    'finish_turns reports a lost lease with message_id NULL instead of raising'
+);
+SELECT is(
+    (SELECT chatd_test.status(fb.lost)::text FROM fb), 'running',
+    'the lost turn''s chat is untouched (still running under its real lease)'
+);
+SELECT is(
+    (SELECT count(*) FROM chatd.messages AS m, fb WHERE m.chat_id = fb.lost AND m.role = 'assistant'),
+    0::bigint,
+    'nothing is written for the lost turn'
+);
+SELECT is(
+    (SELECT m.total_cost_micros FROM chatd.messages AS m, fb WHERE m.chat_id = fb.a AND m.role = 'assistant'),
+    20::bigint,
+    'finish_turns computes the cost like finish_turn (10 x 1 + 5 x 2)'
+);
+SELECT throws_ok(
+    format(
+        $$SELECT * FROM chatd.finish_turns(jsonb_build_array(
+            jsonb_build_object('chat_id', %L::uuid, 'lease', %s, 'content', '[{"type": "text", "text": "ok"}]'::jsonb),
+            jsonb_build_object('chat_id', %L::uuid, 'lease', %s, 'content', '"x"'::jsonb, 'usage', '"bad"'::jsonb)
+        ))$$,
+        chatd_test.chat_in('running'), 0, (SELECT fb.lost FROM fb), (SELECT fbl.lease_lost FROM fbl)
+    ),
+    'CD007', NULL,
+    'any other error aborts the whole batch (the worker then finishes one by one)'
 );
 
 SELECT * FROM finish();

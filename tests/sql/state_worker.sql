@@ -445,36 +445,44 @@ SELECT
     chatd_test.claim((SELECT fb.b FROM fb)) AS lease_b,
     chatd_test.claim((SELECT fb.lost FROM fb)) AS lease_lost;
 CREATE TEMP TABLE fbr AS
-SELECT r.chat_id, r.message_id
+SELECT
+    r.chat_id,
+    r.message_id
 FROM chatd.finish_turns(
-    jsonb_build_array(
-        jsonb_build_object(
-            'chat_id', (SELECT fb.a FROM fb), 'lease', (SELECT fbl.lease_a FROM fbl),
-            'content', '[{"type": "text", "text": "answer a"}]'::jsonb,
-            'usage', '{"input_tokens": 10, "output_tokens": 5}'::jsonb,
-            'seq', 0, 'parts', '[{"type": "text", "text": "answer a"}]'::jsonb
-        ),
-        jsonb_build_object(
-            'chat_id', (SELECT fb.b FROM fb), 'lease', (SELECT fbl.lease_b FROM fbl),
-            'content', '[{"type": "text", "text": "answer b"}]'::jsonb
-        ),
-        jsonb_build_object(
-            'chat_id', (SELECT fb.lost FROM fb), 'lease', (SELECT fbl.lease_lost FROM fbl) - 1,
-            'content', '[{"type": "text", "text": "too late"}]'::jsonb
+        jsonb_build_array(
+            jsonb_build_object(
+                'chat_id', (SELECT fb.a FROM fb), 'lease', (SELECT fbl.lease_a FROM fbl),
+                'content', '[{"type": "text", "text": "answer a"}]'::jsonb,
+                'usage', '{"input_tokens": 10, "output_tokens": 5}'::jsonb,
+                'seq', 0, 'parts', '[{"type": "text", "text": "answer a"}]'::jsonb
+            ),
+            jsonb_build_object(
+                'chat_id', (SELECT fb.b FROM fb), 'lease', (SELECT fbl.lease_b FROM fbl),
+                'content', '[{"type": "text", "text": "answer b"}]'::jsonb
+            ),
+            jsonb_build_object(
+                'chat_id', (SELECT fb.lost FROM fb), 'lease', (SELECT fbl.lease_lost FROM fbl) - 1,
+                'content', '[{"type": "text", "text": "too late"}]'::jsonb
+            )
         )
-    )
-) AS r;
+    ) AS r;
 SELECT is(
-    (SELECT count(*) FROM fbr WHERE message_id IS NOT NULL), 2::bigint,
+    (
+        SELECT count(*) FROM fbr
+        WHERE message_id IS NOT NULL
+    ), 2::bigint,
     'finish_turns finishes every turn whose lease holds'
 );
 SELECT is(
-    (SELECT array[chatd_test.status(fb.a), chatd_test.status(fb.b)]::text[] FROM fb),
-    array['waiting', 'waiting'],
+    (SELECT ARRAY[chatd_test.status(fb.a), chatd_test.status(fb.b)]::text[] FROM fb),
+    ARRAY['waiting', 'waiting'],
     'finish_turns: both chats are waiting'
 );
 SELECT ok(
-    (SELECT fbr.message_id IS NULL FROM fbr, fb WHERE fbr.chat_id = fb.lost),
+    (
+        SELECT fbr.message_id IS NULL FROM fbr, fb
+        WHERE fbr.chat_id = fb.lost
+    ),
     'finish_turns reports a lost lease with message_id NULL instead of raising'
 );
 SELECT is(
@@ -482,12 +490,18 @@ SELECT is(
     'the lost turn''s chat is untouched (still running under its real lease)'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.messages AS m, fb WHERE m.chat_id = fb.lost AND m.role = 'assistant'),
+    (
+        SELECT count(*) FROM chatd.messages AS m, fb
+        WHERE m.chat_id = fb.lost AND m.role = 'assistant'
+    ),
     0::bigint,
     'nothing is written for the lost turn'
 );
 SELECT is(
-    (SELECT m.total_cost_micros FROM chatd.messages AS m, fb WHERE m.chat_id = fb.a AND m.role = 'assistant'),
+    (
+        SELECT m.total_cost_micros FROM chatd.messages AS m, fb
+        WHERE m.chat_id = fb.a AND m.role = 'assistant'
+    ),
     20::bigint,
     'finish_turns computes the cost like finish_turn (10 x 1 + 5 x 2)'
 );

@@ -28,7 +28,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -745,15 +745,3 @@ async def _main(config: WorkerConfig) -> int:
         print(f"chatd worker: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-async def run_worker_until(config: WorkerConfig, until: Awaitable[Any]) -> None:
-    """Run a worker until ``until`` completes, then stop it gracefully (for
-    tests and the demo)."""
-    worker = Worker(config)
-    task = asyncio.create_task(worker.run())
-    try:
-        await until
-    finally:
-        worker.stop()
-        await task

@@ -144,9 +144,8 @@ def _login_roles(dsn: str, owns_database: bool) -> tuple[str, str]:
         for kind, login in DEMO_ROLES.items():
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone():
                 conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE chatd_{kind}")
-    params = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items()}
-    worker = psycopg.conninfo.make_conninfo(**{**params, "user": DEMO_ROLES["worker"]})
-    app = psycopg.conninfo.make_conninfo(**{**params, "user": DEMO_ROLES["app"]})
+    worker = psycopg.conninfo.make_conninfo(dsn, user=DEMO_ROLES["worker"])
+    app = psycopg.conninfo.make_conninfo(dsn, user=DEMO_ROLES["app"])
     return worker, app
 
 

@@ -66,9 +66,7 @@ class DatabaseServer:
     _stop: list[Any] = field(default_factory=list)
 
     def dsn(self, dbname: str) -> str:
-        params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
-        params["dbname"] = dbname
-        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+        return psycopg.conninfo.make_conninfo(self.admin_dsn, dbname=dbname)
 
     def admin(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.admin_dsn, autocommit=True)
@@ -215,10 +213,7 @@ def ensure_login_roles(admin_dsn: str) -> None:
 
 def as_role(dsn: str, kind: str) -> str:
     """The same database, connecting as the worker or app test login role."""
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    params["user"] = TEST_LOGIN_ROLES[kind]
-    params["password"] = TEST_ROLE_PASSWORD
-    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+    return psycopg.conninfo.make_conninfo(dsn, user=TEST_LOGIN_ROLES[kind], password=TEST_ROLE_PASSWORD)
 
 
 class Factory:

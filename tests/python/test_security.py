@@ -20,9 +20,7 @@ PASSWORD = "chatd-test-password"
 
 
 def _login_dsn(pg: DatabaseServer, dsn: str, role: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    params.update(user=role, password=PASSWORD)
-    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+    return psycopg.conninfo.make_conninfo(dsn, user=role, password=PASSWORD)
 
 
 @pytest.fixture

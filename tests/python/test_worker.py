@@ -363,9 +363,7 @@ def test_worker_refuses_to_start_without_the_schema(pg: Any) -> None:
 
 
 def test_worker_refuses_to_start_with_a_bad_password(db: str) -> None:
-    params = psycopg.conninfo.conninfo_to_dict(db)
-    params["user"] = "no_such_role"
-    bad = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+    bad = psycopg.conninfo.make_conninfo(db, user="no_such_role")
     result = subprocess.run(
         [sys.executable, "-m", "chatd", "worker", "--database-url", bad],
         capture_output=True, text=True, timeout=60, check=False,

@@ -12,6 +12,7 @@ See chatd.testing for where the server comes from. Fixtures:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,7 +43,7 @@ def pg() -> Iterator[DatabaseServer]:
 
 @pytest.fixture(scope="session")
 def template_db(pg: DatabaseServer) -> str:
-    return build_template(pg)
+    return build_template(pg, fixtures=sorted((Path(__file__).parent / "sql").glob("_*.sql")))
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Worker settings: every one a flag and a CHATD_* environment variable.
 
 Precedence: command-line flag, then environment variable, then default.
-`chatd worker --help` prints this table; the README repeats it.
+`chatd worker --help` prints this table (chatd.cli.worker turns it into
+flags); the README repeats it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["OPTIONS", "WorkerConfig", "add_worker_arguments", "config_from_args"]
+__all__ = ["OPTIONS", "Option", "WorkerConfig", "config_from_args"]
 
 
 def _bool(value: str) -> bool:
@@ -32,6 +33,11 @@ class Option:
     parse: Callable[[str], Any]
     default: Any
     help: str
+
+    @property
+    def is_flag(self) -> bool:
+        """A boolean setting: a flag without a value on the command line."""
+        return self.parse is _bool
 
 
 def _default_worker_id() -> str:
@@ -107,20 +113,6 @@ class WorkerConfig:
             raise ValueError("heartbeat_interval must be positive")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
-
-
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (flag, else environment variable, else default)")
-    for option in OPTIONS:
-        flag = "--" + option.name.replace("_", "-")
-        default = "off" if option.default is None else option.default
-        help_text = f"{option.help} [env {option.env}; default {default}]"
-        if option.parse is _bool:
-            group.add_argument(flag, dest=option.name, action="store_const", const=True,
-                               default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=option.name, type=option.parse, default=None,
-                               metavar=option.name.upper(), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> WorkerConfig:

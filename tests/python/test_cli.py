@@ -16,7 +16,7 @@ import pytest
 
 from chatd import cli
 from chatd.config import WorkerConfig
-from chatd.fakellm import FakeLLM, FakeUsage, Text
+from chatd.testing.fakellm import FakeLLM, FakeUsage, Text
 from chatd.worker import Worker
 
 TIMEOUT = 60.0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from repo_support import REPO_ROOT
+
 from chatd.config import OPTIONS
-from chatd.testing import REPO_ROOT
 
 
 def test_readme_documents_every_worker_setting() -> None:

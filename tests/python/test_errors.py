@@ -1,4 +1,4 @@
-"""Classification of provider failures into ChatErrors (chatd.errors)."""
+"""Classification of provider failures into ChatErrors (chatd.llm.classify)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import httpx2
 import openai
 import pytest
 
-from chatd.errors import (
+from chatd.llm import ModelSpec, resolve_api_key
+from chatd.llm.classify import (
     MAX_RETRY_AFTER_MS,
     ChatError,
     ChatErrorKind,
@@ -21,7 +22,6 @@ from chatd.errors import (
     make_error,
     parse_retry_after,
 )
-from chatd.llm import ModelSpec, resolve_api_key
 
 K = ChatErrorKind
 REQUEST = httpx2.Request("POST", "https://llm.example.test/v1/endpoint")

@@ -1,4 +1,4 @@
-"""The fake LLM server itself (chatd.fakellm), checked with the official SDKs and raw HTTP."""
+"""The fake LLM server itself (chatd.testing.fakellm), checked with the official SDKs and raw HTTP."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import anthropic
 import openai
 import pytest
 
-from chatd.fakellm import (
+from chatd.testing.fakellm import (
     FakeLLM,
     FakeUsage,
     Hang,
@@ -305,7 +305,7 @@ async def test_serves_150_concurrent_streams_scripted_per_chat(fake: FakeLLM) ->
 
 def test_cli_prints_the_url_first_and_stops_on_sigterm() -> None:
     with subprocess.Popen(
-        [sys.executable, "-m", "chatd.fakellm", "--port", "0"],
+        [sys.executable, "-m", "chatd", "fakellm", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

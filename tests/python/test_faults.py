@@ -14,6 +14,7 @@ from uuid import UUID
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from repo_support import fixture_files
 from worker_support import (
     chat_row,
     messages,
@@ -26,9 +27,9 @@ from worker_support import (
 
 from chatd import migrate
 from chatd.client import Client
-from chatd.fakellm import FakeLLM, Text
 from chatd.localpg import LocalCluster
-from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles, fixture_files
+from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
+from chatd.testing.fakellm import FakeLLM, Text
 
 
 @pytest.fixture

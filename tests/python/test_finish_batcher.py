@@ -43,7 +43,7 @@ def turn(n: int) -> dict[str, Any]:
 
 async def test_turns_finishing_during_a_batch_share_the_next_one() -> None:
     db = StandIn()
-    batcher = FinishBatcher(db, max_in_flight=1)  # type: ignore[arg-type]
+    batcher = FinishBatcher(db._fetch, db.metrics, max_in_flight=1)  # type: ignore[arg-type]
     first = asyncio.create_task(batcher.finish(turn(1)))
     await db.first_started.wait()
     later = [asyncio.create_task(batcher.finish(turn(n))) for n in (2, 3, 4)]
@@ -58,7 +58,7 @@ async def test_turns_finishing_during_a_batch_share_the_next_one() -> None:
 async def test_a_lost_lease_fails_only_its_own_turn() -> None:
     db = StandIn(lost={turn(2)["chat_id"]})
     db.release_first.set()
-    batcher = FinishBatcher(db)  # type: ignore[arg-type]
+    batcher = FinishBatcher(db._fetch, db.metrics)  # type: ignore[arg-type]
     results = await asyncio.gather(
         *(batcher.finish(turn(n)) for n in (1, 2, 3)), return_exceptions=True
     )
@@ -70,7 +70,7 @@ async def test_a_lost_lease_fails_only_its_own_turn() -> None:
 async def test_a_failed_batch_sends_every_turn_back_to_finishing_alone() -> None:
     db = StandIn(fail=True)
     db.release_first.set()
-    batcher = FinishBatcher(db)  # type: ignore[arg-type]
+    batcher = FinishBatcher(db._fetch, db.metrics)  # type: ignore[arg-type]
     with pytest.raises(BatchFailed, match="the batch statement failed"):
         await batcher.finish(turn(1))
     await batcher.close()

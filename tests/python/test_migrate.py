@@ -15,10 +15,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from repo_support import REPO_ROOT
 
 from chatd import migrate
 from chatd.localpg import find_pg_bin
-from chatd.testing import REPO_ROOT, DatabaseServer
+from chatd.testing import DatabaseServer
 
 VERSIONS = [m.version for m in migrate.load_sources().migrations]
 

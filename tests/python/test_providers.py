@@ -9,8 +9,6 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from chatd.errors import ChatError, ChatErrorKind, ChatTurnError
-from chatd.fakellm import FakeLLM, FakeUsage, Hang, HttpError, StreamError, Text, Truncate
 from chatd.llm import (
     STREAM_CLOSED,
     ClientCache,
@@ -23,6 +21,8 @@ from chatd.llm import (
     Usage,
     stream_turn,
 )
+from chatd.llm.classify import ChatError, ChatErrorKind, ChatTurnError
+from chatd.testing.fakellm import FakeLLM, FakeUsage, Hang, HttpError, StreamError, Text, Truncate
 
 KINDS = ["openai", "openai-compat", "anthropic"]
 KEY_ENV = "CHATD_TEST_LLM_KEY"

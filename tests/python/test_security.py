@@ -12,9 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from repo_support import REPO_ROOT
 
 from chatd import migrate
-from chatd.testing import REPO_ROOT, DatabaseServer, Factory
+from chatd.testing import DatabaseServer, Factory
 
 PASSWORD = "chatd-test-password"
 

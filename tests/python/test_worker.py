@@ -26,8 +26,8 @@ from worker_support import (
     worker_config,
 )
 
-from chatd.fakellm import FakeLLM, FakeUsage, Hang, HttpError, Text, Truncate
 from chatd.testing import Factory, as_role
+from chatd.testing.fakellm import FakeLLM, FakeUsage, Hang, HttpError, Text, Truncate
 
 OPENAI_KEY_ENV = "CHATD_TEST_OPENAI_KEY"
 ANTHROPIC_KEY_ENV = "CHATD_TEST_ANTHROPIC_KEY"

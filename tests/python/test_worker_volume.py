@@ -10,8 +10,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 from worker_support import running_worker, wait_until, worker_config
 
-from chatd.fakellm import FakeLLM
 from chatd.testing import Factory
+from chatd.testing.fakellm import FakeLLM
 
 CHATS = 100
 TURNS = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from chatd.cli_common import (
+from chatd.cli.common import (
     add_database_argument,
     add_identity_arguments,
     format_micros,
@@ -13,6 +13,7 @@ from chatd.cli_common import (
     run_command,
 )
 from chatd.client import Client
+from chatd.protocol import queries
 
 __all__ = ["add_arguments", "run"]
 
@@ -57,15 +58,14 @@ async def _limits(client: Client, args: argparse.Namespace) -> int:
     if args.action == "set":
         return await _set(client, args)
     config = await client.fetch(
-        "SELECT enabled, default_limit_micros, period::text FROM chatd.usage_limit_config"
+        queries.USAGE_LIMIT_CONFIG
     )
     enabled, default, period = config[0]
     print(f"limits {'enabled' if enabled else 'disabled'}; default {format_micros(default)} "
           f"per {period}")
     who = await resolve_identity(client, args)
     rows = await client.fetch(
-        "SELECT limit_micros, source, spent_micros, period_start, resets_at "
-        "FROM chatd.usage_limit_status(%s, %s)",
+        queries.USAGE_LIMIT_STATUS,
         [who.user_id, who.organization_id],
     )
     limit, source, spent, start, resets = rows[0]
@@ -80,20 +80,20 @@ async def _set(client: Client, args: argparse.Namespace) -> int:
     did = False
     if args.enabled is not None or args.default is not None or args.period or args.no_default:
         await client.fetch(
-            "SELECT chatd.admin_set_usage_limits(%s, %s, %s::chatd.spend_period, %s)",
+            queries.SET_USAGE_LIMITS,
             [args.enabled, args.default, args.period, args.no_default],
         )
         did = True
     if args.user_limit is not None:
         if not args.for_user:
             raise SystemExit("chatd limits set: --user-limit needs --for-user")
-        await client.fetch("SELECT chatd.admin_set_user_limit(%s, %s)",
+        await client.fetch(queries.SET_USER_LIMIT,
                            [args.for_user, _amount(args.user_limit)])
         did = True
     if args.group_limit is not None:
         if not (args.group and args.for_org):
             raise SystemExit("chatd limits set: --group-limit needs --group and --for-org")
-        await client.fetch("SELECT chatd.admin_set_group_limit(%s, %s, %s)",
+        await client.fetch(queries.SET_GROUP_LIMIT,
                            [args.for_org, args.group, _amount(args.group_limit)])
         did = True
     if not did:

@@ -11,8 +11,8 @@ Where the database comes from, in order:
 4. otherwise a hard failure saying what to install. Never a silent skip.
 
 One template database is migrated per session (migrations, repeatable sql/,
-the pgTAP and plpgsql_check extensions, and the SQL fixture factories of
-tests/sql/_*.sql); each test gets a fresh database cloned from it with
+the pgTAP and plpgsql_check extensions, and the SQL fixture files the caller
+passes, e.g. chatd's own tests/sql/_*.sql); each test gets a fresh database cloned from it with
 ``CREATE DATABASE ... TEMPLATE``, which takes a few tens of milliseconds.
 """
 
@@ -32,10 +32,18 @@ from psycopg import sql
 from chatd import migrate
 from chatd.localpg import LocalCluster, PostgresNotFound
 
-__all__ = ["PGTAP_ASSERTIONS", "DatabaseServer", "Factory", "HarnessError", "start_server"]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE_GLOB = "_*.sql"
+__all__ = [
+    "PGTAP_ASSERTIONS",
+    "TEST_CLUSTER_SETTINGS",
+    "DatabaseServer",
+    "Factory",
+    "HarnessError",
+    "as_role",
+    "build_template",
+    "ensure_login_roles",
+    "fresh_database",
+    "start_server",
+]
 
 # Settings for the throwaway test cluster: durability off, since a crash of
 # a test cluster loses nothing of value; enough connections for race tests.
@@ -156,12 +164,12 @@ def start_server() -> DatabaseServer:
     return server
 
 
-def fixture_files(root: Path = REPO_ROOT) -> list[Path]:
-    return sorted((root / "tests" / "sql").glob(FIXTURE_GLOB))
-
-
-def build_template(server: DatabaseServer, name: str | None = None) -> str:
-    """Create and migrate the template database; returns its name."""
+def build_template(
+    server: DatabaseServer, name: str | None = None, *, fixtures: Sequence[Path] = ()
+) -> str:
+    """Create and migrate the template database, then run each SQL file of
+    ``fixtures`` (e.g. factories) in it; returns its name. Nothing is read
+    from a source checkout: the migrations come from chatd.migrate."""
     name = name or f"chatd_template_{uuid.uuid4().hex[:8]}"
     dsn = server.create_database(name)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -177,7 +185,7 @@ def build_template(server: DatabaseServer, name: str | None = None) -> str:
     migrate.apply(dsn, log=lambda _message: None)
     ensure_login_roles(server.admin_dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for path in fixture_files():
+        for path in fixtures:
             with conn.transaction():
                 conn.execute(path.read_text(encoding="utf-8").encode())
     return name

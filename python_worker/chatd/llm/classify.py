@@ -1,5 +1,9 @@
 """Provider failures, classified into chatd's ChatError taxonomy (DESIGN.md section 6).
 
+The retry policy's provider side: which failures are retryable, and the
+provider's retry hint. (`ChatError` itself is part of the SQL contract and
+lives in chatd.protocol.errors; it is re-exported here.)
+
 Every exception raised while calling an LLM is turned into a `ChatError` by
 `classify`. Structured signals win: the HTTP status, the provider's error type
 or code in the response body, and the `retry-after-ms` / `retry-after` headers.
@@ -13,23 +17,23 @@ backoff delay.
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import anthropic
 import openai
+
+from chatd.protocol.errors import ChatError, ChatErrorKind
 
 __all__ = [
     "ChatError",
     "ChatErrorKind",
     "ChatTurnError",
     "classify",
+    "make_error",
     "parse_retry_after",
 ]
 
@@ -39,50 +43,6 @@ MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
 
 #: Longest provider text kept in `ChatError.detail`.
 MAX_DETAIL_CHARS = 2000
-
-
-class ChatErrorKind(enum.StrEnum):
-    """Why a turn failed; stored as a string in `chats.last_error.kind`."""
-
-    generic = "generic"
-    overloaded = "overloaded"
-    rate_limit = "rate_limit"
-    timeout = "timeout"
-    startup_timeout = "startup_timeout"
-    auth = "auth"
-    config = "config"
-    usage_limit = "usage_limit"
-    content_filter = "content_filter"
-    missing_key = "missing_key"
-
-
-@dataclass(frozen=True)
-class ChatError:
-    """A classified, user-presentable turn failure.
-
-    `message` is a short sentence for people; `detail` is the provider's own
-    text (truncated); `retryable` tells `record_failure` whether to schedule a
-    retry or go straight to `error`.
-    """
-
-    message: str
-    kind: ChatErrorKind
-    provider: str | None
-    retryable: bool
-    status_code: int | None = None
-    detail: str | None = None
-    retry_after_ms: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The `chats.last_error` jsonb value (retry_after_ms is not part of it)."""
-        return {
-            "message": self.message,
-            "kind": str(self.kind),
-            "provider": self.provider,
-            "retryable": self.retryable,
-            "status_code": self.status_code,
-            "detail": self.detail,
-        }
 
 
 class ChatTurnError(Exception):

@@ -16,6 +16,7 @@ from uuid import UUID
 import psycopg
 
 from chatd.client import ChatdError, Client
+from chatd.protocol import names, queries
 
 __all__ = [
     "DEFAULT_NAME",
@@ -83,7 +84,7 @@ async def resolve_identity(client: Client, args: argparse.Namespace) -> Identity
         user = DEFAULT_NAME
         org = org or DEFAULT_NAME
     rows = await client.fetch(
-        "SELECT user_id, organization_id FROM chatd.admin_resolve_identity(%s, %s, %s)",
+        queries.RESOLVE_IDENTITY,
         [user, org, create],
     )
     return Identity(rows[0][0], rows[0][1])
@@ -120,7 +121,7 @@ def run_command(
         return asyncio.run(main())
     except ChatdError as exc:
         print(f"chatd {prog}: {exc.message}", file=sys.stderr)
-        if exc.detail and exc.sqlstate != "CD006":
+        if exc.detail and exc.sqlstate != names.USAGE_LIMIT_EXCEEDED:
             print(f"  {exc.detail}", file=sys.stderr)
         if exc.hint:
             print(f"  {exc.hint}", file=sys.stderr)

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 from uuid import UUID
 
-from chatd.cli_common import add_identity_arguments, resolve_identity, run_command
+from chatd.cli.common import add_identity_arguments, resolve_identity, run_command
 from chatd.client import (
     ChatDeletedEvent,
     Client,

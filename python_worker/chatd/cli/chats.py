@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from chatd.cli_common import add_identity_arguments, resolve_identity, run_command, table
+from chatd.cli.common import add_identity_arguments, resolve_identity, run_command, table
 from chatd.client import Client
 
 __all__ = ["add_arguments", "run"]

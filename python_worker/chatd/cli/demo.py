@@ -3,7 +3,7 @@
 1. a database: $DATABASE_URL, else a throwaway local cluster;
 2. `chatd migrate`;
 3. an LLM: OpenAI or Anthropic when their API key is set (and --llm auto),
-   else the scripted fake server (chatd.fakellm) on 127.0.0.1;
+   else the scripted fake server (chatd.testing.fakellm) on 127.0.0.1;
 4. a worker and a client in this process;
 5. four chats at once: one streaming to the terminal, one with a queued
    second message, one interrupted mid-stream, one retried after a scripted
@@ -38,8 +38,9 @@ from chatd.client import (
     StatusEvent,
 )
 from chatd.config import WorkerConfig
-from chatd.fakellm import FakeLLM
 from chatd.localpg import LocalCluster, PostgresNotFound
+from chatd.protocol import queries
+from chatd.testing.fakellm import FakeLLM
 from chatd.worker import Worker
 
 STREAM_REPLY = (
@@ -113,17 +114,16 @@ def _seed(dsn: str, llm: Llm) -> tuple[UUID, UUID, UUID]:
     admin functions (idempotent: re-running the demo on one database works)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT user_id, organization_id FROM chatd.admin_resolve_identity('demo', 'demo', TRUE)"
+            queries.DEMO_IDENTITY
         ).fetchone()
         assert row is not None
         user_id, org_id = row
         conn.execute(
-            "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s)",
+            queries.DEMO_UPSERT_PROVIDER,
             (f"demo-{llm.kind}", llm.kind, llm.base_url, llm.api_key_env),
         )
         model = conn.execute(
-            "SELECT chatd.admin_upsert_model(%s, %s, p_display_name => 'Demo model', "
-            "p_input_price => 0.15, p_output_price => 0.60, p_is_default => TRUE)",
+            queries.DEMO_UPSERT_MODEL,
             (f"demo-{llm.kind}", llm.model),
         ).fetchone()
         assert model is not None
@@ -142,7 +142,7 @@ def _login_roles(dsn: str, owns_database: bool) -> tuple[str, str]:
         return dsn, dsn
     with psycopg.connect(dsn, autocommit=True) as conn:
         for kind, login in DEMO_ROLES.items():
-            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone():
+            if not conn.execute(queries.ROLE_EXISTS, (login,)).fetchone():
                 conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE chatd_{kind}")
     worker = psycopg.conninfo.make_conninfo(dsn, user=DEMO_ROLES["worker"])
     app = psycopg.conninfo.make_conninfo(dsn, user=DEMO_ROLES["app"])

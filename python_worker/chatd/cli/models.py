@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 from decimal import Decimal
 
-from chatd.cli_common import add_database_argument, run_command, table
+from chatd.cli.common import add_database_argument, run_command, table
 from chatd.client import Client
+from chatd.protocol import queries
 
 __all__ = ["add_arguments", "run"]
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 async def _models(client: Client, args: argparse.Namespace) -> int:
     if args.action == "add":
         rows = await client.fetch(
-            "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            queries.UPSERT_MODEL,
             [args.provider, args.model, args.display_name, args.context_limit,
              args.max_output_tokens, args.input_price, args.output_price, args.cache_read_price,
              args.cache_write_price, args.default, not args.disabled],
@@ -46,11 +47,7 @@ async def _models(client: Client, args: argparse.Namespace) -> int:
         print(rows[0][0])
         return 0
     rows = await client.fetch(
-        "SELECT p.name, m.model, m.display_name, "
-        "CASE WHEN m.is_default THEN 'yes' ELSE '' END, m.enabled, "
-        "concat_ws(' / ', m.input_price_per_mtok::float8, m.output_price_per_mtok::float8), m.id "
-        "FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id "
-        "ORDER BY p.name, m.model"
+        queries.LIST_MODELS
     )
     print(table([list(r) for r in rows],
                 ["PROVIDER", "MODEL", "NAME", "DEFAULT", "ENABLED", "USD/MTOK IN / OUT", "ID"]))

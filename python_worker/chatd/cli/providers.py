@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from chatd.cli_common import add_database_argument, run_command, table
+from chatd.cli.common import add_database_argument, run_command, table
 from chatd.client import Client
+from chatd.protocol import queries
 
 __all__ = ["add_arguments", "run"]
 
@@ -34,14 +35,13 @@ def run(args: argparse.Namespace) -> int:
 async def _providers(client: Client, args: argparse.Namespace) -> int:
     if args.action == "add":
         rows = await client.fetch(
-            "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s)",
+            queries.UPSERT_PROVIDER,
             [args.name, args.kind, args.base_url, args.api_key_env, not args.disabled],
         )
         print(rows[0][0])
         return 0
     rows = await client.fetch(
-        "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
-        "p.enabled, p.id FROM chatd.providers AS p ORDER BY p.name"
+        queries.LIST_PROVIDERS
     )
     print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "ID"]))
     return 0

@@ -16,7 +16,7 @@ import sys
 from typing import TextIO
 from uuid import UUID
 
-from chatd.cli_common import add_identity_arguments, format_micros, resolve_identity, run_command
+from chatd.cli.common import add_identity_arguments, format_micros, resolve_identity, run_command
 from chatd.client import (
     Client,
     ErrorEvent,

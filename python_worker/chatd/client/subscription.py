@@ -1,0 +1,249 @@
+"""One chat's subscription: LISTEN first, then a snapshot, then only what
+is newer (see chatd.client's module doc); how it resumes after a reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from uuid import UUID
+
+import psycopg
+
+from chatd.client.events import (
+    ChatDeletedEvent,
+    ErrorEvent,
+    Event,
+    MessageEvent,
+    MessagesDeletedEvent,
+    PartsEvent,
+    QueueEvent,
+    RetryEvent,
+    StatusEvent,
+    TitleEvent,
+)
+from chatd.client.models import ChatInfo, Snapshot
+from chatd.protocol.errors import ChatNotFound, Forbidden
+from chatd.protocol.errors import datetime_or_none as _datetime_or_none
+from chatd.protocol.errors import int_or_none as _int_or_none
+
+if TYPE_CHECKING:
+    from chatd.client.client import Client
+
+__all__ = ["Subscription"]
+
+log = logging.getLogger("chatd.client")
+
+
+class _Resync:
+    """Queue marker: the listener reconnected; re-read everything."""
+
+
+class _Closed:
+    """Queue marker: the client is closing."""
+
+
+_RESYNC: Final = _Resync()
+_CLOSED: Final = _Closed()
+
+_Item: TypeAlias = Mapping[str, Any] | _Resync | _Closed
+
+_TRANSIENT: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+
+
+class Subscription:
+    """Events of one chat; see `Client.subscribe` and the module doc."""
+
+    def __init__(
+        self, client: Client, user_id: UUID, chat_id: UUID, after_message_id: int | None
+    ) -> None:
+        self._client = client
+        self.user_id = user_id
+        self.chat_id = chat_id
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._armed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._generation = -1
+        self._gen: AsyncIterator[Event] | None = None
+        # what has been emitted
+        self.last_message_id = after_message_id or 0
+        self.last_version = 0
+        self.last_parts: tuple[int, int] = (0, -1)
+        self.chat: ChatInfo | None = None
+        self._queue_ids: list[int] | None = None
+        self._stale = False
+        self._base_version = 0
+        self._after = after_message_id or 0
+        self._emitted: list[int] = []  # ids of the live messages emitted
+        self._full = False
+        self.refresh_failures = 0
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._gen is None:
+            self._gen = self._run()
+        return await self._gen.__anext__()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._client._unregister(self)
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _run(self) -> AsyncIterator[Event]:
+        client = self._client
+        try:
+            await client._register(self)
+            if client.after_listen is not None:
+                await client.after_listen(self.chat_id)
+            snapshot = await client.snapshot(self.user_id, self.chat_id, self.last_message_id)
+            self._base_version = snapshot.chat.version
+            for event in self._apply(snapshot):
+                yield event
+            while True:
+                # Everything already delivered, as one batch: the
+                # notifications of one transaction arrive together.
+                batch = [await self._queue.get()]
+                while not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                if any(self._is_edit(item) for item in batch):
+                    self._full = True  # messages changed: re-read them all
+                for item in batch:
+                    if isinstance(item, _Closed):
+                        return
+                    events = (
+                        await self._refresh() if isinstance(item, _Resync)
+                        else await self._on_hint(item)
+                    )
+                    for event in events:
+                        yield event
+                        if isinstance(event, ChatDeletedEvent):
+                            return
+        finally:
+            client._unregister(self)
+
+    async def _on_hint(self, hint: Mapping[str, Any]) -> list[Event]:
+        kind = hint.get("kind")
+        if kind == "parts":
+            return await self._on_parts(hint)
+        if kind == "deleted":
+            return [ChatDeletedEvent(self.chat_id)]
+        version = _int_or_none(hint.get("version")) or 0
+        if version <= self.last_version and not self._stale:
+            return []  # already reflected in what was emitted
+        return await self._refresh()
+
+    def _is_edit(self, item: _Item) -> bool:
+        """A hint that existing messages changed (soft-deleted by edit_message)."""
+        if isinstance(item, _Resync):
+            return True
+        if not isinstance(item, Mapping) or item.get("kind") != "message":
+            return False
+        version = _int_or_none(item.get("version")) or 0
+        return version > self._base_version and (
+            item.get("op") == "update" or item.get("deleted_from") is not None
+        )
+
+    async def _on_parts(self, hint: Mapping[str, Any]) -> list[Event]:
+        lease = _int_or_none(hint.get("lease"))
+        seq = _int_or_none(hint.get("seq"))
+        if lease is None or seq is None or (lease, seq) <= self.last_parts:
+            return []
+        chat = self.chat
+        if chat is not None and (chat.lease > lease or (chat.lease == lease and chat.status != "running")):
+            return []  # that turn has ended; its final message is (or will be) emitted
+        parts = hint.get("parts")
+        expected = self.last_parts[1] + 1 if lease == self.last_parts[0] else 0
+        if not isinstance(parts, list) or seq != expected or self._stale:
+            # truncated payload or a gap: read the parts from the database
+            return await self._refresh()
+        self.last_parts = (lease, seq)
+        return [PartsEvent(self.chat_id, lease, seq, parts)]
+
+    async def _refresh(self) -> list[Event]:
+        full = self._full
+        try:
+            snapshot = await self._client.snapshot(
+                self.user_id, self.chat_id, self._after if full else self.last_message_id
+            )
+        except (ChatNotFound, Forbidden):
+            raise
+        except (*_TRANSIENT, psycopg.Error) as exc:
+            # Keep the subscription: the next hint or reconnect retries.
+            self._stale = True
+            self.refresh_failures += 1
+            log.warning("chat %s: refresh failed, will retry on the next hint: %s", self.chat_id, exc)
+            return []
+        self._stale = False
+        events: list[Event] = []
+        if full:
+            self._full = False
+            live = {m.id for m in snapshot.messages}
+            gone = [i for i in self._emitted if i not in live]
+            if gone:
+                self._emitted = [i for i in self._emitted if i in live]
+                events.append(
+                    MessagesDeletedEvent(self.chat_id, min(gone), snapshot.chat.version, gone)
+                )
+        return events + self._apply(snapshot)
+
+    def _apply(self, snapshot: Snapshot) -> list[Event]:
+        """Events for everything in the snapshot not emitted yet."""
+        events: list[Event] = []
+        chat, prev = snapshot.chat, self.chat
+        for message in snapshot.messages:
+            if message.id > self.last_message_id:
+                events.append(MessageEvent(self.chat_id, message))
+                self.last_message_id = message.id
+                self._emitted.append(message.id)
+        if prev is None or chat.version > prev.version:
+            if prev is None or (chat.status, chat.archived) != (prev.status, prev.archived):
+                events.append(StatusEvent(
+                    self.chat_id, chat.status, chat.version, chat.archived, chat.lease, chat.worker_id,
+                ))
+            if prev is not None and chat.title != prev.title:
+                events.append(TitleEvent(self.chat_id, chat.version, chat.title))
+            if chat.status == "error" and (prev is None or prev.status != "error"):
+                if prev is not None:  # the initial StatusEvent carries an existing error
+                    events.append(ErrorEvent(self.chat_id, chat.version, chat.last_error))
+            elif (
+                prev is not None
+                and chat.status == "pending"
+                and chat.attempt > prev.attempt
+                and chat.retry_state is not None
+            ):
+                retry = chat.retry_state
+                events.append(RetryEvent(
+                    self.chat_id, chat.version, chat.attempt, _int_or_none(retry.get("delay_ms")),
+                    _datetime_or_none(retry.get("retrying_at")) or chat.next_attempt_at,
+                    chat.last_error,
+                ))
+            queue_ids = [q.id for q in snapshot.queue]
+            if queue_ids != self._queue_ids and (self._queue_ids is not None or queue_ids):
+                events.append(QueueEvent(self.chat_id, chat.version, list(snapshot.queue)))
+            self._queue_ids = queue_ids
+            self.chat = chat
+            self.last_version = chat.version
+        if self.chat is not None and self.chat.status == "running":
+            lease = self.chat.lease
+            for part in snapshot.parts:
+                if part.lease == lease and (part.lease, part.seq) > self.last_parts:
+                    events.append(PartsEvent(self.chat_id, part.lease, part.seq, part.parts))
+                    self.last_parts = (part.lease, part.seq)
+        return events

@@ -1,0 +1,114 @@
+"""The Anthropic Messages wire: chatd prompt -> (`system`, `messages`),
+streamed `RawMessageStreamEvent` -> events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from anthropic.types import RawMessageStreamEvent
+
+from chatd.llm.content import file_placeholder, file_source, first, parts, tool_text
+from chatd.llm.types import Finished, PromptMessage, ReasoningDelta, StreamEvent, TextDelta, Usage
+
+__all__ = ["AnthropicTranslator", "to_anthropic_messages"]
+
+
+class AnthropicTranslator:
+    """RawMessageStreamEvent -> events; done at message_stop."""
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+        self.stop_reason: str | None = None
+        self.stopped = False
+        self.usage = Usage()
+
+    def feed(self, event: RawMessageStreamEvent) -> list[StreamEvent]:
+        if event.type == "message_start":
+            u = event.message.usage
+            self.response_id = event.message.id
+            self.usage = Usage(
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                reasoning_tokens=u.output_tokens_details.thinking_tokens
+                if u.output_tokens_details
+                else None,
+                cache_read_tokens=u.cache_read_input_tokens,
+                cache_write_tokens=u.cache_creation_input_tokens,
+            )
+        elif event.type == "content_block_delta":
+            if event.delta.type == "text_delta" and event.delta.text:
+                return [TextDelta(event.delta.text)]
+            if event.delta.type == "thinking_delta" and event.delta.thinking:
+                return [ReasoningDelta(event.delta.thinking)]
+        elif event.type == "message_delta":
+            # message_delta usage is cumulative; absent fields keep message_start's.
+            d, prev = event.usage, self.usage
+            self.stop_reason = event.delta.stop_reason or self.stop_reason
+            self.usage = Usage(
+                input_tokens=first(d.input_tokens, prev.input_tokens),
+                output_tokens=d.output_tokens,
+                reasoning_tokens=d.output_tokens_details.thinking_tokens
+                if d.output_tokens_details
+                else prev.reasoning_tokens,
+                cache_read_tokens=first(d.cache_read_input_tokens, prev.cache_read_tokens),
+                cache_write_tokens=first(d.cache_creation_input_tokens, prev.cache_write_tokens),
+            )
+        elif event.type == "message_stop":
+            self.stopped = True
+        return []
+
+    def finished(self) -> Finished | None:
+        if not self.stopped:
+            return None
+        return Finished(self.usage, self.response_id, self.stop_reason)
+
+
+
+def to_anthropic_messages(
+    messages: Iterable[PromptMessage],
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """chatd messages -> (Anthropic `system`, `messages`).
+
+    System messages are joined into `system`; tool messages become user turns;
+    consecutive turns of one role are merged; reasoning parts are dropped
+    (Anthropic needs the original signature to accept thinking blocks back).
+    """
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        blocks: list[dict[str, Any]] = []
+        for part in parts(message.content):
+            kind = part.get("type")
+            if kind == "text" and part.get("text"):
+                blocks.append({"type": "text", "text": str(part["text"])})
+            elif kind in ("tool-call", "tool-result"):
+                blocks.append({"type": "text", "text": tool_text(part) or ""})
+            elif kind == "file":
+                blocks.append(_anthropic_file_block(part, message.role))
+        if not blocks:
+            continue
+        if message.role == "system":
+            system.extend(b["text"] for b in blocks if b["type"] == "text")
+            continue
+        role = "assistant" if message.role == "assistant" else "user"
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return ("\n\n".join(system) or None), out
+
+
+def _anthropic_file_block(part: Mapping[str, Any], role: str) -> dict[str, Any]:
+    media_type, data, url = file_source(part)
+    if role == "user" and (data or url):
+        source: dict[str, Any] = (
+            {"type": "base64", "media_type": media_type, "data": data}
+            if data
+            else {"type": "url", "url": url}
+        )
+        if media_type.startswith("image/"):
+            return {"type": "image", "source": source}
+        if media_type == "application/pdf":
+            return {"type": "document", "source": source}
+    return {"type": "text", "text": file_placeholder(part)}

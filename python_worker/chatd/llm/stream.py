@@ -1,0 +1,208 @@
+"""One streaming turn through the official SDKs, whichever the provider wire.
+
+`stream_turn(spec, messages, startup_timeout=...)` is an async iterator of
+`TextDelta` / `ReasoningDelta` events ending with exactly one `Finished`.
+Every failure surfaces as `ChatTurnError` carrying a classified `ChatError`
+(see chatd.llm.classify); nothing else escapes except `asyncio.CancelledError`.
+
+Guarantees the worker relies on:
+- SDK retries are off (`max_retries=0`); chatd's SQL owns the retry policy.
+- A stream that ends without the provider's terminal event (OpenAI: a choice
+  with `finish_reason`; Anthropic: `message_stop`) raises a retryable
+  `timeout` and never yields `Finished`.
+- No first event within `startup_timeout` seconds raises a retryable
+  `startup_timeout`.
+- Closing or cancelling the iterator closes the HTTP response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, cast
+
+import anthropic
+import openai
+
+from chatd.llm.anthropic_messages import AnthropicTranslator, to_anthropic_messages
+from chatd.llm.classify import ChatErrorKind, ChatTurnError, classify, make_error
+from chatd.llm.openai_chat import OpenAITranslator, to_openai_messages
+from chatd.llm.types import (
+    PROVIDER_KINDS,
+    STREAM_CLOSED,
+    ClientCache,
+    Finished,
+    ModelSpec,
+    PromptMessage,
+    StreamEvent,
+    resolve_api_key,
+)
+
+__all__ = ["stream_turn"]
+
+async def stream_turn(
+    spec: ModelSpec,
+    messages: Sequence[PromptMessage],
+    *,
+    startup_timeout: float,
+    api_key: str | None = None,
+    idle_timeout: float | None = None,
+    clients: ClientCache | None = None,
+) -> AsyncIterator[StreamEvent]:
+    """Stream one assistant turn for `messages` from the model in `spec`.
+
+    `api_key` overrides the environment lookup. `idle_timeout`, when given,
+    bounds the gap between two events after the first (a retryable `timeout`).
+    Without `clients`, a client is created for this turn and closed after it.
+    """
+    provider = spec.provider_name
+    if spec.provider_kind not in PROVIDER_KINDS:
+        raise ChatTurnError(
+            make_error(
+                ChatErrorKind.config,
+                provider,
+                retryable=False,
+                message=f"unknown provider kind {spec.provider_kind!r}",
+            )
+        )
+    key = api_key or resolve_api_key(spec)
+    cache = clients or ClientCache()
+    try:
+        translator: _Translator[Any]
+        if spec.provider_kind == "anthropic":
+            translator = AnthropicTranslator()
+            client_a = cache.anthropic(spec, key)
+            system, conversation = to_anthropic_messages(messages)
+
+            async def open_stream() -> _SDKStream[Any]:
+                return await client_a.messages.create(
+                    model=spec.model,
+                    max_tokens=spec.max_output_tokens,
+                    messages=cast(Any, conversation),
+                    stream=True,
+                    system=system if system else anthropic.omit,
+                )
+
+        else:
+            translator = OpenAITranslator()
+            client_o = cache.openai(spec, key)
+            conversation = to_openai_messages(messages)
+            # Official OpenAI wants max_completion_tokens; most compatible servers
+            # still only know max_tokens.
+            official = spec.provider_kind == "openai"
+
+            async def open_stream() -> _SDKStream[Any]:
+                return await client_o.chat.completions.create(
+                    model=spec.model,
+                    messages=cast(Any, conversation),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    max_completion_tokens=spec.max_output_tokens if official else openai.omit,
+                    max_tokens=openai.omit if official else spec.max_output_tokens,
+                )
+
+        async for event in _guarded(
+            provider, open_stream, translator, startup_timeout, idle_timeout
+        ):
+            yield event
+    finally:
+        if clients is None:
+            await cache.aclose()
+
+
+# --------------------------------------------------------------------------- streaming core
+
+_Chunk = TypeVar("_Chunk")
+_Chunk_co = TypeVar("_Chunk_co", covariant=True)
+_Chunk_contra = TypeVar("_Chunk_contra", contravariant=True)
+
+
+class _SDKStream(Protocol[_Chunk_co]):
+    """What both SDKs' AsyncStream offer."""
+
+    def __anext__(self) -> Awaitable[_Chunk_co]: ...
+
+    async def close(self) -> None: ...
+
+
+class _Translator(Protocol[_Chunk_contra]):
+    def feed(self, chunk: _Chunk_contra) -> list[StreamEvent]: ...
+
+    def finished(self) -> Finished | None: ...
+
+
+async def _guarded(
+    provider: str,
+    open_stream: Callable[[], Awaitable[_SDKStream[_Chunk]]],
+    translator: _Translator[_Chunk],
+    startup_timeout: float,
+    idle_timeout: float | None,
+) -> AsyncIterator[StreamEvent]:
+    """Run the SDK stream under the startup/idle timeouts and error classification."""
+    loop = asyncio.get_running_loop()
+    startup_deadline = loop.time() + startup_timeout
+    stream = await _bounded(provider, open_stream(), startup_deadline, startup=True)
+    try:
+        first = True
+        while True:
+            if first:
+                deadline: float | None = startup_deadline
+            else:
+                deadline = None if idle_timeout is None else loop.time() + idle_timeout
+            try:
+                chunk = await _bounded(provider, stream.__anext__(), deadline, startup=first)
+            except StopAsyncIteration:
+                break
+            first = False
+            for event in translator.feed(chunk):
+                yield event
+    finally:
+        # Runs on normal end, errors, aclose() and cancellation alike.
+        await stream.close()
+    done = translator.finished()
+    if done is None:
+        raise ChatTurnError(
+            make_error(
+                ChatErrorKind.timeout,
+                provider,
+                retryable=True,
+                message=f"{provider}: {STREAM_CLOSED}",
+                detail=STREAM_CLOSED,
+            )
+        )
+    yield done
+
+
+_T = TypeVar("_T")
+
+
+async def _bounded(
+    provider: str, awaitable: Awaitable[_T], deadline: float | None, *, startup: bool
+) -> _T:
+    """Await with an optional deadline; convert failures to ChatTurnError.
+
+    StopAsyncIteration and cancellation pass through untouched.
+    """
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await awaitable
+    except (StopAsyncIteration, ChatTurnError):
+        raise
+    except TimeoutError as exc:
+        if not timeout.expired():
+            raise ChatTurnError(classify(exc, provider)) from exc
+        if startup:
+            kind, what = ChatErrorKind.startup_timeout, "no response started within"
+        else:
+            kind, what = ChatErrorKind.timeout, "stream stalled: no data for"
+        raise ChatTurnError(
+            make_error(
+                kind,
+                provider,
+                retryable=True,
+                message=f"{provider}: {what} the timeout",
+            )
+        ) from exc
+    except Exception as exc:  # every SDK / transport failure is classified
+        raise ChatTurnError(classify(exc, provider)) from exc

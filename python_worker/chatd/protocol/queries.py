@@ -1,0 +1,127 @@
+"""Every SQL statement chatd's Python sends, by name: the worker's, the
+client's, the CLI's and the demo's. Each is (nearly always) one call of a
+chatd function: the decisions live in SQL, and one statement is one round
+trip. Worker statements take named parameters, the others positional ones.
+(The migrator's own ledger statements live with it, in chatd.migrate.)"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---------------------------------------------------------------------- worker (chatd.worker)
+
+WORKER_SETTINGS: Final = (
+    "SELECT heartbeat_interval_ms, startup_timeout_ms, stale_after_ms FROM chatd.worker_settings()"
+)
+
+# One round trip gives a claimed turn everything it needs: lease, model and
+# provider, and the prompt.
+ACQUIRE_CHATS: Final = (
+    "SELECT chat_id, lease, attempt, model, messages FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+)
+
+HEARTBEAT: Final = "SELECT chat_id FROM chatd.heartbeat(%(worker_id)s, %(chat_ids)s, %(leases)s)"
+
+PUBLISH_PARTS: Final = "SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq)s, %(parts)s)"
+
+FINISH_TURN: Final = (
+    "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s)"
+)
+
+# A batch of finished turns, each with its last streamed parts, in one
+# statement; lost leases come back with message_id NULL.
+FINISH_TURNS: Final = "SELECT chat_id, message_id FROM chatd.finish_turns(%(turns)s)"
+
+SAVE_INTERRUPTED_TURN: Final = (
+    "SELECT chatd.save_interrupted_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s)"
+)
+
+RECORD_FAILURE: Final = (
+    "SELECT status, attempt, next_attempt_at "
+    "FROM chatd.record_failure(%(chat_id)s, %(lease)s, %(error)s, %(retry_after_ms)s)"
+)
+
+RELEASE_CHATS: Final = "SELECT chatd.release_chats(%(worker_id)s, %(chat_ids)s)"
+
+RECOVER_STALE_CHATS: Final = "SELECT chatd.recover_stale_chats()"
+
+JANITOR: Final = "SELECT chatd.janitor()"
+
+# Preflight: is the schema there (migrations applied)?
+SCHEMA_PRESENT: Final = "SELECT to_regprocedure('chatd.acquire_chats(text, integer)') IS NOT NULL"
+
+# ---------------------------------------------------------------------- client (chatd.client)
+
+CREATE_CHAT: Final = (
+    "SELECT chatd.create_chat(p_user_id => %s, p_organization_id => %s, p_content => %s, "
+    "p_model_config_id => %s, p_title => %s, p_system_prompt => %s, p_workspace_id => %s, "
+    "p_parent_chat_id => %s, p_client_type => coalesce(%s, 'api')::chatd.client_type)"
+)
+
+SEND_MESSAGE: Final = "SELECT chatd.send_message(%s, %s, %s, %s, %s)"
+
+INTERRUPT_CHAT: Final = "SELECT chatd.interrupt_chat(%s, %s)"
+
+EDIT_MESSAGE: Final = "SELECT chatd.edit_message(%s, %s, %s, %s, %s)"
+
+ARCHIVE_CHAT: Final = "SELECT chatd.archive_chat(%s, %s)"
+
+UNARCHIVE_CHAT: Final = "SELECT chatd.unarchive_chat(%s, %s)"
+
+LIST_CHATS: Final = "SELECT to_jsonb(c) FROM chatd.list_chats(%s, %s, %s, %s, %s) AS c"
+
+GET_CHAT_SNAPSHOT: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s)"
+
+# ---------------------------------------------------------------------- CLI and demo (admin)
+
+RESOLVE_IDENTITY: Final = (
+    "SELECT user_id, organization_id FROM chatd.admin_resolve_identity(%s, %s, %s)"
+)
+
+USAGE_LIMIT_CONFIG: Final = (
+    "SELECT enabled, default_limit_micros, period::text FROM chatd.usage_limit_config"
+)
+
+USAGE_LIMIT_STATUS: Final = (
+    "SELECT limit_micros, source, spent_micros, period_start, resets_at "
+    "FROM chatd.usage_limit_status(%s, %s)"
+)
+
+SET_USAGE_LIMITS: Final = "SELECT chatd.admin_set_usage_limits(%s, %s, %s::chatd.spend_period, %s)"
+
+SET_USER_LIMIT: Final = "SELECT chatd.admin_set_user_limit(%s, %s)"
+
+SET_GROUP_LIMIT: Final = "SELECT chatd.admin_set_group_limit(%s, %s, %s)"
+
+UPSERT_MODEL: Final = "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+LIST_MODELS: Final = (
+    "SELECT p.name, m.model, m.display_name, "
+    "CASE WHEN m.is_default THEN 'yes' ELSE '' END, m.enabled, "
+    "concat_ws(' / ', m.input_price_per_mtok::float8, m.output_price_per_mtok::float8), m.id "
+    "FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id "
+    "ORDER BY p.name, m.model"
+)
+
+UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s)"
+
+LIST_PROVIDERS: Final = (
+    "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
+    "p.enabled, p.id FROM chatd.providers AS p ORDER BY p.name"
+)
+
+# the demo seeds its organization, user, provider and default model
+DEMO_IDENTITY: Final = (
+    "SELECT user_id, organization_id FROM chatd.admin_resolve_identity('demo', 'demo', TRUE)"
+)
+
+DEMO_UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s)"
+
+DEMO_UPSERT_MODEL: Final = (
+    "SELECT chatd.admin_upsert_model(%s, %s, p_display_name => 'Demo model', "
+    "p_input_price => 0.15, p_output_price => 0.60, p_is_default => TRUE)"
+)
+
+ROLE_EXISTS: Final = "SELECT 1 FROM pg_roles WHERE rolname = %s"

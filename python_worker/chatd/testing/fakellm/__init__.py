@@ -1,0 +1,79 @@
+"""A scriptable fake LLM server for tests, demos and benchmarks.
+
+Lives here: `script` (response types, directives, recorded requests),
+`openai_wire` and `anthropic_wire` (the two wire formats, `frames` what they
+share), `server` (`FakeLLM`) and `handler` (request handling). Test-only:
+the product never imports it; `chatd fakellm` and `chatd demo` run it.
+
+A real HTTP server (stdlib `ThreadingHTTPServer`, one thread per connection)
+that speaks just enough of two provider APIs for the official SDKs to parse:
+
+- OpenAI Chat Completions, `POST /v1/chat/completions`, streaming (SSE chunks,
+  a final usage chunk when `stream_options.include_usage`, `data: [DONE]`) and
+  non-streaming;
+- Anthropic Messages, `POST /v1/messages`, streaming (`message_start`,
+  `content_block_*`, `message_delta` with usage, `message_stop`) and
+  non-streaming.
+
+What each request gets, first match wins:
+
+1. a queued response scripted with `match=` whose substring occurs in the
+   request's last user message;
+2. a queued response scripted without `match`;
+3. a `[[fake:...]]` directive in the last user message (grammar below);
+4. the default: `"echo: <last user text>"` in 3 chunks, with token counts.
+
+Directive grammar (space-separated tokens inside `[[fake: ...]]`):
+
+    NNN                 answer with HTTP status NNN (e.g. 429, 503, 529, 401, 400)
+    error=CODE          provider error type/code, e.g. overloaded_error,
+                        context_length_exceeded, insufficient_quota; without NNN
+                        the stream fails mid-way with an error event
+    retry-after=S       `retry-after` header (seconds, may be fractional)
+    retry-after-ms=MS   `retry-after-ms` header
+    chunks=N            split the reply into N chunks
+    delay=S             seconds between chunks
+    reply=WORDS         reply text instead of the echo (underscores become spaces)
+    reasoning=WORDS     stream reasoning text first (underscores become spaces)
+    truncate[=K]        end the stream after K text chunks (default 1) without
+                        the terminal event
+    abort               with truncate: drop the connection instead
+    hang=S              wait S seconds before sending anything (the reply or NNN)
+    times=N             only the first N requests carrying this exact user
+                        message obey the directive; later ones get the echo
+
+For another process: `POST /_fake/script` with
+`{"match": "...", "responses": [{"type": "text", "text": "hi"}, ...]}`
+(types: text, error, truncate, hang, stream_error; fields as the classes below),
+`POST /_fake/reset`, `GET /_fake/requests`.
+"""
+from chatd.testing.fakellm.script import (
+    FakeResponse,
+    FakeUsage,
+    Hang,
+    HttpError,
+    RecordedRequest,
+    StreamError,
+    Text,
+    Truncate,
+    response_from_json,
+    response_to_json,
+    script_remote,
+)
+from chatd.testing.fakellm.server import FakeLLM, run_forever
+
+__all__ = [
+    "FakeLLM",
+    "FakeResponse",
+    "FakeUsage",
+    "Hang",
+    "HttpError",
+    "RecordedRequest",
+    "StreamError",
+    "Text",
+    "Truncate",
+    "response_from_json",
+    "response_to_json",
+    "run_forever",
+    "script_remote",
+]

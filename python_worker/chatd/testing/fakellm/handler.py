@@ -1,0 +1,258 @@
+"""Request handling: route a request, pick its scripted response, and speak
+it in the requested wire format at the scripted pace."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, cast
+
+from chatd.testing.fakellm.anthropic_wire import _AnthropicWire
+from chatd.testing.fakellm.frames import _error_object, _Totals
+from chatd.testing.fakellm.openai_wire import _OpenAIWire
+from chatd.testing.fakellm.script import (
+    _DIRECTIVE,
+    FakeUsage,
+    Hang,
+    HttpError,
+    RecordedRequest,
+    StreamError,
+    Text,
+    Truncate,
+    _split,
+    _words,
+    response_from_json,
+)
+
+if TYPE_CHECKING:
+    from chatd.testing.fakellm.server import _Server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "chatd-fakellm"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests and benchmarks run thousands of requests
+
+    # routing ---------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        if self.path == "/_fake/requests":
+            self._json(200, [r.to_json() for r in self.server.fake.requests])
+        elif self.path in ("/", "/healthz"):
+            self._json(200, {"ok": True})
+        else:
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        try:
+            body = self._read_json()
+        except ValueError as exc:
+            self._json(
+                400, {"error": {"message": f"bad JSON: {exc}", "type": "invalid_request_error"}}
+            )
+            return
+        path = self.path.split("?", 1)[0]
+        if path == "/_fake/script":
+            self._control_script(body)
+        elif path == "/_fake/reset":
+            self.server.fake.reset()
+            self._json(200, {"ok": True})
+        elif path in ("/v1/chat/completions", "/chat/completions"):
+            self._completion("openai", body)
+        elif path in ("/v1/messages", "/messages"):
+            self._completion("anthropic", body)
+        else:
+            self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+    def _control_script(self, body: Any) -> None:
+        try:
+            if not isinstance(body, Mapping):
+                raise ValueError("expected a JSON object")
+            raw = body.get("responses", [body["response"]] if "response" in body else [])
+            responses = [response_from_json(r) for r in raw]
+            match = body.get("match")
+            if match is not None and not isinstance(match, str):
+                raise ValueError("match must be a string")
+        except (TypeError, ValueError, KeyError) as exc:
+            self._json(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
+            return
+        self.server.fake.script(*responses, match=match)
+        self._json(200, {"queued": len(responses)})
+
+    # completions -----------------------------------------------------------
+
+    def _completion(self, api: str, body: Any) -> None:
+        if not isinstance(body, dict):
+            body = {}
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        request = RecordedRequest(
+            api=api,
+            path=self.path,
+            model=body.get("model"),
+            messages=cast(list[Any], messages),
+            system=body.get("system"),
+            stream=bool(body.get("stream")),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        seq, response = self.server.fake._record(request)
+        rid = f"chatcmpl-fake-{seq}" if api == "openai" else f"msg_fake_{seq}"
+        model = str(body.get("model") or "fake-model")
+
+        if isinstance(response, Hang):
+            if self.server.fake._stopping.wait(response.seconds):
+                self.close_connection = True
+                return
+            response = response.then or Text(
+                "echo: " + _DIRECTIVE.sub("", request.last_user_text).strip()
+            )
+        if isinstance(response, HttpError):
+            payload = (
+                response.body
+                if response.body is not None
+                else _error_object(api, response.status, response.error_type, response.message)
+            )
+            request.completed.set()
+            self._json(response.status, payload, response.headers, rid)
+            return
+
+        text, reasoning, chunks, delay = "", "", 3, 0.0
+        cut: int | None = None
+        abort = False
+        stream_error: StreamError | None = None
+        usage = FakeUsage()
+        finish: str | None = None
+        if isinstance(response, Text):
+            text, reasoning, chunks, delay = (
+                response.text,
+                response.reasoning,
+                response.chunks,
+                response.delay,
+            )
+            usage, finish = response.usage or usage, response.finish_reason
+        elif isinstance(response, Truncate):
+            text, chunks, delay = response.text, response.chunks, response.delay
+            cut, abort = response.after_chunks, response.abort
+        else:
+            text, chunks, stream_error = response.text, response.chunks, response
+        totals = _Totals(
+            input=usage.input_tokens
+            if usage.input_tokens is not None
+            else _words(messages, body.get("system")),
+            output=usage.output_tokens
+            if usage.output_tokens is not None
+            else max(1, len(text.split()) + len(reasoning.split())),
+            reasoning=usage.reasoning_tokens or len(reasoning.split()),
+            cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
+        wire: _OpenAIWire | _AnthropicWire
+        if api == "openai":
+            options = body.get("stream_options")
+            include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+            wire = _OpenAIWire(rid, model, include_usage)
+        else:
+            wire = _AnthropicWire(rid, model, totals)
+
+        if not request.stream:
+            if cut is not None or stream_error is not None:
+                # A non-streaming reply cannot be half-sent politely: drop the connection.
+                self.close_connection = True
+                return
+            request.completed.set()
+            self._json(200, wire.whole(text, reasoning, totals, finish), rid=rid)
+            return
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self._id_headers(rid)
+        self.end_headers()
+
+        ok = self._frames(request, wire.start())
+        for piece in _split(reasoning, chunks):
+            ok = ok and self._frames(request, wire.reasoning(piece)) and self._pause(delay)
+        pieces = _split(text, chunks)
+        for i, piece in enumerate(pieces):
+            if not ok or (cut is not None and i >= cut):
+                break
+            if stream_error is not None and i >= stream_error.after_chunks:
+                break
+            last = i == len(pieces) - 1
+            ok = self._frames(request, wire.text(piece)) and (last or self._pause(delay))
+        if not ok:
+            return
+        if stream_error is not None:
+            ok = self._frames(request, wire.error(stream_error.error_type, stream_error.message))
+        elif cut is not None:
+            if abort:
+                self.close_connection = True  # no terminating chunk: the client sees EOF
+                return
+        else:
+            request.completed.set()  # before the last write, so a client that saw it sees this
+            ok = self._frames(request, wire.finish(totals, finish))
+        if ok:
+            self._write(request, b"0\r\n\r\n")
+
+    # I/O helpers -------------------------------------------------------------
+
+    def _read_json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw.strip() else {}
+
+    def _id_headers(self, rid: str) -> None:
+        self.send_header("x-request-id", f"req_{rid}")
+        self.send_header("request-id", f"req_{rid}")
+
+    def _json(
+        self,
+        status: int,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+        rid: str | None = None,
+    ) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if rid:
+            self._id_headers(rid)
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+    def _frames(self, request: RecordedRequest, frames: list[bytes]) -> bool:
+        return all(self._write(request, b"%x\r\n%s\r\n" % (len(f), f)) for f in frames)
+
+    def _write(self, request: RecordedRequest, data: bytes) -> bool:
+        try:
+            self.wfile.write(data)
+            return True
+        except OSError:  # BrokenPipe / ConnectionReset: the client went away
+            request.disconnected.set()
+            self.close_connection = True
+            return False
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep between chunks; False when the server is stopping."""
+        return seconds <= 0 or not self.server.fake._stopping.wait(seconds)

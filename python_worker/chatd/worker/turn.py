@@ -1,0 +1,318 @@
+"""One turn of one chat: what was claimed (`Claim`), its bookkeeping in the
+worker (`Turn`), and `TurnRun`, which streams it, flushes its parts and
+writes its result back (finish, failure, or the partial message)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from chatd.llm import (
+    ChatError,
+    ChatErrorKind,
+    ChatTurnError,
+    Finished,
+    ModelSpec,
+    PromptMessage,
+    ReasoningDelta,
+    TextDelta,
+)
+from chatd.protocol import names, queries
+from chatd.protocol.errors import LeaseLost
+from chatd.worker.finish import BatchFailed
+
+if TYPE_CHECKING:
+    from chatd.worker.worker import Worker
+
+__all__ = ["Claim", "Turn", "TurnRun"]
+
+log = logging.getLogger("chatd.worker")
+
+
+@dataclass
+class Turn:
+    chat_id: UUID
+    lease: int
+    task: asyncio.Task[None] | None = None
+    # why the worker cancelled the task: "lost" (SQL says it is not ours any
+    # more: interrupted, recovered) or "shutdown"
+    cancel_reason: str | None = None
+    # set once the turn writes its result (finish_turn, record_failure): the
+    # notifications of that very write must not cancel it; a lost lease
+    # surfaces as the write's own error
+    finishing: bool = False
+
+
+@dataclass
+class Claim:
+    chat_id: UUID
+    lease: int
+    attempt: int
+    model: Mapping[str, Any]
+    messages: Sequence[Mapping[str, Any]]
+
+    def spec(self) -> ModelSpec:
+        provider = self.model["provider"]
+        return ModelSpec(
+            provider_kind=provider["kind"],
+            provider_name=provider["name"],
+            base_url=provider.get("base_url"),
+            api_key_env=provider.get("api_key_env"),
+            model=self.model["model"],
+            max_output_tokens=int(self.model["max_output_tokens"]),
+        )
+
+    def prompt(self) -> list[PromptMessage]:
+        return [PromptMessage(m["role"], m["content"]) for m in self.messages]
+
+
+@dataclass
+class _Output:
+    """What a turn has produced so far, and what is not yet published."""
+
+    reasoning: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    pending: list[dict[str, str]] = field(default_factory=list)
+    pending_bytes: int = 0
+
+    def add(self, kind: str, delta: str) -> None:
+        (self.text if kind == "text" else self.reasoning).append(delta)
+        if self.pending and self.pending[-1]["type"] == kind:
+            self.pending[-1]["text"] += delta  # coalesce adjacent deltas
+        else:
+            self.pending.append({"type": kind, "text": delta})
+        self.pending_bytes += len(delta.encode())
+
+    def content(self) -> list[dict[str, str]]:
+        parts = []
+        if self.reasoning:
+            parts.append({"type": "reasoning", "text": "".join(self.reasoning)})
+        if self.text:
+            parts.append({"type": "text", "text": "".join(self.text)})
+        return parts
+
+
+def _usage_json(finished: Finished | None) -> dict[str, int]:
+    if finished is None:
+        return {}
+    usage = finished.usage
+    values = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class TurnRun:
+    """One turn: stream from the LLM, publish parts (at most one flush per
+    ``flush_interval``, or early at ``flush_bytes``), then finish through the
+    batcher, or record the failure, or save the partial message when the
+    lease is lost. It writes only through ``worker._fetch``."""
+
+    def __init__(self, worker: Worker, turn: Turn, claim: Claim) -> None:
+        self.worker = worker
+        self.turn = turn
+        self.claim = claim
+        self.output = _Output()
+        self.seq = 0
+        self.flush_lock = asyncio.Lock()
+        self.last_flush = time.monotonic()
+        self.started = time.monotonic()
+        self.finished: Finished | None = None
+        self.base = {"chat_id": claim.chat_id, "lease": claim.lease}
+
+    async def flush(self) -> None:
+        output, claim = self.output, self.claim
+        async with self.flush_lock:
+            self.last_flush = time.monotonic()
+            if not output.pending:
+                return
+            parts, size = output.pending, output.pending_bytes
+            output.pending, output.pending_bytes = [], 0
+            try:
+                await self.worker._fetch(
+                    queries.PUBLISH_PARTS, {**self.base, "seq": self.seq, "parts": Jsonb(parts)}
+                )
+            except (psycopg.Error, TimeoutError) as exc:
+                # keep the parts for the next flush; the final message is what counts
+                output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
+                log.warning("publish_parts failed for chat %s: %s", claim.chat_id, exc)
+                return
+            self.seq += 1
+            self.worker.metrics.inc("chatd_worker_part_flushes_total")
+
+    async def flush_stragglers(self) -> None:
+        interval = self.worker.config.flush_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.output.pending and time.monotonic() - self.last_flush >= interval:
+                await self.flush()
+
+    def result(self, finished: Finished | None) -> dict[str, Any]:
+        return {
+            **self.base,
+            "content": Jsonb(self.output.content()),
+            "usage": Jsonb(_usage_json(finished)),
+            "provider_response_id": finished.response_id if finished else None,
+            "runtime_ms": int((time.monotonic() - self.started) * 1000),
+        }
+
+    async def stream(self) -> None:
+        """Stream the LLM's events into the output, flushing as they come."""
+        worker, claim, output, config = self.worker, self.claim, self.output, self.worker.config
+        straggler = asyncio.create_task(self.flush_stragglers())
+        try:
+            async for event in worker.stream(
+                claim.spec(), claim.prompt(), startup_timeout=worker.startup_timeout,
+                clients=worker.clients,
+            ):
+                if isinstance(event, TextDelta):
+                    output.add("text", event.text)
+                elif isinstance(event, ReasoningDelta):
+                    output.add("reasoning", event.text)
+                elif isinstance(event, Finished):
+                    self.finished = event
+                if output.pending_bytes >= config.flush_bytes or (
+                    output.pending and time.monotonic() - self.last_flush >= config.flush_interval
+                ):
+                    await self.flush()
+        finally:
+            straggler.cancel()
+
+    async def run(self) -> None:
+        turn, claim, output = self.turn, self.claim, self.output
+        try:
+            await self.stream()
+            finished = self.finished
+            if finished is None:  # a stream adapter must raise instead; never save as success
+                raise ChatTurnError(ChatError(
+                    "stream closed before the response completed", ChatErrorKind.timeout,
+                    claim.spec().provider_name, True,
+                ))
+            turn.finishing = True
+            final = self.result(finished)
+            if not await self._publish_and_finish(final):
+                await self.flush()
+                await self._write_result(queries.FINISH_TURN, final, claim)
+            self.worker.metrics.inc("chatd_worker_turns_finished_total")
+        except ChatTurnError as failure:
+            turn.finishing = True
+            await self._record_failure(claim, failure.error)
+        except LeaseLost:
+            # A write was fenced off: interrupted or taken away. SQL decides
+            # whether the partial message may still be saved under this lease.
+            log.info("chat %s: lease %d lost", claim.chat_id, claim.lease)
+            self.worker.metrics.inc("chatd_worker_leases_lost_total")
+            if output.content():
+                await self._save_interrupted(self.result(self.finished), claim)
+        except asyncio.CancelledError:
+            if turn.cancel_reason == "lost":
+                # Interrupted (or taken away): SQL decides whether the partial
+                # message may still be saved under this lease.
+                if output.content():
+                    await self._save_interrupted(self.result(self.finished), claim)
+                return
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: retry the turn
+            log.exception("chat %s: unexpected error in turn", claim.chat_id)
+            await self._record_failure(claim, ChatError(
+                f"worker error: {type(exc).__name__}: {exc}"[:500], ChatErrorKind.generic,
+                claim.spec().provider_name, True,
+            ))
+
+    async def _publish_and_finish(self, final: Mapping[str, Any]) -> bool:
+        """The last streamed parts and finish_turn, batched with the other
+        turns finishing now (FinishBatcher): one statement and one commit for
+        all of them. False when the batch failed with anything but this turn's
+        lost lease: the caller then takes the two-step path (flush, then
+        finish_turn with its retries), which handles every outcome."""
+        output, claim = self.output, self.claim
+        async with self.flush_lock:  # a straggler flush may be in flight
+            parts, size = output.pending, output.pending_bytes
+            output.pending, output.pending_bytes = [], 0
+        item: dict[str, Any] = {
+            "chat_id": str(claim.chat_id),
+            "lease": claim.lease,
+            "content": final["content"].obj,
+            "usage": final["usage"].obj,
+            "provider_response_id": final["provider_response_id"],
+            "runtime_ms": final["runtime_ms"],
+        }
+        if parts:
+            item.update(seq=self.seq, parts=parts)
+        try:
+            await self.worker.finisher.finish(item)
+        except BatchFailed as exc:
+            log.info("chat %s: batched finish failed, finishing alone: %s", claim.chat_id, exc)
+            output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
+            return False
+        if parts:
+            self.worker.metrics.inc("chatd_worker_part_flushes_total")
+        return True
+
+    async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
+        """finish_turn, retried on transient database errors. A retry that
+        finds the turn gone (lease lost) means an earlier attempt committed or
+        the turn was taken away: either way there is nothing left to write."""
+        for attempt in range(4):
+            try:
+                await self.worker._fetch(query, params)
+                return
+            except psycopg.Error as exc:
+                if exc.sqlstate == names.INVALID_INPUT:
+                    # the same reply would be refused again: fail the turn for good
+                    raise ChatTurnError(ChatError(
+                        f"chatd could not store the reply: {exc.diag.message_primary or exc}",
+                        ChatErrorKind.generic, claim.spec().provider_name, False,
+                    )) from exc
+                if exc.sqlstate == names.INVALID_TRANSITION:
+                    # interrupted between the last part and the finish
+                    await self._save_interrupted(params, claim)
+                    return
+                if exc.sqlstate is not None and not isinstance(exc, psycopg.OperationalError):
+                    raise
+                log.warning("finish_turn for chat %s failed (attempt %d): %s", claim.chat_id, attempt + 1, exc)
+            except TimeoutError:
+                log.warning("finish_turn for chat %s timed out (attempt %d)", claim.chat_id, attempt + 1)
+            await asyncio.sleep(0.2 * 2**attempt)
+        log.error("chat %s: could not write the turn's result; stale recovery will re-run it", claim.chat_id)
+
+    async def _save_interrupted(self, params: Mapping[str, Any], claim: Claim) -> None:
+        # Shielded: a shutdown cancelling the turn again must not cut the save short.
+        save = asyncio.ensure_future(self.worker._fetch(queries.SAVE_INTERRUPTED_TURN, params))
+        save.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
+        try:
+            await asyncio.shield(save)
+            self.worker.metrics.inc("chatd_worker_turns_interrupted_total")
+        except (LeaseLost, psycopg.Error, TimeoutError) as exc:
+            log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
+
+    async def _record_failure(self, claim: Claim, error: ChatError) -> None:
+        self.worker.metrics.inc("chatd_worker_turn_failures_total")
+        try:
+            rows = await self.worker._fetch(
+                queries.RECORD_FAILURE,
+                {
+                    "chat_id": claim.chat_id, "lease": claim.lease,
+                    "error": Jsonb(error.to_json()), "retry_after_ms": error.retry_after_ms,
+                },
+            )
+            if rows:
+                status, attempt, next_at = rows[0]
+                log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
+                         error.kind, error.message, status, attempt, next_at)
+        except LeaseLost:
+            log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
+        except (psycopg.Error, TimeoutError) as exc:
+            log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, exc)

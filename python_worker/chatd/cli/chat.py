@@ -114,6 +114,8 @@ async def _chat(client: Client, args: argparse.Namespace) -> int:
 async def _follow(client: Client, user_id: UUID, chat_id: UUID, after: int, prompt: str) -> int:
     """Print the answer to our message: the first assistant message after
     our user message (the newest user message after ``after``)."""
+    # One event loop over the subscription with its printing state (spinner,
+    # streamed text); splitting it would pass that state around.
     out, err = sys.stdout, sys.stderr
     spinner = Spinner(err)
     spinner.start()

@@ -241,6 +241,8 @@ async def _run(args: argparse.Namespace) -> int:
 async def _scenarios(
     client: Client, user: UUID, org: UUID, llm: Llm, say: Callable[[str], None]
 ) -> None:
+    # Long on purpose: the four scenarios run side by side and read as the
+    # demo's script; each callback is a few lines and belongs to its scenario.
     stream, queued, interrupted, retried = (
         Scenario("stream"), Scenario("queue"), Scenario("interrupt"), Scenario("retry")
     )

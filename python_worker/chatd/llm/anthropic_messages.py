@@ -3,15 +3,25 @@ streamed `RawMessageStreamEvent` -> events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
+import anthropic
 from anthropic.types import RawMessageStreamEvent
 
 from chatd.llm.content import file_placeholder, file_source, first, parts, tool_text
-from chatd.llm.types import Finished, PromptMessage, ReasoningDelta, StreamEvent, TextDelta, Usage
+from chatd.llm.types import (
+    ClientCache,
+    Finished,
+    ModelSpec,
+    PromptMessage,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 
-__all__ = ["AnthropicTranslator", "to_anthropic_messages"]
+__all__ = ["AnthropicTranslator", "prepare", "to_anthropic_messages"]
 
 
 class AnthropicTranslator:
@@ -112,3 +122,23 @@ def _anthropic_file_block(part: Mapping[str, Any], role: str) -> dict[str, Any]:
         if media_type == "application/pdf":
             return {"type": "document", "source": source}
     return {"type": "text", "text": file_placeholder(part)}
+
+
+def prepare(
+    cache: ClientCache, spec: ModelSpec, key: str, messages: Sequence[PromptMessage]
+) -> tuple[AnthropicTranslator, Callable[[], Awaitable[Any]]]:
+    """The translator and the request of one streamed turn."""
+    translator = AnthropicTranslator()
+    client_a = cache.anthropic(spec, key)
+    system, conversation = to_anthropic_messages(messages)
+
+    async def open_stream() -> Any:
+        return await client_a.messages.create(
+            model=spec.model,
+            max_tokens=spec.max_output_tokens,
+            messages=cast(Any, conversation),
+            stream=True,
+            system=system if system else anthropic.omit,
+        )
+
+    return translator, open_stream

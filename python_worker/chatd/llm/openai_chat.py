@@ -3,15 +3,25 @@ chatd prompt -> `messages`, streamed `ChatCompletionChunk` -> events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, cast
 
+import openai
 from openai.types.chat import ChatCompletionChunk
 
 from chatd.llm.content import file_placeholder, file_source, parts, tool_text
-from chatd.llm.types import Finished, PromptMessage, ReasoningDelta, StreamEvent, TextDelta, Usage
+from chatd.llm.types import (
+    ClientCache,
+    Finished,
+    ModelSpec,
+    PromptMessage,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 
-__all__ = ["OpenAITranslator", "to_openai_messages"]
+__all__ = ["OpenAITranslator", "prepare", "to_openai_messages"]
 
 
 class OpenAITranslator:
@@ -99,3 +109,27 @@ def to_openai_messages(messages: Iterable[PromptMessage]) -> list[dict[str, Any]
         content: Any = rich if has_image else "\n\n".join(texts)
         out.append({"role": role, "content": content})
     return out
+
+
+def prepare(
+    cache: ClientCache, spec: ModelSpec, key: str, messages: Sequence[PromptMessage]
+) -> tuple[OpenAITranslator, Callable[[], Awaitable[Any]]]:
+    """The translator and the request of one streamed turn."""
+    translator = OpenAITranslator()
+    client_o = cache.openai(spec, key)
+    conversation = to_openai_messages(messages)
+    # Official OpenAI wants max_completion_tokens; most compatible servers
+    # still only know max_tokens.
+    official = spec.provider_kind == "openai"
+
+    async def open_stream() -> Any:
+        return await client_o.chat.completions.create(
+            model=spec.model,
+            messages=cast(Any, conversation),
+            stream=True,
+            stream_options={"include_usage": True},
+            max_completion_tokens=spec.max_output_tokens if official else openai.omit,
+            max_tokens=openai.omit if official else spec.max_output_tokens,
+        )
+
+    return translator, open_stream

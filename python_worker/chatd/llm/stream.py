@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
-import anthropic
-import openai
-
-from chatd.llm.anthropic_messages import AnthropicTranslator, to_anthropic_messages
+from chatd.llm import anthropic_messages, openai_chat
 from chatd.llm.classify import ChatErrorKind, ChatTurnError, classify, make_error
-from chatd.llm.openai_chat import OpenAITranslator, to_openai_messages
 from chatd.llm.types import (
     PROVIDER_KINDS,
     STREAM_CLOSED,
@@ -69,38 +65,11 @@ async def stream_turn(
     cache = clients or ClientCache()
     try:
         translator: _Translator[Any]
+        open_stream: Callable[[], Awaitable[_SDKStream[Any]]]
         if spec.provider_kind == "anthropic":
-            translator = AnthropicTranslator()
-            client_a = cache.anthropic(spec, key)
-            system, conversation = to_anthropic_messages(messages)
-
-            async def open_stream() -> _SDKStream[Any]:
-                return await client_a.messages.create(
-                    model=spec.model,
-                    max_tokens=spec.max_output_tokens,
-                    messages=cast(Any, conversation),
-                    stream=True,
-                    system=system if system else anthropic.omit,
-                )
-
+            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages)
         else:
-            translator = OpenAITranslator()
-            client_o = cache.openai(spec, key)
-            conversation = to_openai_messages(messages)
-            # Official OpenAI wants max_completion_tokens; most compatible servers
-            # still only know max_tokens.
-            official = spec.provider_kind == "openai"
-
-            async def open_stream() -> _SDKStream[Any]:
-                return await client_o.chat.completions.create(
-                    model=spec.model,
-                    messages=cast(Any, conversation),
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    max_completion_tokens=spec.max_output_tokens if official else openai.omit,
-                    max_tokens=openai.omit if official else spec.max_output_tokens,
-                )
-
+            translator, open_stream = openai_chat.prepare(cache, spec, key, messages)
         async for event in _guarded(
             provider, open_stream, translator, startup_timeout, idle_timeout
         ):

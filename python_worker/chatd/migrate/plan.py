@@ -39,6 +39,8 @@ def plan_sql(
     With a DSN, only what that database still needs; without one, the full
     plan for an empty database. Each step is its own transaction that takes
     the same advisory lock as the runner and refuses to run twice."""
+    # Long on purpose: it reads top to bottom as the script it prints (header,
+    # ledger, migrations, repeatables); split, the order would be hidden.
     sources = sources or load_sources()
     ledger = Ledger()
     if dsn:

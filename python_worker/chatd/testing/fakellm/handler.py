@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, cast
 
@@ -130,53 +131,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(response.status, payload, response.headers, rid)
             return
 
-        text, reasoning, chunks, delay = "", "", 3, 0.0
-        cut: int | None = None
-        abort = False
-        stream_error: StreamError | None = None
-        usage = FakeUsage()
-        finish: str | None = None
-        if isinstance(response, Text):
-            text, reasoning, chunks, delay = (
-                response.text,
-                response.reasoning,
-                response.chunks,
-                response.delay,
-            )
-            usage, finish = response.usage or usage, response.finish_reason
-        elif isinstance(response, Truncate):
-            text, chunks, delay = response.text, response.chunks, response.delay
-            cut, abort = response.after_chunks, response.abort
-        else:
-            text, chunks, stream_error = response.text, response.chunks, response
-        totals = _Totals(
-            input=usage.input_tokens
-            if usage.input_tokens is not None
-            else _words(messages, body.get("system")),
-            output=usage.output_tokens
-            if usage.output_tokens is not None
-            else max(1, len(text.split()) + len(reasoning.split())),
-            reasoning=usage.reasoning_tokens or len(reasoning.split()),
-            cache_read=usage.cache_read_tokens,
-            cache_write=usage.cache_write_tokens,
-        )
+        plan = _Plan.of(response, messages, body.get("system"))
         wire: _OpenAIWire | _AnthropicWire
         if api == "openai":
             options = body.get("stream_options")
             include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
             wire = _OpenAIWire(rid, model, include_usage)
         else:
-            wire = _AnthropicWire(rid, model, totals)
+            wire = _AnthropicWire(rid, model, plan.totals)
 
         if not request.stream:
-            if cut is not None or stream_error is not None:
+            if plan.cut is not None or plan.stream_error is not None:
                 # A non-streaming reply cannot be half-sent politely: drop the connection.
                 self.close_connection = True
                 return
             request.completed.set()
-            self._json(200, wire.whole(text, reasoning, totals, finish), rid=rid)
+            self._json(200, wire.whole(plan.text, plan.reasoning, plan.totals, plan.finish), rid=rid)
             return
+        self._stream(request, rid, wire, plan)
 
+    def _stream(
+        self, request: RecordedRequest, rid: str, wire: _OpenAIWire | _AnthropicWire, plan: _Plan
+    ) -> None:
+        """Send the planned reply as server-sent events, at the scripted pace."""
+        cut, stream_error, chunks, delay = plan.cut, plan.stream_error, plan.chunks, plan.delay
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -185,9 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
         ok = self._frames(request, wire.start())
-        for piece in _split(reasoning, chunks):
+        for piece in _split(plan.reasoning, chunks):
             ok = ok and self._frames(request, wire.reasoning(piece)) and self._pause(delay)
-        pieces = _split(text, chunks)
+        pieces = _split(plan.text, chunks)
         for i, piece in enumerate(pieces):
             if not ok or (cut is not None and i >= cut):
                 break
@@ -200,12 +178,12 @@ class _Handler(BaseHTTPRequestHandler):
         if stream_error is not None:
             ok = self._frames(request, wire.error(stream_error.error_type, stream_error.message))
         elif cut is not None:
-            if abort:
+            if plan.abort:
                 self.close_connection = True  # no terminating chunk: the client sees EOF
                 return
         else:
             request.completed.set()  # before the last write, so a client that saw it sees this
-            ok = self._frames(request, wire.finish(totals, finish))
+            ok = self._frames(request, wire.finish(plan.totals, plan.finish))
         if ok:
             self._write(request, b"0\r\n\r\n")
 
@@ -256,3 +234,49 @@ class _Handler(BaseHTTPRequestHandler):
     def _pause(self, seconds: float) -> bool:
         """Sleep between chunks; False when the server is stopping."""
         return seconds <= 0 or not self.server.fake._stopping.wait(seconds)
+
+
+@dataclass
+class _Plan:
+    """What to send for one scripted response (Text, Truncate or StreamError)."""
+
+    text: str = ""
+    reasoning: str = ""
+    chunks: int = 3
+    delay: float = 0.0
+    cut: int | None = None
+    abort: bool = False
+    stream_error: StreamError | None = None
+    usage: FakeUsage = field(default_factory=FakeUsage)
+    finish: str | None = None
+    totals: _Totals = field(default_factory=lambda: _Totals(0, 0, 0, 0, 0))
+
+    @classmethod
+    def of(cls, response: Any, messages: list[Any], system: Any) -> _Plan:
+        plan = cls()
+        if isinstance(response, Text):
+            plan.text, plan.reasoning, plan.chunks, plan.delay = (
+                response.text,
+                response.reasoning,
+                response.chunks,
+                response.delay,
+            )
+            plan.usage, plan.finish = response.usage or plan.usage, response.finish_reason
+        elif isinstance(response, Truncate):
+            plan.text, plan.chunks, plan.delay = response.text, response.chunks, response.delay
+            plan.cut, plan.abort = response.after_chunks, response.abort
+        else:
+            plan.text, plan.chunks, plan.stream_error = response.text, response.chunks, response
+        usage, text, reasoning = plan.usage, plan.text, plan.reasoning
+        plan.totals = _Totals(
+            input=usage.input_tokens
+            if usage.input_tokens is not None
+            else _words(messages, system),
+            output=usage.output_tokens
+            if usage.output_tokens is not None
+            else max(1, len(text.split()) + len(reasoning.split())),
+            reasoning=usage.reasoning_tokens or len(reasoning.split()),
+            cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
+        return plan

@@ -1,0 +1,74 @@
+"""The ceiling: pgbench -N (and with pg_notify) on the same cluster."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from support import Server
+
+from chatd.localpg import find_pg_bin
+
+# --------------------------------------------------------------------------- 5: pgbench
+
+
+def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
+    exe = shutil.which("pgbench")
+    if exe is None:
+        try:
+            candidate = find_pg_bin() / "pgbench"
+            exe = str(candidate) if candidate.exists() else None
+        except Exception:
+            exe = None
+    if exe is None:
+        return {"error": "pgbench not found"}
+    dsn = server.create_database("chatd_bench_pgbench")
+    init = subprocess.run([exe, "-i", "-q", "-s", "10", dsn], capture_output=True, text=True)
+    if init.returncode != 0:
+        return {"error": init.stderr.strip()[-500:]}
+    jobs = str(min(clients, os.cpu_count() or 1))
+    simple = _pgbench(exe, dsn, ["-N"], clients, jobs, seconds)
+    # The same transaction plus a NOTIFY: PostgreSQL serializes the commits
+    # of notifying transactions cluster-wide (the notify queue lock is held
+    # through the commit's WAL flush), and every chatd state change notifies.
+    script = Path(server.scratch()) / "notify.sql"
+    script.write_text(NOTIFY_SCRIPT)
+    notify = _pgbench(exe, dsn, ["-f", str(script)], clients, jobs, seconds)
+    return {
+        "command": f"pgbench -N -c {clients} -j {jobs} -T {seconds} (scale 10)",
+        "tps": simple.get("tps"),
+        "latency_avg_ms": simple.get("latency_avg_ms"),
+        "with_notify": {"command": "the -N script plus SELECT pg_notify(...) before END", **notify},
+        "output_tail": simple.get("output_tail"),
+    }
+
+
+NOTIFY_SCRIPT = """\\set aid random(1, 100000 * :scale)
+\\set bid random(1, 1 * :scale)
+\\set tid random(1, 10 * :scale)
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+SELECT pg_notify('bench_' || :aid % 100, :aid::text);
+END;
+"""
+
+
+def _pgbench(exe: str, dsn: str, script: list[str], clients: int, jobs: str, seconds: int) -> dict[str, Any]:
+    run = subprocess.run(
+        [exe, *script, "-c", str(clients), "-j", jobs, "-T", str(seconds), dsn],
+        capture_output=True, text=True,
+    )
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", run.stdout)
+    latency = re.search(r"latency average = ([\d.]+) ms", run.stdout)
+    return {
+        "tps": float(match.group(1)) if match else None,
+        "latency_avg_ms": float(latency.group(1)) if latency else None,
+        "output_tail": None if match else run.stdout[-500:] + run.stderr[-500:],
+    }

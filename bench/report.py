@@ -1,0 +1,67 @@
+"""The results as a text table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# --------------------------------------------------------------------------- report
+
+
+def table(results: dict[str, Any]) -> str:
+    ceiling = results.get("pgbench", {}).get("tps") or float("nan")
+    lines = []
+    m, s = results["machine"], results["postgres"]
+    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; "
+                 f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')}")
+    lines.append(f"PostgreSQL {s['server_version']}: fsync={s['fsync']} "
+                 f"synchronous_commit={s['synchronous_commit']} full_page_writes={s['full_page_writes']} "
+                 f"shared_buffers={s['shared_buffers']} wal_sync_method={s['wal_sync_method']} "
+                 f"wal_buffers={s['wal_buffers']}")
+    lines.append(f"Python {m['python']}, psycopg {m['psycopg']}, psycopg_pool {m['psycopg_pool']}")
+    lines.append("")
+    lines.append(f"{'measurement':<52} {'value':>14} {'vs pgbench':>11}")
+    lines.append("-" * 79)
+
+    def row(name: str, value: float | str, unit: str = "", ratio: bool = False) -> None:
+        shown = f"{value:,.1f}" if isinstance(value, float | int) else str(value)
+        r = f"{float(value) / ceiling:.1%}" if ratio and isinstance(value, float | int) else ""
+        lines.append(f"{name:<52} {shown + unit:>14} {r:>11}")
+
+    row("pgbench -N (simple update) tps", ceiling, "", True)
+    notify_tps = results.get("pgbench", {}).get("with_notify", {}).get("tps")
+    if notify_tps:
+        row("pgbench -N + pg_notify() tps", notify_tps, "", True)
+    for d in results.get("dispatch", []):
+        n = d["worker_processes"]
+        row(f"dispatch, {n} worker proc(s): turns/s (DB window)", d["turns_per_s_db"], "", True)
+        row(f"dispatch, {n} worker proc(s): turns/s (wall clock)", d["turns_per_s_wall"], "", True)
+        row("  statements / turn (pg_stat_statements)", d["round_trips_per_turn"])
+        row("  commits / turn (pg_stat_database)", d["xact_commits_per_turn"])
+        row("  xids / turn (write transactions)", d["xids_per_turn"])
+        row("  WAL bytes / turn", d["wal_bytes_per_turn"])
+        row("  chats row updates / turn (of which HOT)",
+            f"{d['chats_updates_per_turn']:.2f} ({d['chats_hot_updates_per_turn']:.2f})")
+        row("  CPU ms / turn: workers; PostgreSQL",
+            f"{d['worker_cpu_ms_per_turn']:.2f}; {d['server_cpu_ms_per_turn'] or float('nan'):.2f}")
+        row("  machine CPU busy (all users)", f"{d['machine_cpu_busy']:.0%}")
+    p = results.get("pickup", {})
+    for key, label in (("listen", "pickup LISTEN"), ("poll_only", "pickup --poll-only")):
+        if key in p:
+            v = p[key]
+            row(f"{label} (n={v['n']}) p50 / p95 ms", f"{v['p50_ms']:.2f} / {v['p95_ms']:.2f}")
+            row(f"{label} p99 / max ms", f"{v['p99_ms']:.2f} / {v['max_ms']:.2f}")
+            c = v["client_after_commit_returned"]
+            row("  vs client clock after COMMIT: p50 / p99 ms", f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f}")
+    st = results.get("streaming")
+    if st:
+        row(f"streaming {st['chats']} chats: parts/s", st["parts_per_s"], "", True)
+        lat = st["part_latency_from_created_at"]
+        row("  part latency p50 / p95 ms", f"{lat['p50_ms']:.1f} / {lat['p95_ms']:.1f}")
+        row("  part latency p99 / max ms", f"{lat['p99_ms']:.1f} / {lat['max_ms']:.1f}")
+        ld = st["part_latency_from_last_delta"]
+        row("  from the LLM delta (incl. 50 ms coalescing) p50/p99", f"{ld['p50_ms']:.1f} / {ld['p99_ms']:.1f}")
+        lines.append(f"  (subscriber: {st['subscriber']})")
+    hb = results.get("heartbeat", {})
+    for size, v in hb.items():
+        row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
+    return "\n".join(lines)

@@ -26,6 +26,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import sql as pgsql
 
 from chatd import migrate
 from chatd.client import (
@@ -143,7 +144,8 @@ def _login_roles(dsn: str, owns_database: bool) -> tuple[str, str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for kind, login in DEMO_ROLES.items():
             if not conn.execute(queries.ROLE_EXISTS, (login,)).fetchone():
-                conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE chatd_{kind}")
+                conn.execute(pgsql.SQL(queries.CREATE_LOGIN_ROLE).format(
+                    login=pgsql.Identifier(login), role=pgsql.Identifier(f"chatd_{kind}")))
     worker = psycopg.conninfo.make_conninfo(dsn, user=DEMO_ROLES["worker"])
     app = psycopg.conninfo.make_conninfo(dsn, user=DEMO_ROLES["app"])
     return worker, app

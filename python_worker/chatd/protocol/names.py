@@ -1,7 +1,8 @@
 """Names the SQL contract defines: notification channels, payload kinds and
 SQLSTATE codes (docs/notifications.md, docs/errors.md). The SQL side is the
-source of truth (sql/15_notify.sql, sql/10_guards.sql); these constants are
-its one Python mirror."""
+source of truth (sql/12_helpers.sql for the channel names, sql/15_notify.sql
+for the payloads, docs/errors.md for the codes); these constants are its one
+Python mirror."""
 
 from __future__ import annotations
 

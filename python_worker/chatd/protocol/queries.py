@@ -125,3 +125,6 @@ DEMO_UPSERT_MODEL: Final = (
 )
 
 ROLE_EXISTS: Final = "SELECT 1 FROM pg_roles WHERE rolname = %s"
+
+# a template for psycopg.sql.SQL(...).format(login=Identifier, role=Identifier)
+CREATE_LOGIN_ROLE: Final = "CREATE ROLE {login} LOGIN IN ROLE {role}"

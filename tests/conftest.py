@@ -1,66 +1,26 @@
 """Fixtures shared by every test: a real PostgreSQL, never a skip.
 
-See chatd.testing for where the server comes from. Fixtures:
-
-- ``pg``: the session's DatabaseServer;
-- ``template_db``: name of the migrated template database;
-- ``db``: DSN of a fresh database cloned from the template, per test;
-- ``conn``: an autocommit psycopg connection to ``db``;
-- ``factory``: chatd.testing.Factory over ``conn``.
+The fixtures (``pg``, ``template_db``, ``db``, ``conn``, ``factory``) come
+from chatd.testing.pytest_plugin, the same ones users' suites get; see
+chatd.testing.harness for where the server comes from. chatd's own SQL
+fixture factories (tests/sql/_*.sql) are handed to it here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from chatd.testing import (
-    PGTAP_ASSERTIONS,
-    DatabaseServer,
-    Factory,
-    HarnessError,
-    build_template,
-    fresh_database,
-    start_server,
-)
+from chatd.testing import PGTAP_ASSERTIONS
+
+pytest_plugins = ["chatd.testing.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")
-def pg() -> Iterator[DatabaseServer]:
-    try:
-        server = start_server()
-    except HarnessError as exc:
-        pytest.exit(f"chatd test harness: {exc}", returncode=3)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def template_db(pg: DatabaseServer) -> str:
-    return build_template(pg, fixtures=sorted((Path(__file__).parent / "sql").glob("_*.sql")))
-
-
-@pytest.fixture
-def db(pg: DatabaseServer, template_db: str) -> Iterator[str]:
-    with fresh_database(pg, template_db) as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def conn(db: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(db, autocommit=True) as connection:
-        yield connection
-
-
-@pytest.fixture
-def factory(conn: psycopg.Connection[Any]) -> Factory:
-    return Factory(conn)
+def chatd_sql_fixtures() -> list[Path]:
+    return sorted((Path(__file__).parent / "sql").glob("_*.sql"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -3,6 +3,8 @@
 * `chatd.testing.harness`: a real PostgreSQL for tests (an existing server,
   a testcontainer, or a throwaway local cluster), a migrated template
   database, a fresh clone per test, login roles and row factories;
+* `chatd.testing.pytest_plugin`: those as pytest fixtures (`pytest_plugins =
+  ["chatd.testing.pytest_plugin"]`);
 * `chatd.testing.fakellm`: the scriptable fake LLM server (OpenAI and
   Anthropic wire formats).
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatd.testing.fakellm.frames import _error_object, _sse, _Totals
+from chatd.testing.fakellm.frames import Totals, error_object, sse
 
 
-class _AnthropicWire:
+class AnthropicWire:
     """Messages stream events."""
 
-    def __init__(self, rid: str, model: str, totals: _Totals) -> None:
+    def __init__(self, rid: str, model: str, totals: Totals) -> None:
         self.rid, self.model, self.totals = rid, model, totals
         self.index = -1
         self.open: str | None = None  # type of the open content block
@@ -26,7 +26,7 @@ class _AnthropicWire:
             else {"type": "thinking", "thinking": "", "signature": ""}
         )
         frames.append(
-            _sse(
+            sse(
                 "content_block_start",
                 {"type": "content_block_start", "index": self.index, "content_block": block},
             )
@@ -39,20 +39,20 @@ class _AnthropicWire:
             frames.append(self._delta({"type": "signature_delta", "signature": "fakesig"}))
         if self.open is not None:
             frames.append(
-                _sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+                sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
             )
         self.open = None
         return frames
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return _sse(
+        return sse(
             "content_block_delta",
             {"type": "content_block_delta", "index": self.index, "delta": delta},
         )
 
     def start(self) -> list[bytes]:
         return [
-            _sse(
+            sse(
                 "message_start",
                 {
                     "type": "message_start",
@@ -68,7 +68,7 @@ class _AnthropicWire:
                     },
                 },
             ),
-            _sse("ping", {"type": "ping"}),
+            sse("ping", {"type": "ping"}),
         ]
 
     def reasoning(self, piece: str) -> list[bytes]:
@@ -80,12 +80,12 @@ class _AnthropicWire:
         return [*frames, self._delta({"type": "text_delta", "text": piece})]
 
     def error(self, error_type: str, message: str | None) -> list[bytes]:
-        return [_sse("error", _error_object("anthropic", 500, error_type, message))]
+        return [sse("error", error_object("anthropic", 500, error_type, message))]
 
-    def finish(self, totals: _Totals, finish_reason: str | None) -> list[bytes]:
+    def finish(self, totals: Totals, finish_reason: str | None) -> list[bytes]:
         return [
             *self._close_block(),
-            _sse(
+            sse(
                 "message_delta",
                 {
                     "type": "message_delta",
@@ -93,10 +93,10 @@ class _AnthropicWire:
                     "usage": totals.anthropic(),
                 },
             ),
-            _sse("message_stop", {"type": "message_stop"}),
+            sse("message_stop", {"type": "message_stop"}),
         ]
 
-    def whole(self, text: str, reasoning: str, totals: _Totals, finish: str | None) -> Any:
+    def whole(self, text: str, reasoning: str, totals: Totals, finish: str | None) -> Any:
         content: list[dict[str, Any]] = []
         if reasoning:
             content.append({"type": "thinking", "thinking": reasoning, "signature": "fakesig"})

@@ -30,7 +30,7 @@ _MESSAGES = {
 }
 
 
-def _error_object(api: str, status: int, error_type: str | None, message: str | None) -> Any:
+def error_object(api: str, status: int, error_type: str | None, message: str | None) -> Any:
     """The provider-shaped error body (the in-stream error event's data too)."""
     if api == "anthropic":
         kind = error_type if error_type and error_type.endswith("_error") else None
@@ -54,7 +54,7 @@ def _error_object(api: str, status: int, error_type: str | None, message: str | 
 
 
 @dataclass
-class _Totals:
+class Totals:
     input: int
     output: int
     reasoning: int
@@ -85,6 +85,6 @@ class _Totals:
 
 
 
-def _sse(event: str | None, data: Any) -> bytes:
+def sse(event: str | None, data: Any) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

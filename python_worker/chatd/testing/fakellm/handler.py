@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, cast
 
-from chatd.testing.fakellm.anthropic_wire import _AnthropicWire
-from chatd.testing.fakellm.frames import _error_object, _Totals
-from chatd.testing.fakellm.openai_wire import _OpenAIWire
+from chatd.testing.fakellm.anthropic_wire import AnthropicWire
+from chatd.testing.fakellm.frames import Totals, error_object
+from chatd.testing.fakellm.openai_wire import OpenAIWire
 from chatd.testing.fakellm.script import (
-    _DIRECTIVE,
+    DIRECTIVE,
     FakeUsage,
     Hang,
     HttpError,
@@ -21,19 +21,19 @@ from chatd.testing.fakellm.script import (
     StreamError,
     Text,
     Truncate,
-    _split,
-    _words,
+    count_words,
     response_from_json,
+    split_text,
 )
 
 if TYPE_CHECKING:
-    from chatd.testing.fakellm.server import _Server
+    from chatd.testing.fakellm.server import Server
 
 
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "chatd-fakellm"
-    server: _Server
+    server: Server
 
     def setup(self) -> None:
         super().setup()
@@ -119,26 +119,26 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             response = response.then or Text(
-                "echo: " + _DIRECTIVE.sub("", request.last_user_text).strip()
+                "echo: " + DIRECTIVE.sub("", request.last_user_text).strip()
             )
         if isinstance(response, HttpError):
             payload = (
                 response.body
                 if response.body is not None
-                else _error_object(api, response.status, response.error_type, response.message)
+                else error_object(api, response.status, response.error_type, response.message)
             )
             request.completed.set()
             self._json(response.status, payload, response.headers, rid)
             return
 
         plan = _Plan.of(response, messages, body.get("system"))
-        wire: _OpenAIWire | _AnthropicWire
+        wire: OpenAIWire | AnthropicWire
         if api == "openai":
             options = body.get("stream_options")
             include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
-            wire = _OpenAIWire(rid, model, include_usage)
+            wire = OpenAIWire(rid, model, include_usage)
         else:
-            wire = _AnthropicWire(rid, model, plan.totals)
+            wire = AnthropicWire(rid, model, plan.totals)
 
         if not request.stream:
             if plan.cut is not None or plan.stream_error is not None:
@@ -151,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(request, rid, wire, plan)
 
     def _stream(
-        self, request: RecordedRequest, rid: str, wire: _OpenAIWire | _AnthropicWire, plan: _Plan
+        self, request: RecordedRequest, rid: str, wire: OpenAIWire | AnthropicWire, plan: _Plan
     ) -> None:
         """Send the planned reply as server-sent events, at the scripted pace."""
         cut, stream_error, chunks, delay = plan.cut, plan.stream_error, plan.chunks, plan.delay
@@ -163,9 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
         ok = self._frames(request, wire.start())
-        for piece in _split(plan.reasoning, chunks):
+        for piece in split_text(plan.reasoning, chunks):
             ok = ok and self._frames(request, wire.reasoning(piece)) and self._pause(delay)
-        pieces = _split(plan.text, chunks)
+        pieces = split_text(plan.text, chunks)
         for i, piece in enumerate(pieces):
             if not ok or (cut is not None and i >= cut):
                 break
@@ -249,7 +249,7 @@ class _Plan:
     stream_error: StreamError | None = None
     usage: FakeUsage = field(default_factory=FakeUsage)
     finish: str | None = None
-    totals: _Totals = field(default_factory=lambda: _Totals(0, 0, 0, 0, 0))
+    totals: Totals = field(default_factory=lambda: Totals(0, 0, 0, 0, 0))
 
     @classmethod
     def of(cls, response: Any, messages: list[Any], system: Any) -> _Plan:
@@ -268,10 +268,10 @@ class _Plan:
         else:
             plan.text, plan.chunks, plan.stream_error = response.text, response.chunks, response
         usage, text, reasoning = plan.usage, plan.text, plan.reasoning
-        plan.totals = _Totals(
+        plan.totals = Totals(
             input=usage.input_tokens
             if usage.input_tokens is not None
-            else _words(messages, system),
+            else count_words(messages, system),
             output=usage.output_tokens
             if usage.output_tokens is not None
             else max(1, len(text.split()) + len(reasoning.split())),

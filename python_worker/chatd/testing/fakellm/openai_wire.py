@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chatd.testing.fakellm.frames import _error_object, _sse, _Totals
+from chatd.testing.fakellm.frames import Totals, error_object, sse
 
 
-class _OpenAIWire:
+class OpenAIWire:
     """Chat Completions chunk frames."""
 
     def __init__(self, rid: str, model: str, include_usage: bool) -> None:
@@ -17,7 +17,7 @@ class _OpenAIWire:
         self.created = int(time.time())
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return _sse(
+        return sse(
             None,
             {
                 "id": self.rid,
@@ -40,13 +40,13 @@ class _OpenAIWire:
         return [self._chunk({"content": piece})]
 
     def error(self, error_type: str, message: str | None) -> list[bytes]:
-        return [_sse(None, _error_object("openai", 500, error_type, message))]
+        return [sse(None, error_object("openai", 500, error_type, message))]
 
-    def finish(self, totals: _Totals, finish_reason: str | None) -> list[bytes]:
+    def finish(self, totals: Totals, finish_reason: str | None) -> list[bytes]:
         frames = [self._chunk({}, finish_reason or "stop")]
         if self.include_usage:
             frames.append(
-                _sse(
+                sse(
                     None,
                     {
                         "id": self.rid,
@@ -61,7 +61,7 @@ class _OpenAIWire:
         frames.append(b"data: [DONE]\n\n")
         return frames
 
-    def whole(self, text: str, reasoning: str, totals: _Totals, finish: str | None) -> Any:
+    def whole(self, text: str, reasoning: str, totals: Totals, finish: str | None) -> Any:
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
         if reasoning:
             message["reasoning_content"] = reasoning

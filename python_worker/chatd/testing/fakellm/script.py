@@ -182,10 +182,10 @@ class RecordedRequest:
 
 
 
-_DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
+DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
 
 
-def _parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
+def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
     """Parse the tokens of one directive into (response, times)."""
     status: int | None = None
     opts: dict[str, str] = {}
@@ -258,7 +258,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _words(messages: Sequence[Any], system: Any) -> int:
+def count_words(messages: Sequence[Any], system: Any) -> int:
     total = len(_content_text(system).split())
     for message in messages:
         if isinstance(message, Mapping):
@@ -266,7 +266,7 @@ def _words(messages: Sequence[Any], system: Any) -> int:
     return total
 
 
-def _split(text: str, n: int) -> list[str]:
+def split_text(text: str, n: int) -> list[str]:
     """`text` in min(n, len(text)) nearly equal, non-empty pieces."""
     if not text:
         return []

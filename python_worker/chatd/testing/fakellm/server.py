@@ -11,14 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
-from chatd.testing.fakellm.handler import _Handler
+from chatd.testing.fakellm.handler import Handler
 from chatd.testing.fakellm.script import (
-    _DIRECTIVE,
+    DIRECTIVE,
     FakeResponse,
     HttpError,
     RecordedRequest,
     Text,
-    _parse_directive,
+    parse_directive,
 )
 
 
@@ -33,14 +33,14 @@ class FakeLLM:
         self._requests: list[RecordedRequest] = []
         self._directive_uses: dict[str, int] = {}
         self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
     # lifecycle -------------------------------------------------------------
 
     def start(self) -> FakeLLM:
         """Bind and serve in a daemon thread."""
-        server = _Server((self._host, self._port), _Handler)
+        server = Server((self._host, self._port), Handler)
         server.fake = self
         self._server = server
         self._port = server.server_address[1]
@@ -130,12 +130,12 @@ class FakeLLM:
 
     def _from_directives(self, text: str) -> FakeResponse:
         """Response for the prompt's `[[fake:...]]` directive; the echo without one. Locked."""
-        found = _DIRECTIVE.search(text)
-        echo = "echo: " + _DIRECTIVE.sub("", text).strip()
+        found = DIRECTIVE.search(text)
+        echo = "echo: " + DIRECTIVE.sub("", text).strip()
         if found is None:
             return Text(echo)
         try:
-            response, times = _parse_directive(found.group(1), echo)
+            response, times = parse_directive(found.group(1), echo)
         except ValueError as exc:
             return HttpError(400, "invalid_request_error", f"fakellm: {exc}")
         if times is not None:
@@ -146,7 +146,7 @@ class FakeLLM:
         return response
 
 
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # many concurrent streams connect at once
     fake: FakeLLM

@@ -134,8 +134,9 @@ class _Output:
         parts = []
         if self.reasoning:
             parts.append({"type": "reasoning", "text": "".join(self.reasoning)})
-        if self.text:
-            parts.append({"type": "text", "text": "".join(self.text)})
+        text = "".join(self.text)
+        if text:  # chatd refuses an empty text part (CD007)
+            parts.append({"type": "text", "text": text})
         return parts
 
 

@@ -463,7 +463,7 @@ BEGIN
     v_visibility := CASE WHEN EXISTS (
         SELECT 1 FROM chatd.messages AS m
         WHERE m.chat_id = p_chat_id AND m.role = 'user' AND m.id > coalesce(v_chat.interrupted_last_message_id, 0)
-    ) THEN 'user' ELSE 'both' END;
+    ) THEN 'user' ELSE 'both' END::chatd.message_visibility;
     UPDATE chatd.chats AS c
     SET interrupted_lease = NULL, interrupted_model_config_id = NULL, interrupted_last_message_id = NULL
     WHERE c.id = p_chat_id;

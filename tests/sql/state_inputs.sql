@@ -65,9 +65,12 @@ SELECT throws_ok(
     'CD007', NULL, 'a ChatError has no other keys'
 );
 SELECT is(
-    (SELECT f.status FROM pg_temp.fail(
-        '{"message": "m", "kind": "rate_limit", "provider": "p", "retryable": true, "status_code": 429, "detail": null}'
-    ) AS f),
+    (
+        SELECT f.status
+        FROM pg_temp.fail(
+                '{"message": "m", "kind": "rate_limit", "provider": "p", "retryable": true, "status_code": 429, "detail": null}'
+            ) AS f
+    ),
     'pending',
     'a complete ChatError as the worker sends it is accepted'
 );
@@ -93,7 +96,7 @@ CREATE TEMP TABLE lister AS SELECT chatd_test.user(chatd_test.org()) AS usr;
 SELECT chatd_test.chat((SELECT lister.usr FROM lister)) FROM generate_series(1, 5);
 UPDATE chatd.chats SET updated_at = '2026-01-01'
 WHERE owner_id = (SELECT lister.usr FROM lister);
-CREATE FUNCTION pg_temp.page_through() RETURNS uuid []
+CREATE FUNCTION pg_temp.page_through() RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
     v_seen uuid [] := '{}';
@@ -130,8 +133,8 @@ SELECT set_eq(
 SELECT is(
     (
         SELECT count(*) FROM chatd.list_chats(
-            (SELECT lister.usr FROM lister), p_limit => 10, p_before => '2026-01-01'
-        )
+                (SELECT lister.usr FROM lister), p_limit => 10, p_before => '2026-01-01'
+            )
     ),
     0::bigint,
     'p_before alone keeps its meaning: strictly older than p_before'
@@ -143,11 +146,11 @@ SELECT
     chatd_test.model_config() AS model,
     chatd_test.model_config() AS other_model;
 CREATE TEMP TABLE dis_chat AS
-SELECT
-    chatd_test.chat_in('waiting', (SELECT t.usr FROM t)) AS waiting;
+SELECT chatd_test.chat_in('waiting', (SELECT t.usr FROM t)) AS waiting;
 UPDATE chatd.chats SET model_config_id = (SELECT dis.model FROM dis)
 WHERE id = (SELECT dis_chat.waiting FROM dis_chat);
-UPDATE chatd.model_configs SET enabled = FALSE WHERE id = (SELECT dis.model FROM dis);
+UPDATE chatd.model_configs SET enabled = FALSE
+WHERE id = (SELECT dis.model FROM dis);
 SELECT throws_ok(
     format($$SELECT chatd.send_message(%L, %L, '"hi"')$$, (SELECT t.usr FROM t), (SELECT dis_chat.waiting FROM dis_chat)),
     'CD007', NULL, 'send_message without a model refuses a chat whose model is disabled'
@@ -155,7 +158,10 @@ SELECT throws_ok(
 SELECT throws_ok(
     format(
         $$SELECT chatd.edit_message(%L, %L, %s, '"hi"')$$, (SELECT t.usr FROM t), (SELECT dis_chat.waiting FROM dis_chat),
-        (SELECT min(m.id) FROM chatd.messages AS m WHERE m.chat_id = (SELECT dis_chat.waiting FROM dis_chat))
+        (
+            SELECT min(m.id) FROM chatd.messages AS m
+            WHERE m.chat_id = (SELECT dis_chat.waiting FROM dis_chat)
+        )
     ),
     'CD007', NULL, 'edit_message without a model refuses a chat whose model is disabled'
 );
@@ -169,7 +175,10 @@ SELECT is(
     'send_message with an enabled model runs the chat on it'
 );
 UPDATE chatd.providers SET enabled = FALSE
-WHERE id = (SELECT m.provider_id FROM chatd.model_configs AS m WHERE m.id = (SELECT dis.other_model FROM dis));
+WHERE id = (
+        SELECT m.provider_id FROM chatd.model_configs AS m
+        WHERE m.id = (SELECT dis.other_model FROM dis)
+    );
 SELECT throws_ok(
     format($$SELECT chatd.send_message(%L, %L, '"more"')$$, (SELECT t.usr FROM t), (SELECT dis_chat.waiting FROM dis_chat)),
     'CD007', NULL, 'send_message refuses (even to queue) when the chat''s provider is disabled'
@@ -181,9 +190,15 @@ SELECT
     chatd_test.chat((SELECT t.usr FROM t), p_model => (SELECT t.model FROM t)) AS doomed,
     chatd_test.chat((SELECT t.usr FROM t), p_model => chatd_test.model_config()) AS fine;
 UPDATE chatd.chats SET next_attempt_at = now() + interval '1 hour'
-WHERE status = 'pending' AND id NOT IN (SELECT claim_dis.doomed FROM claim_dis UNION SELECT claim_dis.fine FROM claim_dis);
-UPDATE chatd.chats SET next_attempt_at = '-infinity' WHERE id = (SELECT claim_dis.doomed FROM claim_dis);
-UPDATE chatd.model_configs SET enabled = FALSE WHERE id = (SELECT t.model FROM t);
+WHERE status = 'pending' AND id NOT IN (
+        SELECT claim_dis.doomed FROM claim_dis
+        UNION
+        SELECT claim_dis.fine FROM claim_dis
+    );
+UPDATE chatd.chats SET next_attempt_at = '-infinity'
+WHERE id = (SELECT claim_dis.doomed FROM claim_dis);
+UPDATE chatd.model_configs SET enabled = FALSE
+WHERE id = (SELECT t.model FROM t);
 SELECT set_eq(
     $$SELECT chat_id FROM chatd.acquire_chats('w1', 10)$$,
     $$SELECT fine FROM claim_dis$$,
@@ -198,7 +213,10 @@ SELECT row_eq(
     'the chat on a disabled model goes to error, kind config, not retryable'
 );
 SELECT ok(
-    (SELECT c.last_error ->> 'message' FROM chatd.chats AS c WHERE c.id = (SELECT claim_dis.doomed FROM claim_dis))
+    (
+        SELECT c.last_error ->> 'message' FROM chatd.chats AS c
+        WHERE c.id = (SELECT claim_dis.doomed FROM claim_dis)
+    )
     LIKE '%is disabled%',
     'the error says the model is disabled'
 );
@@ -208,7 +226,10 @@ CREATE TEMP TABLE pq AS SELECT * FROM pg_temp.running_chat(chatd_test.model_conf
 CREATE TEMP TABLE pq_id AS
 SELECT (chatd.send_message((SELECT t.usr FROM t), (SELECT pq.chat FROM pq), '"later"') ->> 'queued_id')::bigint AS id;
 UPDATE chatd.model_configs SET enabled = FALSE
-WHERE id = (SELECT c.model_config_id FROM chatd.chats AS c WHERE c.id = (SELECT pq.chat FROM pq));
+WHERE id = (
+        SELECT c.model_config_id FROM chatd.chats AS c
+        WHERE c.id = (SELECT pq.chat FROM pq)
+    );
 SELECT throws_ok(
     format(
         $$SELECT chatd.promote_queued_message(%L, %L, %s)$$, (SELECT t.usr FROM t), (SELECT pq.chat FROM pq),
@@ -263,7 +284,10 @@ SELECT is(
     'the new message waits behind it in the queue'
 );
 SELECT is(
-    (SELECT c.last_error FROM chatd.chats AS c WHERE c.id = (SELECT eq.chat FROM eq)), NULL::jsonb,
+    (
+        SELECT c.last_error FROM chatd.chats AS c
+        WHERE c.id = (SELECT eq.chat FROM eq)
+    ), NULL::jsonb,
     'the error is cleared'
 );
 

@@ -13,7 +13,7 @@ SELECT
 FROM (SELECT chatd_test.user(chatd_test.org()) AS usr) AS u;
 
 -- What the next turn sends to the model: live messages the model sees.
-CREATE FUNCTION pg_temp.model_texts(p_chat uuid) RETURNS text []
+CREATE FUNCTION pg_temp.model_texts(p_chat uuid) RETURNS text[]
 LANGUAGE sql AS $$
     SELECT array_agg(m.role::text || ':' || (m.content -> 0 ->> 'text') ORDER BY m.id)
     FROM chatd.messages AS m
@@ -108,7 +108,11 @@ SELECT chatd.send_message(
     (SELECT t.usr FROM t), pg_temp.chat('price'), '"Q2"', 'interrupt', (SELECT t.dear FROM t)
 );
 SELECT is(
-    (SELECT c.model_config_id FROM chatd.chats AS c WHERE c.id = pg_temp.chat('price')), (SELECT t.dear FROM t),
+    (
+        SELECT c.model_config_id FROM chatd.chats AS c
+        WHERE c.id = pg_temp.chat('price')
+    ), (SELECT t.dear FROM t
+    ),
     'the next turn runs on the new model'
 );
 SELECT pg_temp.save('price');
@@ -117,7 +121,10 @@ SELECT row_eq(
     'a partial turn is billed at the prices of the model that ran it (3,000, not 300,000 micro-dollars)'
 );
 SELECT is(
-    (SELECT m.model_config_id FROM chatd.messages AS m WHERE m.chat_id = pg_temp.chat('price') AND m.role = 'assistant'),
+    (
+        SELECT m.model_config_id FROM chatd.messages AS m
+        WHERE m.chat_id = pg_temp.chat('price') AND m.role = 'assistant'
+    ),
     (SELECT t.cheap FROM t),
     'the partial message names the model that ran it'
 );
@@ -142,11 +149,18 @@ SELECT throws_ok(
     'CD004', NULL, 'interrupting a pending chat that never ran gives no turn to save'
 );
 SELECT pg_temp.start('finished');
-SELECT chatd.finish_turn(pg_temp.chat('finished'), (SELECT r.lease FROM pg_temp.running AS r WHERE r.name = 'finished'), '"A1"');
+SELECT chatd.finish_turn(pg_temp.chat(
+    'finished'), (
+    SELECT r.lease FROM pg_temp.running AS r
+    WHERE r.name = 'finished'
+), '"A1"');
 SELECT throws_ok(
     format(
         $$SELECT chatd.save_interrupted_turn(%L, %s, '"forged"')$$, pg_temp.chat('finished'),
-        (SELECT c.lease FROM chatd.chats AS c WHERE c.id = pg_temp.chat('finished'))
+        (
+            SELECT c.lease FROM chatd.chats AS c
+            WHERE c.id = pg_temp.chat('finished')
+        )
     ),
     'CD004', NULL, 'a waiting chat after finish_turn: its current lease has no turn to save'
 );
@@ -159,19 +173,29 @@ SELECT throws_ok(
     'CD004', NULL, 'an interrupted turn is saved at most once'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.messages AS m WHERE m.chat_id = pg_temp.chat('plain') AND m.role = 'assistant'),
+    (
+        SELECT count(*) FROM chatd.messages AS m
+        WHERE m.chat_id = pg_temp.chat('plain') AND m.role = 'assistant'
+    ),
     1::bigint,
     'the refused second save wrote nothing'
 );
 SELECT pg_temp.start('failed');
 SELECT chatd.record_failure(
-    pg_temp.chat('failed'), (SELECT r.lease FROM pg_temp.running AS r WHERE r.name = 'failed'),
+    pg_temp.chat(
+        'failed'), (
+        SELECT r.lease FROM pg_temp.running AS r
+        WHERE r.name = 'failed'
+    ),
     '{"message": "boom", "kind": "generic", "retryable": false}'
 );
 SELECT throws_ok(
     format(
         $$SELECT chatd.save_interrupted_turn(%L, %s, '"forged"')$$, pg_temp.chat('failed'),
-        (SELECT c.lease FROM chatd.chats AS c WHERE c.id = pg_temp.chat('failed'))
+        (
+            SELECT c.lease FROM chatd.chats AS c
+            WHERE c.id = pg_temp.chat('failed')
+        )
     ),
     'CD004', NULL, 'an error chat after record_failure: its current lease has no turn to save'
 );
@@ -184,7 +208,10 @@ SELECT throws_ok(
     'CD004', NULL, 'after the next claim the interrupted turn can no longer be saved'
 );
 SELECT is(
-    (SELECT c.interrupted_lease FROM chatd.chats AS c WHERE c.id = pg_temp.chat('send')), NULL::bigint,
+    (
+        SELECT c.interrupted_lease FROM chatd.chats AS c
+        WHERE c.id = pg_temp.chat('send')
+    ), NULL::bigint,
     'a save clears the record of the interrupted turn'
 );
 

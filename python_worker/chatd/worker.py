@@ -693,8 +693,9 @@ class Worker:
         except (LeaseLost, psycopg.Error, TimeoutError) as exc:
             log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
 
-    async def _record_failure(self, claim: Claim, error: ChatError) -> None:
-        self.metrics.inc("chatd_worker_turn_failures_total")
+    async def _record_failure(self, claim: Claim, error: ChatError, *, fallback: bool = False) -> None:
+        if not fallback:
+            self.metrics.inc("chatd_worker_turn_failures_total")
         try:
             rows = await self._fetch(
                 queries.RECORD_FAILURE,
@@ -711,6 +712,13 @@ class Worker:
             log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
         except (psycopg.Error, TimeoutError) as exc:
             log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, exc)
+            if isinstance(exc, psycopg.Error) and exc.sqlstate == INVALID_INPUT and not fallback:
+                # chatd refused the ChatError (CD007): record a minimal valid one
+                # instead, so the chat never stays running under a live worker
+                await self._record_failure(claim, ChatError(
+                    error.message[:500] or "turn failed", ChatErrorKind.generic, None, error.retryable,
+                    detail=f"chatd refused the original error: {exc.diag.message_primary or exc}"[:2000],
+                ), fallback=True)
 
 
 # ---------------------------------------------------------------------- CLI

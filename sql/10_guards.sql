@@ -41,7 +41,9 @@ AS $$
             -- recover_stale_chats (too many recoveries)
             'running>error',
             -- interrupt_chat, archive_chat
-            'pending>waiting'
+            'pending>waiting',
+            -- acquire_chats: the chat's model or provider is disabled
+            'pending>error'
         )
 $$;
 

@@ -4,8 +4,9 @@
 -- part of the application or worker interface.
 
 -- Normalizes message content: a JSON string becomes one text part; an
--- array must hold objects with a known part type, text parts with a string
--- text. Anything else raises CD007.
+-- array must hold objects with a known part type, text parts with a
+-- non-empty string text (reasoning parts with a string text). Anything else
+-- raises CD007.
 CREATE OR REPLACE FUNCTION chatd._content(p_content jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
@@ -44,6 +45,9 @@ BEGIN
         IF v_part ->> 'type' IN ('text', 'reasoning') AND jsonb_typeof(v_part -> 'text') IS DISTINCT FROM 'string' THEN
             RAISE EXCEPTION 'invalid content: a % part needs a string "text"', v_part ->> 'type'
                 USING ERRCODE = 'CD007';
+        END IF;
+        IF v_part ->> 'type' = 'text' AND v_part ->> 'text' = '' THEN
+            RAISE EXCEPTION 'invalid content: empty text part' USING ERRCODE = 'CD007';
         END IF;
     END LOOP;
     RETURN p_content;
@@ -153,4 +157,60 @@ LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
     SELECT p_xmin = pg_current_xact_id()::xid
+$$;
+
+-- Validates a ChatError (DESIGN.md section 6) and returns it: an object of
+-- at most 64 KB with a string "message", a known "kind" (generic,
+-- overloaded, rate_limit, timeout, startup_timeout, auth, config,
+-- usage_limit, content_filter, missing_key), a JSON boolean "retryable",
+-- and optionally "provider" and "detail" (string or null) and
+-- "status_code" (integer or null); no other keys. CD007 otherwise.
+CREATE OR REPLACE FUNCTION chatd._chat_error(p_error jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_key text;
+BEGIN
+    IF jsonb_typeof(p_error) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'invalid ChatError: expected an object' USING ERRCODE = 'CD007';
+    END IF;
+    IF octet_length(p_error::text) > 65536 THEN
+        RAISE EXCEPTION 'invalid ChatError: % bytes, at most 64 KB (65536 bytes)', octet_length(p_error::text)
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF jsonb_typeof(p_error -> 'message') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'invalid ChatError: "message" must be a string' USING ERRCODE = 'CD007';
+    END IF;
+    IF jsonb_typeof(p_error -> 'kind') IS DISTINCT FROM 'string'
+        OR p_error ->> 'kind' NOT IN (
+            'generic', 'overloaded', 'rate_limit', 'timeout', 'startup_timeout', 'auth', 'config',
+            'usage_limit', 'content_filter', 'missing_key'
+        ) THEN
+        RAISE EXCEPTION 'invalid ChatError: unknown kind %', left(p_error ->> 'kind', 100)
+            USING ERRCODE = 'CD007',
+                  HINT = 'kinds: generic, overloaded, rate_limit, timeout, startup_timeout, auth, config, '
+                      || 'usage_limit, content_filter, missing_key';
+    END IF;
+    IF jsonb_typeof(p_error -> 'retryable') IS DISTINCT FROM 'boolean' THEN
+        RAISE EXCEPTION 'invalid ChatError: "retryable" must be true or false' USING ERRCODE = 'CD007';
+    END IF;
+    IF coalesce(jsonb_typeof(p_error -> 'provider'), 'null') NOT IN ('string', 'null')
+        OR coalesce(jsonb_typeof(p_error -> 'detail'), 'null') NOT IN ('string', 'null') THEN
+        RAISE EXCEPTION 'invalid ChatError: "provider" and "detail" must be strings or null' USING ERRCODE = 'CD007';
+    END IF;
+    IF coalesce(jsonb_typeof(p_error -> 'status_code'), 'null') NOT IN ('number', 'null')
+        OR (jsonb_typeof(p_error -> 'status_code') = 'number'
+            AND (p_error ->> 'status_code')::numeric <> trunc((p_error ->> 'status_code')::numeric)) THEN
+        RAISE EXCEPTION 'invalid ChatError: "status_code" must be an integer or null' USING ERRCODE = 'CD007';
+    END IF;
+    SELECT k INTO v_key FROM jsonb_object_keys(p_error) AS k
+    WHERE k NOT IN ('message', 'kind', 'retryable', 'provider', 'status_code', 'detail')
+    LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid ChatError: unknown key %', left(v_key, 100) USING ERRCODE = 'CD007';
+    END IF;
+    RETURN p_error;
+END
 $$;

@@ -6,7 +6,9 @@
 -- Creates a chat: one INSERT of the final pending row, then its system
 -- prompt and first user message in one INSERT. A sub-agent chat (parent
 -- given) lives in the parent's organization and inherits its client type
--- and root. Admission (spend) is checked first.
+-- and root. Admission (spend) is checked first. Locks follow the tree lock
+-- order of archive_chat (the root first, then the parent): creating a
+-- sub-agent chat and archiving its tree never deadlock.
 CREATE OR REPLACE FUNCTION chatd.create_chat(
     p_user_id uuid,
     p_organization_id uuid,
@@ -43,7 +45,11 @@ BEGIN
     END IF;
 
     IF p_parent_chat_id IS NOT NULL THEN
-        -- locked: an archive of the parent cannot miss this child
+        -- the root first (the child's foreign keys lock the parent and the
+        -- root), then the parent: the order of archive_chat. Locked: an
+        -- archive of the parent cannot miss this child.
+        v_parent := chatd._authorized_chat(p_user_id, p_parent_chat_id, FALSE);
+        PERFORM 1 FROM chatd.chats AS c WHERE c.id = v_parent.root_chat_id FOR UPDATE;
         v_parent := chatd._authorized_chat(p_user_id, p_parent_chat_id, TRUE);
         IF v_parent.archived THEN
             RAISE EXCEPTION 'chat % is archived: no sub-agent chat can be created under it', v_parent.id
@@ -112,8 +118,9 @@ $$;
 
 -- Stops the current turn: pending or running -> waiting. When messages are
 -- queued, the turn is over and the queue head goes out at once (-> pending).
--- The lease is NOT bumped: the interrupted worker may still save its partial
--- message with save_interrupted_turn until the next claim. Waiting, error
+-- The lease is NOT bumped: the worker of an interrupted running turn may
+-- still save its partial message with save_interrupted_turn (once) until
+-- the next claim (chats.interrupted_* records that turn). Waiting, error
 -- and requires_action chats are left as they are. Returns the new status.
 CREATE OR REPLACE FUNCTION chatd.interrupt_chat(p_user_id uuid, p_chat_id uuid)
 RETURNS chatd.chat_status
@@ -135,6 +142,14 @@ BEGIN
     SET status = CASE WHEN v_head.id IS NULL THEN 'waiting' ELSE 'pending' END::chatd.chat_status,
         worker_id = NULL, heartbeat_at = NULL, attempt = 0, recoveries = 0, retry_state = NULL,
         last_error = NULL, next_attempt_at = now(),
+        interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
+        interrupted_model_config_id = CASE
+            WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
+        END,
+        interrupted_last_message_id = CASE
+            WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
+            ELSE c.interrupted_last_message_id
+        END,
         model_config_id = coalesce(v_head.model_config_id, c.model_config_id)
     WHERE c.id = p_chat_id
     RETURNING c.status INTO v_status;
@@ -148,8 +163,10 @@ $$;
 -- Edits a user message: soft-deletes it and every later message, clears the
 -- queue, inserts the new content as a user message and runs the chat again
 -- (any status -> pending; the lease is bumped so a worker still running the
--- old turn can write nothing). Optional new model. Refused on archived
--- chats (CD008). Admission (spend) is checked. Returns the new message id.
+-- old turn can write nothing). Optional new model; without one, the chat's
+-- model must be enabled (CD007 otherwise, as create_chat). Refused on
+-- archived chats (CD008). Admission (spend) is checked. Returns the new
+-- message id.
 CREATE OR REPLACE FUNCTION chatd.edit_message(
     p_user_id uuid,
     p_chat_id uuid,
@@ -175,6 +192,9 @@ BEGIN
     IF v_chat.archived THEN
         RAISE EXCEPTION 'chat % is archived: edit_message refused (% -> pending)', p_chat_id, v_chat.status
             USING ERRCODE = 'CD008';
+    END IF;
+    IF v_model IS NULL THEN
+        PERFORM chatd._usable_model(v_chat.model_config_id);
     END IF;
     IF NOT EXISTS (
         SELECT 1 FROM chatd.messages AS m
@@ -225,8 +245,9 @@ END
 $$;
 
 -- Archives the chat and its descendants. A busy member (pending, running)
--- goes to waiting in the same UPDATE (no lease bump: its worker may still
--- save the partial message); queued messages of the tree are dropped.
+-- goes to waiting in the same UPDATE (no lease bump: the worker of a running
+-- member may still save the partial message once, see interrupt_chat);
+-- queued messages of the tree are dropped.
 -- Returns how many chats were archived by this call.
 CREATE OR REPLACE FUNCTION chatd.archive_chat(p_user_id uuid, p_chat_id uuid)
 RETURNS integer
@@ -248,7 +269,15 @@ BEGIN
         heartbeat_at = CASE WHEN c.status = 'running' THEN NULL ELSE c.heartbeat_at END,
         attempt = CASE WHEN c.status IN ('pending', 'running') THEN 0 ELSE c.attempt END,
         recoveries = CASE WHEN c.status IN ('pending', 'running') THEN 0 ELSE c.recoveries END,
-        retry_state = CASE WHEN c.status IN ('pending', 'running') THEN NULL ELSE c.retry_state END
+        retry_state = CASE WHEN c.status IN ('pending', 'running') THEN NULL ELSE c.retry_state END,
+        interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
+        interrupted_model_config_id = CASE
+            WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
+        END,
+        interrupted_last_message_id = CASE
+            WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
+            ELSE c.interrupted_last_message_id
+        END
     WHERE c.id = ANY (v_tree) AND NOT c.archived;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;

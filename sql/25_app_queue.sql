@@ -2,7 +2,9 @@
 -- send_message, delete_queued_message, promote_queued_message.
 
 -- Starts a new turn on a locked chat: -> pending, due now, turn counters
--- reset, last error cleared, optionally a new model. The lease is left as is.
+-- reset, last error cleared, optionally a new model. The lease is left as is;
+-- a running turn stopped this way is recorded (chats.interrupted_*) so its
+-- worker may save the partial answer once (save_interrupted_turn).
 CREATE OR REPLACE FUNCTION chatd._start_turn(p_chat_id uuid, p_model_config_id uuid)
 RETURNS void
 LANGUAGE plpgsql
@@ -12,6 +14,14 @@ BEGIN
     UPDATE chatd.chats AS c
     SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
         attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
+        interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
+        interrupted_model_config_id = CASE
+            WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
+        END,
+        interrupted_last_message_id = CASE
+            WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
+            ELSE c.interrupted_last_message_id
+        END,
         model_config_id = coalesce(p_model_config_id, c.model_config_id)
     WHERE c.id = p_chat_id;
 END
@@ -46,12 +56,14 @@ $$;
 
 -- Sends a user message.
 --   waiting/error, empty queue: -> pending at once (admission checked);
+--   waiting/error with a non-empty queue (left by a failed turn): the
+--   message is queued and the queue head goes out at once: -> pending;
 --   pending/running or a non-empty queue: queued (FIFO, CD005 when full);
 --   busy_behavior 'interrupt' on a pending/running chat: the turn stops and
 --   the message goes out at once (or, behind a non-empty queue, is queued and
 --   the queue head goes out at once): -> pending.
--- A waiting chat never keeps a non-empty queue: should one exist, the
--- message is queued and the head goes out. requires_action: CD003.
+-- Without p_model_config_id the chat's model must be enabled, with an
+-- enabled provider (CD007 otherwise, as create_chat). requires_action: CD003.
 -- Returns {queued, message_id | queued_id, position, interrupted, status, version}.
 CREATE OR REPLACE FUNCTION chatd.send_message(
     p_user_id uuid,
@@ -92,6 +104,9 @@ BEGIN
         RAISE EXCEPTION 'chat %: invalid status transition from requires_action to pending (send_message)', p_chat_id
             USING ERRCODE = 'CD003';
     END IF;
+    IF v_model IS NULL THEN
+        PERFORM chatd._usable_model(v_chat.model_config_id);
+    END IF;
     SELECT count(*) INTO v_queue_length FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
     v_busy := v_chat.status IN ('pending', 'running');
     v_interrupt := v_busy AND p_busy_behavior = 'interrupt';
@@ -107,8 +122,8 @@ BEGIN
     ELSE
         v_queued := chatd._enqueue(p_chat_id, p_user_id, v_content, v_model);
         v_result := jsonb_build_object('queued', TRUE, 'queued_id', v_queued.id, 'position', v_queued.position);
-        IF v_interrupt OR (NOT v_busy AND v_chat.status = 'waiting') THEN
-            -- the turn is over (or there was none): the queue head goes out
+        IF v_interrupt OR NOT v_busy THEN
+            -- the turn is over (or there was none, or it failed): the queue head goes out
             SELECT q.model_config_id INTO v_head_model FROM chatd.queued_messages AS q
             WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
             PERFORM chatd._start_turn(p_chat_id, v_head_model);
@@ -146,7 +161,8 @@ $$;
 -- Sends a queued message now: it leaves the queue, becomes a user message,
 -- and the chat goes to pending. A running or pending turn is interrupted
 -- (no lease bump, as interrupt_chat). No admission check: the message was
--- accepted when it was queued. requires_action: CD003. Returns the message id.
+-- accepted when it was queued. Its model (or, without one, the chat's) must
+-- be enabled (CD007). requires_action: CD003. Returns the message id.
 CREATE OR REPLACE FUNCTION chatd.promote_queued_message(p_user_id uuid, p_chat_id uuid, p_queued_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -171,6 +187,7 @@ BEGIN
         RAISE EXCEPTION 'invalid queued message: % is not queued in chat %', p_queued_id, p_chat_id
             USING ERRCODE = 'CD007';
     END IF;
+    PERFORM chatd._usable_model(coalesce(v_queued.model_config_id, v_chat.model_config_id));
     PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
     DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)

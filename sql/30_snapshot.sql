@@ -91,13 +91,20 @@ END
 $$;
 
 -- The acting user's chats (owned, in organizations they belong to),
--- most recently updated first; p_before (an updated_at) pages.
+-- ordered by updated_at descending, then id ascending. Paging cursor:
+-- (p_before, p_before_id) = (updated_at, id) of the last row of the previous
+-- page; the next page starts strictly after it in that order, so chats
+-- sharing an updated_at (an archived tree shares one) are never skipped.
+-- p_before alone (no p_before_id) keeps its old meaning: updated_at <
+-- p_before.
+DROP FUNCTION IF EXISTS chatd.list_chats(uuid, uuid, boolean, integer, timestamptz);
 CREATE OR REPLACE FUNCTION chatd.list_chats(
     p_user_id uuid,
     p_organization_id uuid DEFAULT NULL,
     p_include_archived boolean DEFAULT FALSE,
     p_limit integer DEFAULT 50,
-    p_before timestamptz DEFAULT NULL
+    p_before timestamptz DEFAULT NULL,
+    p_before_id uuid DEFAULT NULL
 )
 RETURNS TABLE (
     id uuid,
@@ -138,7 +145,10 @@ BEGIN
     WHERE c.owner_id = p_user_id
         AND (p_organization_id IS NULL OR c.organization_id = p_organization_id)
         AND (p_include_archived OR NOT c.archived)
-        AND (p_before IS NULL OR c.updated_at < p_before)
+        AND (
+            p_before IS NULL OR c.updated_at < p_before
+            OR (p_before_id IS NOT NULL AND c.updated_at = p_before AND c.id > p_before_id)
+        )
         AND EXISTS (
             SELECT 1 FROM chatd.organization_members AS om
             WHERE om.organization_id = c.organization_id AND om.user_id = p_user_id

@@ -48,29 +48,58 @@ $$;
 -- chatd.workers (one small HOT update; heartbeat_at is in no index). This
 -- row, not the chats, is what recover_stale_chats() checks for staleness.
 -- A recovery holding the row of this worker (found stale) makes the caller
--- wait until it committed.
+-- wait until it committed. A worker id belongs to the database login
+-- (session_user) that registered it: another login gets CD002.
 CREATE OR REPLACE FUNCTION chatd._worker_alive(p_worker_id text)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
+DECLARE
+    v_login text;
 BEGIN
     IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'invalid worker id %', p_worker_id USING ERRCODE = 'CD007';
     END IF;
-    INSERT INTO chatd.workers AS w (id) VALUES (p_worker_id)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+    INSERT INTO chatd.workers AS w (id, login_role) VALUES (p_worker_id, session_user)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), login_role = coalesce(w.login_role, excluded.login_role)
+    RETURNING w.login_role INTO v_login;
+    IF v_login IS DISTINCT FROM session_user::text THEN
+        RAISE EXCEPTION 'worker id % belongs to another database login', p_worker_id USING ERRCODE = 'CD002';
+    END IF;
+END
+$$;
+
+-- CD002 unless the worker id is free or registered by the current login
+-- (session_user). Used where a worker acts without refreshing its row.
+CREATE OR REPLACE FUNCTION chatd._check_worker_login(p_worker_id text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM chatd.workers AS w
+        WHERE w.id = p_worker_id AND w.login_role IS DISTINCT FROM session_user::text AND w.login_role IS NOT NULL
+    ) THEN
+        RAISE EXCEPTION 'worker id % belongs to another database login', p_worker_id USING ERRCODE = 'CD002';
+    END IF;
 END
 $$;
 
 -- Claims up to p_limit runnable chats (pending, due, not archived), oldest
 -- due first, skipping rows another worker is claiming. Each claim bumps the
--- lease. Returns everything the turn needs.
+-- lease. Returns everything the turn needs. A due chat whose model or
+-- provider is disabled is never handed out: it goes to error (kind config,
+-- not retryable; chatd._fail_disabled_model_chats) and the claim goes on
+-- with the other chats.
 CREATE OR REPLACE FUNCTION chatd.acquire_chats(p_worker_id text, p_limit integer)
 RETURNS TABLE (chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
+DECLARE
+    v_disabled uuid[];
 BEGIN
     IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'invalid worker id %', p_worker_id USING ERRCODE = 'CD007';
@@ -81,11 +110,13 @@ BEGIN
     -- the worker of a claimed chat always has a row in chatd.workers; taken
     -- before any chat row, so a claim never waits on a chat while holding it
     PERFORM chatd._worker_alive(p_worker_id);
+    v_disabled := chatd._fail_disabled_model_chats();
     RETURN QUERY
     WITH candidates AS (
         SELECT c.id
         FROM chatd.chats AS c
         WHERE c.status = 'pending' AND NOT c.archived AND c.next_attempt_at <= now()
+            AND c.model_config_id <> ALL (v_disabled)
         ORDER BY c.next_attempt_at, c.id
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
@@ -113,6 +144,53 @@ BEGIN
         ), '[]'::jsonb)
     FROM claimed AS cl
     ORDER BY cl.next_attempt_at, cl.id;
+END
+$$;
+
+-- Fails the due pending chats whose model config or provider is disabled:
+-- -> error with a ChatError of kind config (not retryable), skipping rows
+-- another transaction holds. Returns the disabled model config ids (empty,
+-- and nothing scanned, when every model is usable), which acquire_chats
+-- then excludes from its claim.
+CREATE OR REPLACE FUNCTION chatd._fail_disabled_model_chats()
+RETURNS uuid[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_disabled uuid[];
+BEGIN
+    v_disabled := ARRAY(
+        SELECT m.id FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+        WHERE NOT (m.enabled AND p.enabled)
+    );
+    IF cardinality(v_disabled) > 0 THEN
+        WITH refused AS (
+            SELECT c.id FROM chatd.chats AS c
+            WHERE c.status = 'pending' AND NOT c.archived AND c.next_attempt_at <= now()
+                AND c.model_config_id = ANY (v_disabled)
+            ORDER BY c.root_chat_id, c.id <> c.root_chat_id, c.id
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE chatd.chats AS c
+        SET status = 'error', attempt = 0, recoveries = 0, retry_state = NULL, next_attempt_at = now(),
+            last_error = (
+                SELECT jsonb_build_object(
+                    'message', format('model %s (%s) is disabled: choose another model and send again',
+                        m.display_name, m.model),
+                    'kind', 'config',
+                    'provider', p.name,
+                    'retryable', FALSE,
+                    'status_code', NULL,
+                    'detail', CASE WHEN p.enabled THEN 'model config disabled' ELSE 'provider disabled' END
+                )
+                FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+                WHERE m.id = c.model_config_id
+            )
+        FROM refused
+        WHERE c.id = refused.id AND c.status = 'pending';
+    END IF;
+    RETURN v_disabled;
 END
 $$;
 
@@ -186,14 +264,17 @@ $$;
 
 -- Inserts the messages of a finished or interrupted turn: the tool-round
 -- messages first (in order), then the assistant message carrying usage,
--- cost and runtime. Returns the assistant message id.
+-- cost (at the prices of p_chat.model_config_id) and runtime, with the
+-- given visibility. Returns the assistant message id.
+DROP FUNCTION IF EXISTS chatd._insert_turn_messages(chatd.chats, jsonb, jsonb, text, bigint, jsonb);
 CREATE OR REPLACE FUNCTION chatd._insert_turn_messages(
     p_chat chatd.chats,
     p_content jsonb,
     p_usage jsonb,
     p_provider_response_id text,
     p_runtime_ms bigint,
-    p_tool_messages jsonb
+    p_tool_messages jsonb,
+    p_visibility chatd.message_visibility DEFAULT 'both'
 )
 RETURNS bigint
 LANGUAGE plpgsql
@@ -251,13 +332,13 @@ BEGIN
     INSERT INTO chatd.messages (
         chat_id, role, content, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
-        total_cost_micros, runtime_ms, provider_response_id
+        total_cost_micros, runtime_ms, provider_response_id, visibility
     )
     VALUES (
         p_chat.id, 'assistant', v_content, p_chat.model_config_id,
         v_input, v_output, v_reasoning, v_cache_read, v_cache_write,
         chatd.message_cost_micros(p_chat.model_config_id, v_input, v_output, v_cache_read, v_cache_write),
-        p_runtime_ms, p_provider_response_id
+        p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both')
     )
     RETURNING id INTO v_id;
     RETURN v_id;
@@ -338,10 +419,17 @@ BEGIN
 END
 $$;
 
--- Persists the partial assistant message of a turn that interrupt_chat (or
--- archive_chat) stopped. Allowed only while the chat is not running and
--- its lease is still p_lease: no claim, edit, release or recovery happened
--- since (each of those bumps the lease). CD004 otherwise.
+-- Persists the partial assistant message of a turn that was stopped while
+-- it ran (interrupt_chat, archive_chat, send_message with busy_behavior
+-- interrupt, promote_queued_message: each records chats.interrupted_*).
+-- Allowed only for that lease, once, while the chat is not running and its
+-- lease is still p_lease (no claim, edit, release or recovery happened
+-- since: each bumps the lease). CD004 otherwise: a lease that never ran, a
+-- turn that finished or failed, or a second save. The message is billed at
+-- the prices of the model that ran the turn (not the chat's current one).
+-- When a user message was added after the turn was stopped, the partial
+-- answer is kept for the user and the bill (visibility 'user') but never
+-- sent to the model: it would follow the newer question.
 CREATE OR REPLACE FUNCTION chatd.save_interrupted_turn(
     p_chat_id uuid,
     p_lease bigint,
@@ -356,6 +444,7 @@ SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
     v_chat chatd.chats;
+    v_visibility chatd.message_visibility;
 BEGIN
     SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -366,7 +455,22 @@ BEGIN
             p_chat_id, p_lease, v_chat.status, v_chat.lease
             USING ERRCODE = 'CD004';
     END IF;
-    RETURN chatd._insert_turn_messages(v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, '[]');
+    IF v_chat.interrupted_lease IS DISTINCT FROM p_lease THEN
+        RAISE EXCEPTION 'chat %: no interrupted turn to save under lease % (never ran, ended, or already saved)',
+            p_chat_id, p_lease
+            USING ERRCODE = 'CD004';
+    END IF;
+    v_visibility := CASE WHEN EXISTS (
+        SELECT 1 FROM chatd.messages AS m
+        WHERE m.chat_id = p_chat_id AND m.role = 'user' AND m.id > coalesce(v_chat.interrupted_last_message_id, 0)
+    ) THEN 'user' ELSE 'both' END::chatd.message_visibility;
+    UPDATE chatd.chats AS c
+    SET interrupted_lease = NULL, interrupted_model_config_id = NULL, interrupted_last_message_id = NULL
+    WHERE c.id = p_chat_id;
+    v_chat.model_config_id := coalesce(v_chat.interrupted_model_config_id, v_chat.model_config_id);
+    RETURN chatd._insert_turn_messages(
+        v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, '[]', v_visibility
+    );
 END
 $$;
 
@@ -377,6 +481,10 @@ $$;
 --     delay = max(min(backoff_base * 2^(n-1), backoff_cap), retry_after)
 -- retry_state = {attempt, delay_ms, retrying_at, error} (error trimmed),
 -- last_error = the full error. The lease is bumped (the turn is over).
+-- The error must be a valid ChatError (chatd._chat_error: known kind,
+-- boolean retryable), else CD007. retry_after (p_retry_after_ms) must not
+-- be negative (CD007) and is capped at 24 hours (86,400,000 ms, the
+-- worker's own cap), so no hint can park a chat for years or overflow.
 CREATE OR REPLACE FUNCTION chatd.record_failure(
     p_chat_id uuid,
     p_lease bigint,
@@ -395,19 +503,14 @@ DECLARE
     v_delay_ms bigint;
     v_at timestamptz;
 BEGIN
-    IF jsonb_typeof(p_error) IS DISTINCT FROM 'object'
-        OR jsonb_typeof(p_error -> 'message') IS DISTINCT FROM 'string'
-        OR jsonb_typeof(p_error -> 'kind') IS DISTINCT FROM 'string' THEN
-        RAISE EXCEPTION 'record_failure: error must be an object with string message and kind'
-            USING ERRCODE = 'CD007';
-    END IF;
+    PERFORM chatd._chat_error(p_error);
     IF p_retry_after_ms < 0 THEN
         RAISE EXCEPTION 'record_failure: negative retry_after_ms %', p_retry_after_ms USING ERRCODE = 'CD007';
     END IF;
     v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'record_failure');
     SELECT s.* INTO STRICT v_settings FROM chatd.settings AS s;
     v_attempt := v_chat.attempt + 1;
-    v_retryable := jsonb_typeof(p_error -> 'retryable') = 'boolean' AND (p_error ->> 'retryable')::boolean;
+    v_retryable := (p_error ->> 'retryable')::boolean;
 
     IF NOT v_retryable OR v_attempt >= v_settings.max_attempts THEN
         UPDATE chatd.chats AS c
@@ -423,7 +526,7 @@ BEGIN
         ceil(extract(EPOCH FROM v_settings.backoff_base) * 1000 * power(2::numeric, least(v_attempt - 1, 62))),
         ceil(extract(EPOCH FROM v_settings.backoff_cap) * 1000)
     )::bigint;
-    v_delay_ms := greatest(v_delay_ms, coalesce(p_retry_after_ms, 0));
+    v_delay_ms := greatest(v_delay_ms, least(coalesce(p_retry_after_ms, 0), 86400000));
     v_at := now() + make_interval(secs => v_delay_ms / 1000.0);
     UPDATE chatd.chats AS c
     SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
@@ -442,7 +545,8 @@ $$;
 -- back to pending, due now; their leases are bumped. Releasing all of them
 -- (p_chat_ids NULL) also deletes the worker's row in chatd.workers: the
 -- worker is going away (a later heartbeat or claim creates it again).
--- Returns how many chats were released.
+-- Returns how many chats were released. CD002 when the worker id belongs to
+-- another database login.
 CREATE OR REPLACE FUNCTION chatd.release_chats(p_worker_id text, p_chat_ids uuid[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -451,11 +555,13 @@ AS $$
 DECLARE
     v_count integer;
 BEGIN
+    PERFORM chatd._check_worker_login(p_worker_id);
+    -- the tree lock order: a tree's root first, then its chats in id order
     WITH locked AS (
         SELECT c.id FROM chatd.chats AS c
         WHERE c.status = 'running' AND c.worker_id = p_worker_id
             AND (p_chat_ids IS NULL OR c.id = ANY (p_chat_ids))
-        ORDER BY c.id
+        ORDER BY c.root_chat_id, c.id <> c.root_chat_id, c.id
         FOR UPDATE
     )
     UPDATE chatd.chats AS c
@@ -478,7 +584,8 @@ $$;
 -- one wake-up of every listener for all of them, instead of one per turn.
 -- Each item is {chat_id, lease, content, usage, provider_response_id,
 -- runtime_ms} and optionally the turn's last streamed parts {seq, parts}.
--- Chats are locked in id order (two batches never deadlock each other). A
+-- Chats are locked in the tree lock order (root first, then id order;
+-- two batches, or a batch and archive_chat, never deadlock each other). A
 -- turn whose lease is lost is reported with message_id NULL and changes
 -- nothing; any other error aborts the whole batch, and the caller finishes
 -- those turns one by one (finish_turn), which reports each error on its own.
@@ -496,9 +603,13 @@ BEGIN
     IF jsonb_typeof(p_turns) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'finish_turns: turns must be a JSON array' USING ERRCODE = 'CD007';
     END IF;
+    -- the tree lock order of archive_chat and create_chat: a tree's root
+    -- first, then its chats in id order (root_chat_id never changes)
     FOR v_turn IN
-        SELECT e.value FROM jsonb_array_elements(p_turns) AS e (value)
-        ORDER BY (e.value ->> 'chat_id')::uuid
+        SELECT e.value
+        FROM jsonb_array_elements(p_turns) AS e (value)
+        LEFT JOIN chatd.chats AS c ON c.id = (e.value ->> 'chat_id')::uuid
+        ORDER BY c.root_chat_id, c.id <> c.root_chat_id, (e.value ->> 'chat_id')::uuid
     LOOP
         v_chat_id := (v_turn ->> 'chat_id')::uuid;
         v_lease := (v_turn ->> 'lease')::bigint;

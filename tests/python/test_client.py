@@ -162,6 +162,22 @@ async def test_calls_round_trip(client: Client, setup: Setup) -> None:
     assert snap.queue == []
 
 
+async def test_list_chats_pages_through_chats_sharing_an_updated_at(client: Client, setup: Setup) -> None:
+    root = await client.create_chat(setup.user, setup.org, "root")
+    children = [
+        await client.create_chat(setup.user, setup.org, f"child {i}", parent_chat_id=root) for i in range(3)
+    ]
+    await client.archive(setup.user, root)  # one UPDATE: the whole tree shares one updated_at
+    seen: list[Any] = []
+    before, before_id = None, None
+    while page := await client.list_chats(
+        setup.user, include_archived=True, limit=1, before=before, before_id=before_id
+    ):
+        seen += [c.id for c in page]
+        before, before_id = page[-1].updated_at, page[-1].id
+    assert sorted(seen) == sorted([root, *children])
+
+
 async def test_typed_errors(client: Client, setup: Setup, factory: Factory,
                             conn: psycopg.Connection[Any]) -> None:
     chat = await client.create_chat(setup.user, setup.org, "hi")

@@ -6,14 +6,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import anthropic
 import httpx2
 import openai
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from chatd.llm import ModelSpec, resolve_api_key
 from chatd.llm.classify import (
+    MAX_DETAIL_CHARS,
     MAX_RETRY_AFTER_MS,
     ChatError,
     ChatErrorKind,
@@ -507,3 +511,16 @@ def test_parse_retry_after(headers: dict[str, str] | None, expected: int | None)
 def test_parse_retry_after_accepts_sdk_headers() -> None:
     headers = httpx2.Headers({"Retry-After": "4"})
     assert parse_retry_after(headers) == 4000
+
+
+@pytest.mark.parametrize("kind", list(ChatErrorKind))
+def test_every_chat_error_the_worker_builds_is_a_valid_chat_error_for_chatd(
+    conn: psycopg.Connection[Any], kind: ChatErrorKind
+) -> None:
+    # chatd._chat_error is what record_failure validates with (CD007 otherwise)
+    for error in (
+        ChatError("m", kind, None, False),
+        ChatError("m", kind, "openai", True, status_code=429, detail="d" * MAX_DETAIL_CHARS, retry_after_ms=5),
+    ):
+        row = conn.execute("SELECT chatd._chat_error(%s)", (Jsonb(error.to_json()),)).fetchone()
+        assert row is not None and row[0] == error.to_json()

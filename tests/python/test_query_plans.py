@@ -89,8 +89,25 @@ def test_claim_scan_uses_the_runnable_partial_index(
     query = function_query(conn, "acquire_chats", "candidates")
     assert "p_limit" in query
     conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
-    conn.execute(f"PREPARE claim_scan(integer) AS {query.replace('p_limit', '$1')}")
-    scans = chats_scans(conn, "claim_scan", "10")
+    # v_disabled: the disabled model configs (usually none), excluded from the claim
+    conn.execute(
+        f"PREPARE claim_scan(integer, uuid[]) AS {query.replace('p_limit', '$1').replace('v_disabled', '$2')}"
+    )
+    scans = chats_scans(conn, "claim_scan", "10, ARRAY[gen_random_uuid()]")
+    assert scans, "the plan reads chatd.chats"
+    assert all(index == "chats_runnable_idx" for _, index in scans), scans
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+def test_chats_on_disabled_models_are_found_through_the_runnable_partial_index(
+    busy_table: psycopg.Connection[Any], plan_cache_mode: str
+) -> None:
+    conn = busy_table
+    query = function_query(conn, "_fail_disabled_model_chats", "refused")
+    assert "v_disabled" in query
+    conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+    conn.execute(f"PREPARE refused_scan(uuid[]) AS {query.replace('v_disabled', '$1')}")
+    scans = chats_scans(conn, "refused_scan", "ARRAY[gen_random_uuid()]")
     assert scans, "the plan reads chatd.chats"
     assert all(index == "chats_runnable_idx" for _, index in scans), scans
 

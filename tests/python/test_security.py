@@ -168,3 +168,31 @@ def test_docs_name_every_function_a_chatd_role_may_call(conn: psycopg.Connection
     assert granted
     missing = [name for (name,) in granted if f"`{name}`" not in docs]
     assert missing == [], f"docs/security.md does not name: {missing}"
+
+
+def test_a_worker_id_belongs_to_the_login_that_registered_it(
+    pg: DatabaseServer, db: str, factory: Factory, login_role: Any
+) -> None:
+    owner = factory.user(factory.org())
+    factory.model_config(is_default=True)
+    chat = factory.chat(owner)
+    first, second = login_role("chatd_worker"), login_role("chatd_worker")
+    with psycopg.connect(_login_dsn(pg, db, first), autocommit=True) as mine, \
+            psycopg.connect(_login_dsn(pg, db, second), autocommit=True) as other:
+        lease = mine.execute("SELECT lease FROM chatd.acquire_chats('w-bound', 1)").fetchone()[0]
+        for statement, args in [
+            ("SELECT * FROM chatd.heartbeat('w-bound', %s, %s)", ([chat], [lease])),
+            ("SELECT chatd.release_chats('w-bound')", ()),
+            ("SELECT chatd.release_chats('w-bound', %s)", ([chat],)),
+            ("SELECT * FROM chatd.acquire_chats('w-bound', 1)", ()),
+        ]:
+            with pytest.raises(psycopg.Error) as refused:
+                other.execute(statement, args)
+            assert refused.value.sqlstate == "CD002", statement
+        assert mine.execute(
+            "SELECT * FROM chatd.heartbeat('w-bound', %s, %s)", ([chat], [lease])
+        ).fetchall() == [], "the owning login still runs its chat"
+        assert other.execute("SELECT count(*) FROM chatd.acquire_chats('w-other', 1)").fetchone() == (0,)
+        assert mine.execute("SELECT chatd.release_chats('w-bound')").fetchone() == (1,)
+        # released and deregistered: the id is free again
+        assert other.execute("SELECT count(*) FROM chatd.acquire_chats('w-bound', 1)").fetchone() == (1,)

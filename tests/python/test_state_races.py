@@ -247,3 +247,79 @@ def test_subscriber_listen_then_snapshot_never_misses_nor_double_applies(db: str
             assert (state["version"], state["status"]) == (truth[0], truth[1]) == (state["version"], "running")
             assert applied == (1 if moment == 2 else 0), f"moment {moment}: applied {applied} times"
             sub.execute(f'UNLISTEN "{channel}"')
+
+
+def _hold_row(conn: psycopg.Connection[Any], chat: uuid.UUID) -> None:
+    """Locks the chat row in conn's open transaction (until commit)."""
+    conn.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+
+
+def test_creating_a_sub_agent_chat_racing_archive_of_its_tree_never_deadlocks(db: str, factory: Factory) -> None:
+    # create_chat (child of P) queued on P first, archive_chat(root) second, both
+    # behind a third transaction holding P: once P is free, the creation got
+    # P first. Locking the parent before the root (the foreign key) deadlocked
+    # with archive (root, then the subtree): 40P01.
+    owner = factory.user(factory.org())
+    model = factory.model_config(is_default=True)
+    with _connect(db) as creator, _connect(db) as archiver, _connect(db) as holder, \
+            _connect(db, autocommit=True) as observer:
+        for _ in range(5):
+            root = factory.chat(owner, model=model)
+            parent = factory.chat(owner, model=model, parent=root)
+            _hold_row(holder, parent)
+            create = _Background(lambda parent=parent: (
+                creator.execute(
+                    "SELECT chatd.create_chat(%s, NULL, '\"sub-task\"', p_parent_chat_id => %s)", (owner, parent)
+                ).fetchone(),
+                creator.commit(),
+            ))
+            _wait_until_blocked(observer, creator.info.backend_pid)
+            archive = _Background(lambda root=root: (
+                archiver.execute("SELECT chatd.archive_chat(%s, %s)", (owner, root)).fetchone(),
+                archiver.commit(),
+            ))
+            _wait_until_blocked(observer, archiver.info.backend_pid)
+            holder.commit()
+            child = create.join()[0][0]
+            assert archive.join()[0][0] == 3, "the archive waited for the creation and archived the new child too"
+            archived = observer.execute(
+                "SELECT archived FROM chatd.chats WHERE id = %s", (child,)
+            ).fetchone()
+            assert archived == (True,)
+
+
+def test_finish_turns_racing_archive_of_the_tree_never_deadlocks(db: str, factory: Factory) -> None:
+    # A batch finishing a child and its root, with the child's id sorting
+    # first, queued on the child first; archive_chat(root) second. Locking by
+    # id alone (child, then root) deadlocked with archive (root, then child).
+    owner = factory.user(factory.org())
+    model = factory.model_config()
+    with _connect(db) as finisher, _connect(db) as archiver, _connect(db) as holder, \
+            _connect(db, autocommit=True) as observer:
+        for _ in range(5):
+            root = factory.chat(owner, model=model)
+            child = factory.chat(owner, model=model, parent=root)
+            while child > root:
+                child = factory.chat(owner, model=model, parent=root)
+            leases = {chat: _claim(observer, chat) for chat in (root, child)}
+            turns = [{"chat_id": str(chat), "lease": lease, "content": "done"} for chat, lease in leases.items()]
+            _hold_row(holder, child)
+            finish = _Background(lambda turns=turns: (
+                finisher.execute("SELECT chat_id, message_id FROM chatd.finish_turns(%s)",
+                                 (json.dumps(turns),)).fetchall(),
+                finisher.commit(),
+            ))
+            _wait_until_blocked(observer, finisher.info.backend_pid)
+            archive = _Background(lambda root=root: (
+                archiver.execute("SELECT chatd.archive_chat(%s, %s)", (owner, root)).fetchone(),
+                archiver.commit(),
+            ))
+            _wait_until_blocked(observer, archiver.info.backend_pid)
+            holder.commit()
+            finished = finish.join()[0]
+            assert {c for c, m in finished if m is not None} == {root, child}
+            archive.join()
+            rows = observer.execute(
+                "SELECT status::text, archived FROM chatd.chats WHERE id = ANY(%s)", ([root, child],)
+            ).fetchall()
+            assert sorted(rows) == [("waiting", True), ("waiting", True)]

@@ -26,8 +26,10 @@ from worker_support import (
     worker_config,
 )
 
+from chatd.llm import ChatError, ChatErrorKind
 from chatd.testing import Factory, as_role
 from chatd.testing.fakellm import FakeLLM, FakeUsage, Hang, HttpError, Text, Truncate
+from chatd.worker.turn import Claim, Turn, TurnRun
 
 OPENAI_KEY_ENV = "CHATD_TEST_OPENAI_KEY"
 ANTHROPIC_KEY_ENV = "CHATD_TEST_ANTHROPIC_KEY"
@@ -420,3 +422,26 @@ async def test_a_reply_too_large_to_store_errors_the_chat_once_instead_of_retryi
     assert "at most 1 MB" in row["last_error"]["message"]
     assert len(fake.requests) == 1, "not retried: the same reply would fail again"
     assert await messages(db, chat, "assistant") == []
+
+
+async def test_a_failure_chatd_refuses_to_record_is_recorded_as_a_generic_error_instead(
+    db: str, factory: Factory, fake: FakeLLM, conn: psycopg.Connection[Any]
+) -> None:
+    # record_failure refuses an invalid ChatError (CD007) and changes nothing;
+    # the chat must not stay running under a live worker, which recovery never
+    # takes back: the worker records a minimal valid error instead.
+    owner, org = owner_and_org(factory)
+    conn.execute("UPDATE chatd.settings SET backoff_cap = '1 hour', backoff_base = '1 hour'")  # no re-claim here
+    chat = factory.chat(owner, org=org, model=model_for(factory, fake))
+    claimed = conn.execute(
+        "SELECT chat_id, lease, attempt, model, messages FROM chatd.acquire_chats('manual', 1)"
+    ).fetchone()
+    assert claimed is not None and claimed[0] == chat
+    claim = Claim(*claimed)
+    too_big = ChatError("x" * 70_000, ChatErrorKind.overloaded, "p", True)  # over the 64 KB ChatError limit
+    async with running_worker(worker_config(db)) as worker:
+        await TurnRun(worker, Turn(claim.chat_id, claim.lease), claim)._record_failure(claim, too_big)
+    row = await chat_row(db, chat)
+    assert row["status"] == "pending", "retried (the original error was retryable), not left running"
+    assert row["last_error"]["kind"] == "generic"
+    assert "refused the original error" in row["last_error"]["detail"]

@@ -369,11 +369,11 @@ SELECT lives_ok(
     format(
         'SELECT chatd.record_failure(%L, %s, %L)', (SELECT turn.chat FROM turn), (SELECT turn.lease FROM turn),
         jsonb_build_object(
-            'message', pg_temp.evil(2), 'kind', pg_temp.evil(3),
+            'message', pg_temp.evil(2), 'kind', 'generic', 'detail', pg_temp.evil(3),
             'retryable', FALSE
         )
     ),
-    'record_failure takes a hostile error message and kind'
+    'record_failure takes a hostile error message and detail (the kind is one of the known kinds)'
 );
 RESET ROLE;
 SELECT is(

@@ -35,7 +35,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.unarchive_chat(uuid,uuid)', 'app'),
 ('chatd.set_chat_title(uuid,uuid,text)', 'app'),
 ('chatd.get_chat_snapshot(uuid,uuid,bigint)', 'app'),
-('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone)', 'app'),
+('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone,uuid)', 'app'),
 ('chatd.usage_limit_status(uuid,uuid)', 'app'),
 -- owner only: guards and triggers (sql/10_guards.sql, 15_notify.sql)
 ('chatd.status_transitions()', 'owner'),
@@ -63,7 +63,10 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._model_json(uuid)', 'owner'),
 ('chatd._worker_alive(text)', 'owner'),
 ('chatd._fenced_chat(uuid,bigint,text)', 'owner'),
-('chatd._insert_turn_messages(chatd.chats,jsonb,jsonb,text,bigint,jsonb)', 'owner'),
+('chatd._insert_turn_messages(chatd.chats,jsonb,jsonb,text,bigint,jsonb,chatd.message_visibility)', 'owner'),
+('chatd._chat_error(jsonb)', 'owner'),
+('chatd._check_worker_login(text)', 'owner'),
+('chatd._fail_disabled_model_chats()', 'owner'),
 ('chatd._promote_queue_head(uuid)', 'owner'),
 -- reporting: called by the spend views, which run functions as the reader
 ('chatd.resolve_spend_limit(uuid,uuid)', 'reporting'),

@@ -309,7 +309,7 @@ SELECT row_eq(
     'a non-retryable error goes straight to error'
 );
 SELECT throws_ok(
-    format($$SELECT * FROM chatd.record_failure(%L, 99, '{"message": "x", "kind": "generic"}')$$, (SELECT r.chat FROM r)),
+    format($$SELECT * FROM chatd.record_failure(%L, 99, '{"message": "x", "kind": "generic", "retryable": false}')$$, (SELECT r.chat FROM r)),
     'CD004', NULL, 'record_failure under a lost lease'
 );
 SELECT throws_ok(

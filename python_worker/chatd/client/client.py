@@ -222,13 +222,16 @@ class Client:
         include_archived: bool = False,
         limit: int = 50,
         before: datetime | None = None,
+        before_id: UUID | None = None,
         db_timeout: float | None = None,
     ) -> list[ChatSummary]:
-        """The user's chats, most recently updated first; ``before`` (an
-        ``updated_at``) pages."""
+        """The user's chats, most recently updated first (then by id). To page,
+        pass the last row's ``updated_at`` as ``before`` and its ``id`` as
+        ``before_id``: chats sharing an ``updated_at`` are never skipped
+        (``before`` alone means ``updated_at < before``)."""
         rows = await self.fetch(
             queries.LIST_CHATS,
-            [user_id, organization_id, include_archived, limit, before],
+            [user_id, organization_id, include_archived, limit, before, before_id],
             db_timeout=db_timeout,
         )
         return [ChatSummary.from_json(row) for (row,) in rows if isinstance(row, Mapping)]

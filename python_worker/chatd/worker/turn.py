@@ -95,8 +95,9 @@ class _Output:
         parts = []
         if self.reasoning:
             parts.append({"type": "reasoning", "text": "".join(self.reasoning)})
-        if self.text:
-            parts.append({"type": "text", "text": "".join(self.text)})
+        text = "".join(self.text)
+        if text:  # chatd refuses an empty text part (CD007)
+            parts.append({"type": "text", "text": text})
         return parts
 
 
@@ -298,8 +299,9 @@ class TurnRun:
         except (LeaseLost, psycopg.Error, TimeoutError) as exc:
             log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
 
-    async def _record_failure(self, claim: Claim, error: ChatError) -> None:
-        self.worker.metrics.inc("chatd_worker_turn_failures_total")
+    async def _record_failure(self, claim: Claim, error: ChatError, *, fallback: bool = False) -> None:
+        if not fallback:
+            self.worker.metrics.inc("chatd_worker_turn_failures_total")
         try:
             rows = await self.worker._fetch(
                 queries.RECORD_FAILURE,
@@ -316,3 +318,10 @@ class TurnRun:
             log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
         except (psycopg.Error, TimeoutError) as exc:
             log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, exc)
+            if isinstance(exc, psycopg.Error) and exc.sqlstate == names.INVALID_INPUT and not fallback:
+                # chatd refused the ChatError (CD007): record a minimal valid one
+                # instead, so the chat never stays running under a live worker
+                await self._record_failure(claim, ChatError(
+                    error.message[:500] or "turn failed", ChatErrorKind.generic, None, bool(error.retryable),
+                    detail=f"chatd refused the original error: {exc.diag.message_primary or exc}"[:2000],
+                ), fallback=True)

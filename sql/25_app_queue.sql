@@ -44,8 +44,10 @@ BEGIN
 END
 $$;
 
--- Sends a user message.
---   waiting/error, empty queue: -> pending at once (admission checked);
+-- Sends a user message. Every message is an admission (spend limit, CD006
+-- at once, nothing queued), whether it is sent at once or queued: a queued
+-- message is admitted again when it is promoted.
+--   waiting/error, empty queue: -> pending at once;
 --   pending/running or a non-empty queue: queued (FIFO, CD005 when full);
 --   busy_behavior 'interrupt' on a pending/running chat: the turn stops and
 --   the message goes out at once (or, behind a non-empty queue, is queued and
@@ -92,13 +94,14 @@ BEGIN
         RAISE EXCEPTION 'chat %: invalid status transition from requires_action to pending (send_message)', p_chat_id
             USING ERRCODE = 'CD003';
     END IF;
+    -- after the chat row lock, before anything is written, queued or not
+    PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
     SELECT count(*) INTO v_queue_length FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
     v_busy := v_chat.status IN ('pending', 'running');
     v_interrupt := v_busy AND p_busy_behavior = 'interrupt';
 
     IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
         -- sent now
-        PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
         PERFORM chatd._start_turn(p_chat_id, v_model);
         INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
         VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
@@ -145,8 +148,9 @@ $$;
 
 -- Sends a queued message now: it leaves the queue, becomes a user message,
 -- and the chat goes to pending. A running or pending turn is interrupted
--- (no lease bump, as interrupt_chat). No admission check: the message was
--- accepted when it was queued. requires_action: CD003. Returns the message id.
+-- (no lease bump, as interrupt_chat). A new turn, so an admission: at the
+-- spend limit CD006 and nothing changes (the message stays queued).
+-- requires_action: CD003. Returns the message id.
 CREATE OR REPLACE FUNCTION chatd.promote_queued_message(p_user_id uuid, p_chat_id uuid, p_queued_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -171,6 +175,7 @@ BEGIN
         RAISE EXCEPTION 'invalid queued message: % is not queued in chat %', p_queued_id, p_chat_id
             USING ERRCODE = 'CD007';
     END IF;
+    PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
     PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
     DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)

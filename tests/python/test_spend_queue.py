@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from chatd.testing import Factory
+from chatd.testing import Factory, as_role
 
 LIMIT = 1_000
 # the fixture model's prices: 1 and 2 USD per million tokens, so 100 input
@@ -77,6 +77,14 @@ def chat_row(conn: psycopg.Connection[Any], chat: uuid.UUID) -> tuple[str, dict[
     return row[0], row[1], row[2]
 
 
+def usage_limit_detail(error: BaseException) -> dict[str, Any]:
+    assert isinstance(error, psycopg.Error), error
+    assert error.sqlstate == "CD006", error
+    assert error.diag.message_detail is not None
+    parsed: dict[str, Any] = json.loads(error.diag.message_detail)
+    return parsed
+
+
 def spender(factory: Factory) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     org = factory.org()
     user = factory.user(org)
@@ -117,9 +125,206 @@ def test_alternating_two_chats_through_the_queue_cannot_pass_the_limit(
         for chat, lease in leases.items():
             try:
                 send(conn, user, chat)  # the chat is running: queued
-            except psycopg.errors.lookup("CD006"):
+            except psycopg.Error as exc:
+                assert exc.sqlstate == "CD006", exc
                 refused_sends += 1
             finish(conn, chat, lease)
     total = spent(conn, user, org)
     assert total < LIMIT + len(chats) * TURN_COST, f"spent {total} of a {LIMIT} limit"
     assert refused_sends > 0
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_send_to_a_busy_chat_at_the_limit_is_refused_not_queued(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """Queueing is an admission too: the user gets CD006 at once, and nothing
+    waits in the queue to be refused later."""
+    org, user, chat, _ = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT)
+    with pytest.raises(psycopg.Error) as refused:
+        send(conn, user, chat, "one more")
+    assert usage_limit_detail(refused.value)["spent_micros"] == LIMIT
+    assert chat_row(conn, chat) == ("running", None, 1)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_finish_turn_that_reaches_the_limit_keeps_the_queue_and_goes_to_error(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """The finished turn's own cost counts: 900 spent + 300 for this turn
+    reaches the 1,000 limit, so the queue head does not go out."""
+    org, user, chat, lease = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT - 100)
+    finish(conn, chat, lease)
+    status, error, queued = chat_row(conn, chat)
+    assert (status, queued) == ("error", 1)
+    assert error is not None
+    assert error["kind"] == "usage_limit"
+    assert error["retryable"] is False
+    assert error["spent_micros"] == LIMIT - 100 + TURN_COST
+    assert error["limit_micros"] == LIMIT
+    assert error["resets_at"] == usage_limit_detail_of_admission(conn, user, org)["resets_at"]
+    assert json.loads(error["detail"]) == {
+        "kind": "usage_limit",
+        "spent_micros": LIMIT - 100 + TURN_COST,
+        "limit_micros": LIMIT,
+        "resets_at": error["resets_at"],
+    }
+    assert "spend limit reached" in error["message"]
+    # the turn's answer is kept, and billed; the queued message was not sent
+    roles = conn.execute(
+        "SELECT array_agg(role::text ORDER BY id) FROM chatd.messages WHERE chat_id = %s", (chat,)
+    ).fetchone()
+    assert roles == (["user", "assistant"],)
+    assert spent(conn, user, org) == LIMIT - 100 + TURN_COST
+
+
+def usage_limit_detail_of_admission(
+    conn: psycopg.Connection[Any], user: uuid.UUID, org: uuid.UUID
+) -> dict[str, Any]:
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT chatd.admit_spend(%s, %s)", (user, org))
+    return usage_limit_detail(refused.value)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_finish_turn_under_the_limit_still_promotes_the_queue_head(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    _, _, chat, lease = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT - TURN_COST - 1)
+    finish(conn, chat, lease)
+    assert chat_row(conn, chat) == ("pending", None, 0)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_finish_turns_batch_refuses_the_promotion_too(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """Two chats of one owner in one batch: the first promotion is admitted,
+    the second, counting both turns' costs, is refused."""
+    org, user, model = spender(factory)
+    first, second = sorted([create_chat(conn, user, org, model), create_chat(conn, user, org, model)])
+    leases = claim(conn)
+    send(conn, user, first)
+    send(conn, user, second)
+    other = factory.chat(user, org=org, model=model)
+    factory.message(other, role="assistant", cost_micros=LIMIT - 2 * TURN_COST)
+    turns = [
+        {"chat_id": str(chat), "lease": leases[chat], "content": "answer", "usage": USAGE}
+        for chat in (second, first)
+    ]
+    rows = conn.execute("SELECT chat_id, message_id FROM chatd.finish_turns(%s)", (json.dumps(turns),)).fetchall()
+    assert [row[0] for row in rows] == [first, second] and all(row[1] for row in rows)
+    assert chat_row(conn, first) == ("pending", None, 0)
+    status, error, queued = chat_row(conn, second)
+    assert (status, queued) == ("error", 1)
+    assert error is not None and error["kind"] == "usage_limit" and error["spent_micros"] == LIMIT
+
+
+@pytest.mark.usefixtures("limits_on")
+@pytest.mark.parametrize("claimed", [True, False], ids=["running", "pending"])
+def test_interrupt_at_the_limit_stops_the_turn_and_keeps_the_queue(
+    conn: psycopg.Connection[Any], factory: Factory, claimed: bool
+) -> None:
+    """A stop always stops; the queue head it would send is refused, so the
+    chat goes to error (from running, or from pending: a new transition)."""
+    org, user, model = spender(factory)
+    chat = create_chat(conn, user, org, model)
+    if claimed:
+        claim(conn)
+    send(conn, user, chat, "queued")
+    other = factory.chat(user, org=org, model=model)
+    factory.message(other, role="assistant", cost_micros=LIMIT)
+    row = conn.execute("SELECT chatd.interrupt_chat(%s, %s)::text", (user, chat)).fetchone()
+    assert row == ("error",)
+    status, error, queued = chat_row(conn, chat)
+    assert (status, queued) == ("error", 1)
+    assert error is not None and error["kind"] == "usage_limit" and error["retryable"] is False
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_promote_queued_message_at_the_limit_is_refused_and_changes_nothing(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    _, user, chat, _ = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT)
+    queued_id = conn.execute("SELECT id FROM chatd.queued_messages WHERE chat_id = %s", (chat,)).fetchone()
+    assert queued_id is not None
+    version = conn.execute("SELECT version FROM chatd.chats WHERE id = %s", (chat,)).fetchone()
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT chatd.promote_queued_message(%s, %s, %s)", (user, chat, queued_id[0]))
+    assert usage_limit_detail(refused.value)["spent_micros"] == LIMIT
+    assert chat_row(conn, chat) == ("running", None, 1)
+    assert conn.execute("SELECT version FROM chatd.chats WHERE id = %s", (chat,)).fetchone() == version
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_a_refused_promotion_can_be_sent_once_the_limit_allows_it(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """What the user does next: raise the limit (or wait for the period to
+    reset), then promote the kept message: error -> pending, error cleared."""
+    _, user, chat, lease = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT)
+    finish(conn, chat, lease)
+    assert chat_row(conn, chat)[0] == "error"
+    conn.execute("SELECT chatd_test.spend_config(p_enabled => TRUE, p_default_limit_micros => %s)", (10 * LIMIT,))
+    queued_id = conn.execute("SELECT id FROM chatd.queued_messages WHERE chat_id = %s", (chat,)).fetchone()
+    assert queued_id is not None
+    conn.execute("SELECT chatd.promote_queued_message(%s, %s, %s)", (user, chat, queued_id[0]))
+    assert chat_row(conn, chat) == ("pending", None, 0)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_a_refused_promotion_notifies_the_usage_limit_error(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    _, _, chat, lease = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT)
+    with psycopg.connect(db, autocommit=True) as listener:
+        listener.execute(f'LISTEN "chatd_chat_{chat}"')
+        listener.execute("LISTEN chatd_wake")
+        finish(conn, chat, lease)
+        conn.execute("SELECT pg_notify(%s, 'end')", (f"chatd_chat_{chat}",))
+        got = []
+        for note in listener.notifies(timeout=10):
+            if note.payload == "end":
+                break
+            got.append((note.channel, json.loads(note.payload)))
+    statuses = [(payload["kind"], payload.get("status")) for channel, payload in got if channel != "chatd_wake"]
+    assert ("error", "error") in statuses
+    error = next(payload["error"] for _, payload in got if payload.get("kind") == "error")
+    assert error["kind"] == "usage_limit" and error["retryable"] is False
+    assert not [channel for channel, _ in got if channel == "chatd_wake"], "nothing became runnable"
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_promotion_is_admitted_for_the_chat_owner_in_the_chat_organization(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """A group limit of organization A binds chats of A only: the same owner's
+    chat in organization B (no group limit there, no default) is promoted."""
+    conn.execute("SELECT chatd_test.spend_config(p_enabled => TRUE, p_default_limit_micros => NULL)")
+    org_a, org_b = factory.org(), factory.org()
+    user = factory.user(org_a)
+    factory.member(org_b, user)
+    factory.group(org_a, limit_micros=LIMIT, members=[user])
+    model = factory.model_config()
+    in_a = create_chat(conn, user, org_a, model)
+    in_b = create_chat(conn, user, org_b, model)
+    leases = claim(conn)
+    send(conn, user, in_a)
+    send(conn, user, in_b)
+    factory.message(factory.chat(user, org=org_a, model=model), role="assistant", cost_micros=LIMIT)
+    finish(conn, in_a, leases[in_a])
+    finish(conn, in_b, leases[in_b])
+    assert chat_row(conn, in_a)[0] == "error"
+    assert chat_row(conn, in_b) == ("pending", None, 0)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_worker_role_finishes_a_turn_whose_promotion_is_refused(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """finish_turn runs as chatd_worker, which has no privilege on the spend
+    tables: the admission runs inside the SECURITY DEFINER function."""
+    _, _, chat, lease = queued_behind_a_running_turn(conn, factory, spent_before=LIMIT)
+    with psycopg.connect(as_role(db, "worker"), autocommit=True) as worker:
+        finish(worker, chat, lease)
+    assert chat_row(conn, chat)[0] == "error"

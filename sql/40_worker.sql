@@ -555,7 +555,7 @@ DECLARE
     v_chat_id uuid;
     v_lease bigint;
     v_fenced boolean;
-    v_ids uuid [];
+    v_ids uuid[];
 BEGIN
     IF jsonb_typeof(p_turns) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'finish_turns: turns must be a JSON array' USING ERRCODE = 'CD007';

@@ -291,7 +291,7 @@ $$;
 -- key could be. NO KEY UPDATE does not conflict with the KEY SHARE locks of
 -- foreign-key checks (a new chat, message or membership of the user), only
 -- with other admissions and with updates of the user row itself.
-CREATE OR REPLACE FUNCTION chatd._lock_admissions(p_user_ids uuid [])
+CREATE OR REPLACE FUNCTION chatd._lock_admissions(p_user_ids uuid[])
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp

@@ -24,7 +24,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from psycopg import sql
 
 from chatd.testing import DatabaseServer, Factory, as_role

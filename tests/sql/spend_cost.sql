@@ -136,7 +136,9 @@ SELECT throws_ok(
 
 -- The same caps at the boundary a worker calls: finish_turn.
 CREATE TEMP TABLE f AS
-SELECT chat, chatd_test.claim(chat) AS lease
+SELECT
+    x.chat,
+    chatd_test.claim(x.chat) AS lease
 FROM (SELECT chatd_test.chat(chatd_test.user(), p_model => (SELECT model FROM dear)) AS chat) AS x;
 SELECT throws_like(
     format(

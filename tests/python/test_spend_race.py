@@ -361,3 +361,35 @@ def test_the_admission_lock_cannot_be_taken_by_any_role_but_the_owner(
     with transaction(dsn) as connection:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             connection.execute(statement, (user,) if "%s" in statement else None)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_a_promotion_waits_for_a_concurrent_admission_and_sees_its_spend(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    """finish_turn promoting a queue head is an admission of the chat's owner:
+    it waits while another admission of that owner is open, and once that
+    one commits the spend it recorded, the promotion is refused."""
+    org, user, other_chat = spender(factory, LIMIT - 1)
+    model = factory.model_config()
+    chat = create_chat(conn, user, org, model)
+    lease_row = conn.execute("SELECT lease FROM chatd.acquire_chats('w-race', 10) WHERE chat_id = %s", (chat,))
+    lease = lease_row.fetchone()
+    assert lease is not None
+    conn.execute("SELECT chatd.send_message(%s, %s, '\"queued\"')", (user, chat))
+    with transaction(db) as first, transaction(as_role(db, "worker")) as worker:
+        admit(first, user, org)
+        record_spend(first, other_chat, 1)  # reaches the limit, not committed yet
+        pending = pool.submit(
+            worker.execute, "SELECT chatd.finish_turn(%s, %s, '\"answer\"')", (chat, lease[0])
+        )
+        wait_until_lock_waiting(conn, backend_pid(worker), pending)
+        first.commit()
+        pending.result(timeout=WAIT_DEADLINE_S)
+        worker.commit()
+    row = conn.execute(
+        "SELECT status::text, last_error ->> 'kind', (last_error ->> 'spent_micros')::bigint, "
+        "(SELECT count(*) FROM chatd.queued_messages WHERE chat_id = %s) FROM chatd.chats WHERE id = %s",
+        (chat, chat),
+    ).fetchone()
+    assert row == ("error", "usage_limit", LIMIT, 1)

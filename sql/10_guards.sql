@@ -38,11 +38,13 @@ AS $$
             -- with busy_behavior interrupt, promote_queued_message
             'running>pending',
             -- record_failure (not retryable, attempts exhausted),
-            -- recover_stale_chats (too many recoveries)
+            -- recover_stale_chats (too many recoveries), finish_turn and
+            -- interrupt_chat (the spend limit refused to send the queue head)
             'running>error',
             -- interrupt_chat, archive_chat
             'pending>waiting',
-            -- acquire_chats: the chat's model or provider is disabled
+            -- acquire_chats: the chat's model or provider is disabled;
+            -- interrupt_chat: the spend limit refused to send the queue head
             'pending>error'
         )
 $$;

@@ -117,11 +117,14 @@ END
 $$;
 
 -- Stops the current turn: pending or running -> waiting. When messages are
--- queued, the turn is over and the queue head goes out at once (-> pending).
--- The lease is NOT bumped: the worker of an interrupted running turn may
--- still save its partial message with save_interrupted_turn (once) until
--- the next claim (chats.interrupted_* records that turn). Waiting, error
--- and requires_action chats are left as they are. Returns the new status.
+-- queued, the turn is over and the queue head goes out at once (-> pending),
+-- an admission of the chat's owner (docs/spend-limits.md): when the spend
+-- limit refuses it, the turn still stops, the chat goes to error with a
+-- usage_limit ChatError and the queue stays. The lease is NOT bumped: the
+-- worker of an interrupted running turn may still save its partial message
+-- with save_interrupted_turn (once) until the next claim (chats.interrupted_*
+-- records that turn). Waiting, error and requires_action chats are left as
+-- they are. Returns the new status.
 CREATE OR REPLACE FUNCTION chatd.interrupt_chat(p_user_id uuid, p_chat_id uuid)
 RETURNS chatd.chat_status
 LANGUAGE plpgsql SECURITY DEFINER
@@ -130,6 +133,7 @@ AS $$
 DECLARE
     v_chat chatd.chats;
     v_head chatd.queued_messages;
+    v_refusal jsonb;
     v_status chatd.chat_status;
 BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
@@ -138,10 +142,17 @@ BEGIN
     END IF;
     SELECT q.* INTO v_head FROM chatd.queued_messages AS q
     WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+    IF v_head.id IS NOT NULL THEN
+        v_refusal := chatd._spend_refusal(v_chat.owner_id, v_chat.organization_id);
+    END IF;
     UPDATE chatd.chats AS c
-    SET status = CASE WHEN v_head.id IS NULL THEN 'waiting' ELSE 'pending' END::chatd.chat_status,
+    SET status = CASE
+            WHEN v_head.id IS NULL THEN 'waiting'
+            WHEN v_refusal IS NOT NULL THEN 'error'
+            ELSE 'pending'
+        END::chatd.chat_status,
         worker_id = NULL, heartbeat_at = NULL, attempt = 0, recoveries = 0, retry_state = NULL,
-        last_error = NULL, next_attempt_at = now(),
+        last_error = chatd._usage_limit_error(v_refusal), next_attempt_at = now(),
         interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
         interrupted_model_config_id = CASE
             WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
@@ -150,10 +161,13 @@ BEGIN
             WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
             ELSE c.interrupted_last_message_id
         END,
-        model_config_id = coalesce(v_head.model_config_id, c.model_config_id)
+        model_config_id = CASE
+            WHEN v_refusal IS NULL THEN coalesce(v_head.model_config_id, c.model_config_id)
+            ELSE c.model_config_id
+        END
     WHERE c.id = p_chat_id
     RETURNING c.status INTO v_status;
-    IF v_head.id IS NOT NULL THEN
+    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
         PERFORM chatd._promote_queue_head(p_chat_id);
     END IF;
     RETURN v_status;

@@ -54,8 +54,10 @@ BEGIN
 END
 $$;
 
--- Sends a user message.
---   waiting/error, empty queue: -> pending at once (admission checked);
+-- Sends a user message. Every message is an admission (spend limit, CD006
+-- at once, nothing queued), whether it is sent at once or queued: a queued
+-- message is admitted again when it is promoted.
+--   waiting/error, empty queue: -> pending at once;
 --   waiting/error with a non-empty queue (left by a failed turn): the
 --   message is queued and the queue head goes out at once: -> pending;
 --   pending/running or a non-empty queue: queued (FIFO, CD005 when full);
@@ -107,13 +109,14 @@ BEGIN
     IF v_model IS NULL THEN
         PERFORM chatd._usable_model(v_chat.model_config_id);
     END IF;
+    -- after the chat row lock, before anything is written, queued or not
+    PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
     SELECT count(*) INTO v_queue_length FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
     v_busy := v_chat.status IN ('pending', 'running');
     v_interrupt := v_busy AND p_busy_behavior = 'interrupt';
 
     IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
         -- sent now
-        PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
         PERFORM chatd._start_turn(p_chat_id, v_model);
         INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
         VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
@@ -160,9 +163,10 @@ $$;
 
 -- Sends a queued message now: it leaves the queue, becomes a user message,
 -- and the chat goes to pending. A running or pending turn is interrupted
--- (no lease bump, as interrupt_chat). No admission check: the message was
--- accepted when it was queued. Its model (or, without one, the chat's) must
--- be enabled (CD007). requires_action: CD003. Returns the message id.
+-- (no lease bump, as interrupt_chat). A new turn, so an admission: at the
+-- spend limit CD006 and nothing changes (the message stays queued). Its
+-- model (or, without one, the chat's) must be enabled (CD007).
+-- requires_action: CD003. Returns the message id.
 CREATE OR REPLACE FUNCTION chatd.promote_queued_message(p_user_id uuid, p_chat_id uuid, p_queued_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -188,6 +192,7 @@ BEGIN
             USING ERRCODE = 'CD007';
     END IF;
     PERFORM chatd._usable_model(coalesce(v_queued.model_config_id, v_chat.model_config_id));
+    PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
     PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
     DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)

@@ -262,6 +262,51 @@ BEGIN
 END
 $$;
 
+-- The token counts of a turn's usage object {input_tokens, output_tokens,
+-- reasoning_tokens, cache_read_tokens, cache_write_tokens} (absent or null:
+-- NULL). CD007 unless usage is an object whose counts are integers between
+-- 0 and chatd._max_tokens() (10^9): the SQL boundary, whatever the worker
+-- checked, so cost arithmetic never sees nonsense.
+CREATE OR REPLACE FUNCTION chatd._usage_tokens(
+    p_chat_id uuid,
+    p_usage jsonb,
+    OUT o_input bigint,
+    OUT o_output bigint,
+    OUT o_reasoning bigint,
+    OUT o_cache_read bigint,
+    OUT o_cache_write bigint
+)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_usage jsonb := coalesce(p_usage, '{}'::jsonb);
+BEGIN
+    IF jsonb_typeof(v_usage) <> 'object' THEN
+        RAISE EXCEPTION 'invalid usage for chat %: expected an object', p_chat_id USING ERRCODE = 'CD007';
+    END IF;
+    BEGIN
+        o_input := (v_usage ->> 'input_tokens')::bigint;
+        o_output := (v_usage ->> 'output_tokens')::bigint;
+        o_reasoning := (v_usage ->> 'reasoning_tokens')::bigint;
+        o_cache_read := (v_usage ->> 'cache_read_tokens')::bigint;
+        o_cache_write := (v_usage ->> 'cache_write_tokens')::bigint;
+    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+        RAISE EXCEPTION 'invalid usage for chat %: token counts must be integers between 0 and %',
+            p_chat_id, chatd._max_tokens()
+            USING ERRCODE = 'CD007';
+    END;
+    IF least(o_input, o_output, o_reasoning, o_cache_read, o_cache_write) < 0 THEN
+        RAISE EXCEPTION 'invalid usage for chat %: negative token count', p_chat_id USING ERRCODE = 'CD007';
+    END IF;
+    IF greatest(o_input, o_output, o_reasoning, o_cache_read, o_cache_write) > chatd._max_tokens() THEN
+        RAISE EXCEPTION 'invalid usage for chat %: a token count of % is above the cap of % tokens per bucket',
+            p_chat_id, greatest(o_input, o_output, o_reasoning, o_cache_read, o_cache_write), chatd._max_tokens()
+            USING ERRCODE = 'CD007';
+    END IF;
+END
+$$;
+
 -- Inserts the messages of a finished or interrupted turn: the tool-round
 -- messages first (in order), then the assistant message carrying usage,
 -- cost (at the prices of p_chat.model_config_id) and runtime, with the
@@ -292,25 +337,12 @@ DECLARE
     v_id bigint;
 BEGIN
     v_content := chatd._content(p_content);
-    IF jsonb_typeof(v_usage) <> 'object' THEN
-        RAISE EXCEPTION 'invalid usage for chat %: expected an object', p_chat.id USING ERRCODE = 'CD007';
-    END IF;
     IF p_runtime_ms < 0 THEN
         RAISE EXCEPTION 'invalid runtime_ms % for chat %', p_runtime_ms, p_chat.id USING ERRCODE = 'CD007';
     END IF;
-    BEGIN
-        v_input := (v_usage ->> 'input_tokens')::bigint;
-        v_output := (v_usage ->> 'output_tokens')::bigint;
-        v_reasoning := (v_usage ->> 'reasoning_tokens')::bigint;
-        v_cache_read := (v_usage ->> 'cache_read_tokens')::bigint;
-        v_cache_write := (v_usage ->> 'cache_write_tokens')::bigint;
-    EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-        RAISE EXCEPTION 'invalid usage for chat %: token counts must be integers', p_chat.id
-            USING ERRCODE = 'CD007';
-    END;
-    IF least(v_input, v_output, v_reasoning, v_cache_read, v_cache_write) < 0 THEN
-        RAISE EXCEPTION 'invalid usage for chat %: negative token count', p_chat.id USING ERRCODE = 'CD007';
-    END IF;
+    SELECT u.o_input, u.o_output, u.o_reasoning, u.o_cache_read, u.o_cache_write
+    INTO v_input, v_output, v_reasoning, v_cache_read, v_cache_write
+    FROM chatd._usage_tokens(p_chat.id, v_usage) AS u;
     IF jsonb_typeof(coalesce(p_tool_messages, '[]'::jsonb)) <> 'array' THEN
         RAISE EXCEPTION 'invalid tool messages for chat %: expected an array', p_chat.id USING ERRCODE = 'CD007';
     END IF;
@@ -374,6 +406,13 @@ $$;
 -- assistant message (usage, cost, runtime), then goes to waiting, or to
 -- pending with the queue head promoted to a user message. Returns the
 -- assistant message id. The lease is bumped (the turn is over).
+--
+-- Promoting the queue head starts a new turn, so it is an admission of the
+-- chat's owner in the chat's organization (docs/spend-limits.md), counting
+-- the cost of the turn being finished: when the spend limit refuses it, the
+-- chat goes to error with a usage_limit ChatError (not retryable) and the
+-- queued messages stay queued. The admission lock is taken after the chat
+-- row, like every admission.
 CREATE OR REPLACE FUNCTION chatd.finish_turn(
     p_chat_id uuid,
     p_lease bigint,
@@ -390,29 +429,48 @@ AS $$
 DECLARE
     v_chat chatd.chats;
     v_head chatd.queued_messages;
+    v_usage record;
+    v_refusal jsonb;
     v_id bigint;
 BEGIN
     v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'finish_turn');
     SELECT q.* INTO v_head FROM chatd.queued_messages AS q
     WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+    IF v_head.id IS NOT NULL THEN
+        -- the turn's cost counts: it is recorded below, in this transaction
+        SELECT * INTO v_usage FROM chatd._usage_tokens(p_chat_id, p_usage) AS u;
+        v_refusal := chatd._spend_refusal(
+            v_chat.owner_id, v_chat.organization_id,
+            chatd.message_cost_micros(
+                v_chat.model_config_id, v_usage.o_input, v_usage.o_output, v_usage.o_cache_read, v_usage.o_cache_write
+            )
+        );
+    END IF;
 
     UPDATE chatd.chats AS c
-    SET status = CASE WHEN v_head.id IS NULL THEN 'waiting' ELSE 'pending' END::chatd.chat_status,
+    SET status = CASE
+            WHEN v_head.id IS NULL THEN 'waiting'
+            WHEN v_refusal IS NOT NULL THEN 'error'
+            ELSE 'pending'
+        END::chatd.chat_status,
         worker_id = NULL,
         heartbeat_at = NULL,
         lease = c.lease + 1,
         attempt = 0,
         recoveries = 0,
         retry_state = NULL,
-        last_error = NULL,
+        last_error = chatd._usage_limit_error(v_refusal),
         next_attempt_at = now(),
-        model_config_id = coalesce(v_head.model_config_id, c.model_config_id)
+        model_config_id = CASE
+            WHEN v_refusal IS NULL THEN coalesce(v_head.model_config_id, c.model_config_id)
+            ELSE c.model_config_id
+        END
     WHERE c.id = p_chat_id;
 
     v_id := chatd._insert_turn_messages(
         v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, p_tool_messages
     );
-    IF v_head.id IS NOT NULL THEN
+    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
         PERFORM chatd._promote_queue_head(p_chat_id);
     END IF;
     RETURN v_id;
@@ -589,6 +647,11 @@ $$;
 -- turn whose lease is lost is reported with message_id NULL and changes
 -- nothing; any other error aborts the whole batch, and the caller finishes
 -- those turns one by one (finish_turn), which reports each error on its own.
+--
+-- Lock order: every chat of the batch first (id order), then, when spend
+-- limits are enabled, the admission locks of the owners whose queue head may
+-- be promoted (user id order): the batch never waits for a chat row while it
+-- holds an admission lock, as no other admission does.
 CREATE OR REPLACE FUNCTION chatd.finish_turns(p_turns jsonb)
 RETURNS TABLE (chat_id uuid, message_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -599,12 +662,27 @@ DECLARE
     v_chat_id uuid;
     v_lease bigint;
     v_fenced boolean;
+    v_ids uuid[];
 BEGIN
     IF jsonb_typeof(p_turns) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'finish_turns: turns must be a JSON array' USING ERRCODE = 'CD007';
     END IF;
     -- the tree lock order of archive_chat and create_chat: a tree's root
-    -- first, then its chats in id order (root_chat_id never changes)
+    -- first, then its chats in id order (root_chat_id never changes); then
+    -- the owners' admission locks of chats whose queue head may go out
+    v_ids := ARRAY(SELECT (e.value ->> 'chat_id')::uuid FROM jsonb_array_elements(p_turns) AS e (value));
+    PERFORM 1 FROM chatd.chats AS c
+    WHERE c.id = ANY (v_ids)
+    ORDER BY c.root_chat_id, c.id <> c.root_chat_id, c.id
+    FOR UPDATE;
+    IF chatd._spend_limits_enabled() THEN
+        PERFORM chatd._lock_admissions(ARRAY(
+            SELECT c.owner_id FROM chatd.chats AS c
+            WHERE
+                c.id = ANY (v_ids)
+                AND EXISTS (SELECT 1 FROM chatd.queued_messages AS q WHERE q.chat_id = c.id)
+        ));
+    END IF;
     FOR v_turn IN
         SELECT e.value
         FROM jsonb_array_elements(p_turns) AS e (value)

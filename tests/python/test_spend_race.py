@@ -5,6 +5,11 @@ the spend it records; the second admission runs on another connection in a
 thread, and the test waits until PostgreSQL reports that backend waiting on
 a lock (pg_stat_activity.wait_event_type = 'Lock') before it lets the first
 commit. Nothing is synchronized by sleeping.
+
+The lock is a row lock on the user's row in chatd.users (FOR NO KEY
+UPDATE), which only chatd_owner can take: the tests at the end show that
+neither chatd_app, chatd_worker nor a login without privileges can take it,
+and that the advisory key of earlier versions no longer blocks anyone.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from chatd.testing import Factory
+from chatd.testing import DatabaseServer, Factory, as_role
 
 LIMIT = 1_000_000
 WAIT_DEADLINE_S = 30.0
@@ -54,8 +60,13 @@ def backend_pid(connection: psycopg.Connection[Any]) -> int:
     return connection.info.backend_pid
 
 
+# A backend waiting for a row lock waits for the holder's transaction id
+# (the first waiter) or for the tuple lock (the waiters queued behind it).
+ROW_LOCK_WAIT_EVENTS = ("transactionid", "tuple")
+
+
 def wait_until_lock_waiting(observer: psycopg.Connection[Any], pid: int, pending: Future[Any]) -> None:
-    """Poll pg_stat_activity until backend ``pid`` waits on an advisory lock."""
+    """Poll pg_stat_activity until backend ``pid`` waits on a row lock."""
     deadline = time.monotonic() + WAIT_DEADLINE_S
     while time.monotonic() < deadline:
         if pending.done():
@@ -65,7 +76,7 @@ def wait_until_lock_waiting(observer: psycopg.Connection[Any], pid: int, pending
             "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
         ).fetchone()
         if row is not None and row[0] == "Lock":
-            assert row[1] == "advisory", f"waiting on {row[1]}, not the advisory spend lock"
+            assert row[1] in ROW_LOCK_WAIT_EVENTS, f"waiting on {row[1]}, not the user's admission row lock"
             return
     pytest.fail(f"backend {pid} never waited on a lock")
 
@@ -164,8 +175,6 @@ def test_admissions_of_different_users_do_not_block_each_other(
 ) -> None:
     org, alice, _ = spender(factory, 0)
     bob = factory.user(org)
-    hashes = conn.execute("SELECT uuid_hash(%s), uuid_hash(%s)", (alice, bob)).fetchone()
-    assert hashes is not None and hashes[0] != hashes[1], "lock keys collide (2^-32): rerun"
     with transaction(db) as first, transaction(db) as other, transaction(db) as same:
         admit(first, alice, org)  # holds alice's lock until the end of the transaction
         # bob's admission completes while alice's lock is held; the timeout
@@ -188,10 +197,36 @@ def test_disabled_config_admits_without_locking(
         admit(first, user, org)
         second.execute("SET LOCAL lock_timeout = '10s'")
         admit(second, user, org)  # no lock taken by either
-        locks = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1667527536::oid"
-        ).fetchone()
-        assert locks == (0,)
+        assert_admission_lock_free(conn, user)
+
+
+def admission_lock_taken(observer: psycopg.Connection[Any], user: uuid.UUID) -> bool:
+    """Whether another transaction holds the user's admission lock: the
+    owner's own attempt to lock the row fails at once (NOWAIT)."""
+    try:
+        with observer.transaction():
+            observer.execute("SELECT 1 FROM chatd.users WHERE id = %s FOR NO KEY UPDATE NOWAIT", (user,))
+    except psycopg.errors.LockNotAvailable:
+        return True
+    return False
+
+
+def assert_admission_lock_free(observer: psycopg.Connection[Any], user: uuid.UUID) -> None:
+    assert not admission_lock_taken(observer, user), "the user's admission row is locked"
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_an_admission_holds_its_user_row_lock_until_its_transaction_ends(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org, user, _ = spender(factory, 0)
+    other = factory.user(org)
+    with transaction(db) as first:
+        admit(first, user, org)
+        assert admission_lock_taken(conn, user)
+        assert_admission_lock_free(conn, other)
+        first.commit()
+    assert_admission_lock_free(conn, user)
 
 
 @pytest.mark.usefixtures("limits_on")
@@ -263,3 +298,98 @@ def test_serializable_admission_on_a_stale_snapshot_fails_to_commit(
         with pytest.raises(psycopg.errors.SerializationFailure):
             pending.result(timeout=WAIT_DEADLINE_S)
             second.commit()
+
+
+# --------------------------------------------------------------------------
+# Who can take the admission lock
+
+
+@pytest.fixture
+def plain_login(pg: DatabaseServer, db: str) -> Iterator[str]:
+    """A login role with no chatd privilege at all (only the default CONNECT
+    of PUBLIC); yields its DSN for the test database."""
+    name = f"chatd_test_plain_{uuid.uuid4().hex[:10]}"
+    password = "chatd-test-plain"
+    with pg.admin() as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(password)))
+    try:
+        yield psycopg.conninfo.make_conninfo(db, user=name, password=password)
+    finally:
+        with pg.admin() as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_the_old_advisory_key_held_by_a_login_without_privileges_does_not_block_create_chat(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, plain_login: str
+) -> None:
+    """Earlier versions serialized admissions on the documented advisory key
+    (1667527536, uuid_hash(user)), which any login can take. Held by a role
+    with no chatd privilege, it must not delay the victim's create_chat: the
+    lock_timeout only turns a wrong implementation's hang into a failure."""
+    org, victim, _ = spender(factory, 0)
+    model = factory.model_config()
+    with psycopg.connect(plain_login) as attacker:
+        attacker.execute("SELECT pg_advisory_xact_lock(1667527536, uuid_hash(%s))", (victim,))
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1667527536::oid AND granted"
+        ).fetchone()
+        assert held == (1,), "the attacker holds the old key"
+        with transaction(as_role(db, "app")) as app:
+            app.execute("SET LOCAL lock_timeout = '5s'")
+            create_chat(app, victim, org, model)
+            app.commit()
+        attacker.rollback()
+
+
+@pytest.mark.parametrize("kind", ["app", "worker", "plain"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT 1 FROM chatd.users WHERE id = %s FOR NO KEY UPDATE",
+        "SELECT 1 FROM chatd.users WHERE id = %s FOR UPDATE",
+        "SELECT 1 FROM chatd.users WHERE id = %s FOR SHARE",
+        "LOCK TABLE chatd.users IN ACCESS EXCLUSIVE MODE",
+    ],
+    ids=["no-key-update", "update", "share", "lock-table"],
+)
+def test_the_admission_lock_cannot_be_taken_by_any_role_but_the_owner(
+    db: str, factory: Factory, plain_login: str, kind: str, statement: str
+) -> None:
+    user = factory.user(factory.org())
+    dsn = plain_login if kind == "plain" else as_role(db, kind)
+    with transaction(dsn) as connection:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            connection.execute(statement, (user,) if "%s" in statement else None)
+
+
+@pytest.mark.usefixtures("limits_on")
+def test_a_promotion_waits_for_a_concurrent_admission_and_sees_its_spend(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, pool: ThreadPoolExecutor
+) -> None:
+    """finish_turn promoting a queue head is an admission of the chat's owner:
+    it waits while another admission of that owner is open, and once that
+    one commits the spend it recorded, the promotion is refused."""
+    org, user, other_chat = spender(factory, LIMIT - 1)
+    model = factory.model_config()
+    chat = create_chat(conn, user, org, model)
+    lease_row = conn.execute("SELECT lease FROM chatd.acquire_chats('w-race', 10) WHERE chat_id = %s", (chat,))
+    lease = lease_row.fetchone()
+    assert lease is not None
+    conn.execute("SELECT chatd.send_message(%s, %s, '\"queued\"')", (user, chat))
+    with transaction(db) as first, transaction(as_role(db, "worker")) as worker:
+        admit(first, user, org)
+        record_spend(first, other_chat, 1)  # reaches the limit, not committed yet
+        pending = pool.submit(
+            worker.execute, "SELECT chatd.finish_turn(%s, %s, '\"answer\"')", (chat, lease[0])
+        )
+        wait_until_lock_waiting(conn, backend_pid(worker), pending)
+        first.commit()
+        pending.result(timeout=WAIT_DEADLINE_S)
+        worker.commit()
+    row = conn.execute(
+        "SELECT status::text, last_error ->> 'kind', (last_error ->> 'spent_micros')::bigint, "
+        "(SELECT count(*) FROM chatd.queued_messages WHERE chat_id = %s) FROM chatd.chats WHERE id = %s",
+        (chat, chat),
+    ).fetchone()
+    assert row == ("error", "usage_limit", LIMIT, 1)

@@ -67,6 +67,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._chat_error(jsonb)', 'owner'),
 ('chatd._check_worker_login(text)', 'owner'),
 ('chatd._fail_disabled_model_chats()', 'owner'),
+('chatd._usage_tokens(uuid,jsonb)', 'owner'),
 ('chatd._promote_queue_head(uuid)', 'owner'),
 -- reporting: called by the spend views, which run functions as the reader
 ('chatd.resolve_spend_limit(uuid,uuid)', 'reporting'),
@@ -76,6 +77,12 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.message_cost_micros(uuid,bigint,bigint,bigint,bigint)', 'owner'),
 ('chatd.spend_in_period(uuid,timestamp with time zone,timestamp with time zone,uuid)', 'owner'),
 ('chatd.admit_spend(uuid,uuid)', 'owner'),
+('chatd._max_tokens()', 'owner'),
+('chatd._usage_limit_status(uuid,uuid)', 'owner'),
+('chatd._lock_admissions(uuid[])', 'owner'),
+('chatd._spend_limits_enabled()', 'owner'),
+('chatd._spend_refusal(uuid,uuid,bigint)', 'owner'),
+('chatd._usage_limit_error(jsonb)', 'owner'),
 -- owner only: administration, for the CLI run by a member of chatd_owner (sql/80_admin.sql)
 ('chatd._admin_is_uuid(text)', 'owner'),
 ('chatd.admin_resolve_identity(text,text,boolean)', 'owner'),

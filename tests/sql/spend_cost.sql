@@ -1,7 +1,9 @@
 -- chatd.message_cost_micros: micro-dollars from USD-per-million prices,
 -- rounded up once over the exact sum; NULL when unpriced or without usage.
+-- Token counts are validated in SQL (0 to 10^9 per bucket, else CD007), so
+-- cost arithmetic never overflows (22003), through finish_turn either.
 BEGIN;
-SELECT plan(20);
+SELECT plan(30);
 
 SELECT has_function(
     'chatd', 'message_cost_micros', ARRAY['uuid', 'bigint', 'bigint', 'bigint', 'bigint'],
@@ -102,6 +104,88 @@ SELECT is(
     (SELECT msg.total_cost_micros FROM chatd.messages AS msg INNER JOIN r ON msg.id = r.id),
     300::bigint,
     'reasoning tokens inside the output are billed once: 100 x 1 + 100 x 2'
+);
+
+-- Caps: every bucket in [0, 10^9]; the largest price and the largest counts
+-- still fit a bigint.
+CREATE TEMP TABLE dear AS
+SELECT chatd_test.model_config(
+    p_input_price => 99999999.999999, p_output_price => 99999999.999999,
+    p_cache_read_price => 99999999.999999, p_cache_write_price => 99999999.999999
+) AS model;
+SELECT is(
+    chatd.message_cost_micros((SELECT model FROM dear), 1000000000, 1000000000, 1000000000, 1000000000),
+    399999999999996000::bigint,
+    'the cap in every bucket at the largest storable price costs 4 x 10^17 - 4000 micros, no overflow'
+);
+SELECT throws_ok(
+    $$SELECT chatd.message_cost_micros((SELECT model FROM dear), 1000000001, NULL, NULL, NULL)$$,
+    'CD007', NULL,
+    'a bucket above 10^9 tokens is refused with CD007'
+);
+SELECT throws_ok(
+    $$SELECT chatd.message_cost_micros((SELECT model FROM dear), 9000000000000000000, 1, 1, 1)$$,
+    'CD007', NULL,
+    'a count that overflowed the cost (22003) is refused with CD007'
+);
+SELECT throws_ok(
+    $$SELECT chatd.message_cost_micros((SELECT basic FROM m), -1, NULL, NULL, NULL)$$,
+    'CD007', NULL,
+    'a negative count is refused with CD007'
+);
+
+-- The same caps at the boundary a worker calls: finish_turn.
+CREATE TEMP TABLE f AS
+SELECT
+    x.chat,
+    chatd_test.claim(x.chat) AS lease
+FROM (SELECT chatd_test.chat(chatd_test.user(), p_model => (SELECT model FROM dear)) AS chat) AS x;
+SELECT throws_like(
+    format(
+        $$SELECT chatd.finish_turn(%L, %s, '"x"', '{"input_tokens": 9000000000000000000}')$$,
+        (SELECT chat FROM f), (SELECT lease FROM f)
+    ),
+    '%token count of 9000000000000000000 is above the cap of 1000000000 tokens per bucket%',
+    'finish_turn: a huge token count is CD007 naming the cap, not 22003'
+);
+SELECT throws_ok(
+    format(
+        $$SELECT chatd.finish_turn(%L, %s, '"x"', '{"cache_write_tokens": 1000000001}')$$,
+        (SELECT chat FROM f), (SELECT lease FROM f)
+    ),
+    'CD007', NULL,
+    'finish_turn: one token above the cap in any bucket is CD007'
+);
+SELECT throws_ok(
+    format(
+        $$SELECT chatd.finish_turn(%L, %s, '"x"', '{"output_tokens": 1e30}')$$,
+        (SELECT chat FROM f), (SELECT lease FROM f)
+    ),
+    'CD007', NULL,
+    'finish_turn: a count beyond bigint is CD007'
+);
+SELECT throws_ok(
+    format(
+        $$SELECT chatd.finish_turn(%L, %s, '"x"', '{"output_tokens": -5}')$$,
+        (SELECT chat FROM f), (SELECT lease FROM f)
+    ),
+    'CD007', NULL,
+    'finish_turn: a negative count is CD007'
+);
+SELECT is(
+    chatd_test.status((SELECT chat FROM f))::text, 'running',
+    'the refused finishes changed nothing: the turn still runs'
+);
+CREATE TEMP TABLE capped AS
+SELECT chatd.finish_turn(
+    (SELECT chat FROM f), (SELECT lease FROM f), '"x"',
+    '{"input_tokens": 1000000000, "output_tokens": 1000000000, "cache_read_tokens": 1000000000,'
+    ' "cache_write_tokens": 1000000000}'
+) AS id;
+SELECT is(
+    (SELECT msg.total_cost_micros FROM chatd.messages AS msg INNER JOIN capped ON msg.id = capped.id),
+    399999999999996000::bigint,
+    'finish_turn accepts the cap in every bucket and records its cost'
 );
 
 SELECT * FROM finish();

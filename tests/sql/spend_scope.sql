@@ -2,7 +2,7 @@
 -- organization when the group tier decided, over every organization when
 -- the user or default tier decided.
 BEGIN;
-SELECT plan(16);
+SELECT plan(21);
 
 SELECT chatd_test.spend_config(p_enabled => TRUE, p_default_limit_micros => 10000000, p_period => 'month');
 
@@ -135,6 +135,34 @@ SELECT results_eq(
     'disabled: no limit, but the (global) spend is still reported'
 );
 SELECT is_definer('chatd', 'usage_limit_status', ARRAY['uuid', 'uuid'], 'usage_limit_status is SECURITY DEFINER');
+
+-- The auth boundary of usage_limit_status, like every application function:
+-- CD002 for a user who is not a member of the given organization, for an
+-- unknown user and for no user. other is a member of A only.
+SELECT throws_ok(
+    $$SELECT * FROM chatd.usage_limit_status((SELECT other FROM t), (SELECT org_b FROM t))$$,
+    'CD002', NULL,
+    'usage_limit_status of an organization the user is not a member of: CD002'
+);
+SELECT throws_ok(
+    $$SELECT * FROM chatd.usage_limit_status(gen_random_uuid(), (SELECT org_a FROM t))$$,
+    'CD002', NULL,
+    'usage_limit_status of an unknown user: CD002'
+);
+SELECT throws_ok(
+    $$SELECT * FROM chatd.usage_limit_status(gen_random_uuid())$$,
+    'CD002', NULL,
+    'usage_limit_status of an unknown user without an organization: CD002'
+);
+SELECT throws_ok(
+    $$SELECT * FROM chatd.usage_limit_status(NULL, (SELECT org_a FROM t))$$,
+    'CD002', NULL,
+    'usage_limit_status without a user: CD002'
+);
+SELECT lives_ok(
+    $$SELECT * FROM chatd.usage_limit_status((SELECT other FROM t), (SELECT org_a FROM t))$$,
+    'usage_limit_status of the user''s own organization is allowed'
+);
 
 SELECT * FROM finish();
 ROLLBACK;

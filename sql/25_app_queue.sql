@@ -98,11 +98,13 @@ BEGIN
 
     IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
         -- sent now
+        -- the message first, the status last: the status notification then
+        -- names this message (last_message_id)
         PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
-        PERFORM chatd._start_turn(p_chat_id, v_model);
         INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
         VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
         RETURNING id INTO v_message_id;
+        PERFORM chatd._start_turn(p_chat_id, v_model);
         v_result := jsonb_build_object('queued', FALSE, 'message_id', v_message_id);
     ELSE
         v_queued := chatd._enqueue(p_chat_id, p_user_id, v_content, v_model);
@@ -111,8 +113,8 @@ BEGIN
             -- the turn is over (or there was none): the queue head goes out
             SELECT q.model_config_id INTO v_head_model FROM chatd.queued_messages AS q
             WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
-            PERFORM chatd._start_turn(p_chat_id, v_head_model);
             PERFORM chatd._promote_queue_head(p_chat_id);
+            PERFORM chatd._start_turn(p_chat_id, v_head_model);
         END IF;
     END IF;
     SELECT v_result || jsonb_build_object('interrupted', v_interrupt, 'status', c.status, 'version', c.version)

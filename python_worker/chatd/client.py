@@ -16,9 +16,11 @@ Subscribe protocol (DESIGN.md section 5, docs/client.md):
 2. read a snapshot with ``chatd.get_chat_snapshot`` (chat row with its version,
    messages, queue, stream parts of the running turn) and emit it;
 3. apply only notifications newer than what was emitted: chat hints by
-   version, streamed parts by (lease, seq). A hint is only a hint: the
-   subscription re-reads durable state (messages after the last seen id) and
-   emits the difference.
+   version, streamed parts by (lease, seq). A hint is only a hint, never
+   data (any database login can LISTEN and NOTIFY on any channel): the
+   subscription re-reads durable state (messages after the last seen id,
+   stream parts after the last seen seq through ``chatd.get_stream_parts``)
+   and emits the difference. A forged notification at worst causes a re-read.
 
 After the listener reconnects, every subscription re-snapshots (NOTIFY is not
 durable) and emits only what it has not emitted yet. Every database call has a
@@ -542,6 +544,8 @@ _CLOSED: Final = _Closed()
 _Item: TypeAlias = Mapping[str, Any] | _Resync | _Closed
 
 _TRANSIENT: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+# Stream part batches read per chatd.get_stream_parts call.
+_PARTS_PAGE: Final = 200
 
 
 def chat_channel(chat_id: UUID | str) -> str:
@@ -753,15 +757,62 @@ class Client:
         db_timeout: float | None = None,
     ) -> Snapshot:
         """``chatd.get_chat_snapshot``: the chat, its messages after
-        ``after_message_id``, the queue and the running turn's stream parts."""
-        value = await self._scalar(
-            "SELECT chatd.get_chat_snapshot(%s, %s, %s)",
-            [user_id, chat_id, after_message_id],
-            db_timeout,
-        )
-        if not isinstance(value, Mapping):
-            raise ChatNotFound(f"chat {chat_id} not found", sqlstate="CD001")
-        return Snapshot.from_json(value)
+        ``after_message_id``, the queue and the running turn's stream parts.
+
+        The function returns bounded pages; this reads pages until none
+        remain (messages after the last one read, then the remaining stream
+        parts through ``chatd.get_stream_parts``). The chat, queue and parts
+        are those of the last page, so they are at least as new as every
+        message returned."""
+        messages: list[Any] = []
+        after = after_message_id
+        while True:
+            value = await self._scalar(
+                "SELECT chatd.get_chat_snapshot(%s, %s, %s)",
+                [user_id, chat_id, after],
+                db_timeout,
+            )
+            if not isinstance(value, Mapping):
+                raise ChatNotFound(f"chat {chat_id} not found", sqlstate="CD001")
+            page = value.get("messages") or []
+            messages.extend(page)
+            ids = [m["id"] for m in page if isinstance(m, Mapping) and isinstance(m.get("id"), int)]
+            if not value.get("messages_more") or not ids:
+                break
+            after = max(ids)
+        obj = {**value, "messages": messages}
+        lease = _int_or_none(value.get("parts_lease"))
+        if value.get("parts_more") and lease is not None:
+            parts = [p for p in value.get("parts") or [] if isinstance(p, Mapping)]
+            seqs = [s for p in parts if (s := _int_or_none(p.get("seq"))) is not None]
+            more = await self.stream_parts(
+                user_id, chat_id, lease, max(seqs, default=-1), db_timeout=db_timeout
+            )
+            obj["parts"] = parts + [{"seq": p.seq, "parts": p.parts} for p in more]
+        return Snapshot.from_json(obj)
+
+    async def stream_parts(
+        self, user_id: UUID, chat_id: UUID, lease: int, after_seq: int = -1, *,
+        db_timeout: float | None = None,
+    ) -> list[StreamParts]:
+        """``chatd.get_stream_parts``: every stored part batch of turn
+        ``lease`` with a seq greater than ``after_seq``, in order (read page
+        by page). The authorized way to read a stream: notifications only
+        say that a batch exists."""
+        out: list[StreamParts] = []
+        while True:
+            rows = await self.fetch(
+                "SELECT lease, seq, parts FROM chatd.get_stream_parts(%s, %s, %s, %s, %s)",
+                [user_id, chat_id, lease, after_seq, _PARTS_PAGE],
+                db_timeout=db_timeout,
+            )
+            out.extend(
+                StreamParts(int(row_lease), int(seq), list(parts) if isinstance(parts, list) else [])
+                for row_lease, seq, parts in rows
+            )
+            if len(rows) < _PARTS_PAGE:
+                return out
+            after_seq = out[-1].seq
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -936,6 +987,10 @@ class Subscription:
         )
 
     async def _on_parts(self, hint: Mapping[str, Any]) -> list[Event]:
+        """A parts notification is a hint that a batch exists, never data:
+        any login can NOTIFY on this channel. Read the batches after the last
+        one emitted through the authorized function; a forged hint costs one
+        read that returns only what the database holds."""
         lease = _int_or_none(hint.get("lease"))
         seq = _int_or_none(hint.get("seq"))
         if lease is None or seq is None or (lease, seq) <= self.last_parts:
@@ -943,13 +998,25 @@ class Subscription:
         chat = self.chat
         if chat is not None and (chat.lease > lease or (chat.lease == lease and chat.status != "running")):
             return []  # that turn has ended; its final message is (or will be) emitted
-        parts = hint.get("parts")
-        expected = self.last_parts[1] + 1 if lease == self.last_parts[0] else 0
-        if not isinstance(parts, list) or seq != expected or self._stale:
-            # truncated payload or a gap: read the parts from the database
+        if self._stale or chat is None or chat.lease != lease:
+            # the chat row is behind (or a refresh failed): re-read it all
             return await self._refresh()
-        self.last_parts = (lease, seq)
-        return [PartsEvent(self.chat_id, lease, seq, parts)]
+        after = self.last_parts[1] if lease == self.last_parts[0] else -1
+        try:
+            batches = await self._client.stream_parts(self.user_id, self.chat_id, lease, after)
+        except (ChatNotFound, Forbidden):
+            raise
+        except (*_TRANSIENT, psycopg.Error) as exc:
+            self._stale = True
+            self.refresh_failures += 1
+            log.warning("chat %s: reading parts failed, will retry on the next hint: %s", self.chat_id, exc)
+            return []
+        events: list[Event] = []
+        for batch in batches:
+            if (batch.lease, batch.seq) > self.last_parts:
+                events.append(PartsEvent(self.chat_id, batch.lease, batch.seq, batch.parts))
+                self.last_parts = (batch.lease, batch.seq)
+        return events
 
     async def _refresh(self) -> list[Event]:
         full = self._full

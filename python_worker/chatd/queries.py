@@ -9,10 +9,19 @@ WORKER_SETTINGS: Final = (
     "SELECT heartbeat_interval_ms, startup_timeout_ms, stale_after_ms FROM chatd.worker_settings()"
 )
 
-# One round trip gives a claimed turn everything it needs: lease, model and
-# provider, and the prompt.
+# One round trip gives a claimed turn what it needs: lease, model and
+# provider, and the first page of the prompt (history_complete false: read
+# the rest with TURN_HISTORY).
 ACQUIRE_CHATS: Final = (
-    "SELECT chat_id, lease, attempt, model, messages FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+    "SELECT chat_id, lease, attempt, model, messages, history_complete "
+    "FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+)
+
+# The next page of a claimed turn's history (fenced by worker and lease);
+# no rows: complete.
+TURN_HISTORY: Final = (
+    "SELECT id, role, content, bytes FROM chatd.turn_history(%(worker_id)s, %(chat_id)s, %(lease)s, "
+    "%(after_id)s, %(limit)s)"
 )
 
 HEARTBEAT: Final = "SELECT chat_id FROM chatd.heartbeat(%(worker_id)s, %(chat_ids)s, %(leases)s)"

@@ -68,6 +68,10 @@ _FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.co
 
 StreamFn = Callable[..., Any]
 
+# Content bytes (as JSON text) of the history one turn may load; about the
+# size of the largest context windows, far below what would hurt the worker.
+MAX_HISTORY_BYTES = 64 * 1024 * 1024
+
 class WorkerFatal(RuntimeError):
     """A condition the worker cannot recover from by retrying."""
 
@@ -97,6 +101,8 @@ class Claim:
     attempt: int
     model: Mapping[str, Any]
     messages: Sequence[Mapping[str, Any]]
+    # False: acquire_chats returned only the first page of the history
+    history_complete: bool = True
 
     def spec(self) -> ModelSpec:
         provider = self.model["provider"]
@@ -244,6 +250,10 @@ class Worker:
             self.listener.listen(queries.WAKE_CHANNEL)
         self._listener_generation = 0
         self.finisher = FinishBatcher(self)
+        # A turn whose history (the prompt) is larger fails for good (kind
+        # config) instead of being loaded: no chat can exhaust the worker.
+        self.max_history_bytes = MAX_HISTORY_BYTES
+        self.history_page = 100
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
         self._last_heal = 0.0
 
@@ -569,8 +579,11 @@ class Worker:
                 "runtime_ms": int((time.monotonic() - started) * 1000),
             }
 
-        straggler = asyncio.create_task(flush_stragglers())
+        straggler: asyncio.Task[None] | None = None
         try:
+            if not claim.history_complete:
+                await self._load_history(claim)
+            straggler = asyncio.create_task(flush_stragglers())
             try:
                 async for event in self.stream(
                     claim.spec(), claim.prompt(), startup_timeout=self.startup_timeout,
@@ -623,6 +636,43 @@ class Worker:
                 f"worker error: {type(exc).__name__}: {exc}"[:500], ChatErrorKind.generic,
                 claim.spec().provider_name, True,
             ))
+
+    async def _load_history(self, claim: Claim) -> None:
+        """Reads the rest of the history after acquire_chats' first page,
+        page by page (turn_history). A history over max_history_bytes, or one
+        chatd cannot return, fails this turn for good (kind config); other
+        chats are not affected. A lost lease raises LeaseLost."""
+        messages = list(claim.messages)
+        loaded = sum(len(json.dumps(m.get("content"))) for m in messages)
+        provider = claim.spec().provider_name
+        while True:
+            after = int(messages[-1]["id"]) if messages else 0
+            try:
+                rows = await self._fetch(queries.TURN_HISTORY, {
+                    "worker_id": self.config.worker_id, "chat_id": claim.chat_id, "lease": claim.lease,
+                    "after_id": after, "limit": self.history_page,
+                })
+            except (psycopg.OperationalError, TimeoutError) as exc:
+                raise ChatTurnError(ChatError(
+                    f"could not read the chat history: {exc}"[:500], ChatErrorKind.generic, provider, True,
+                )) from exc
+            except psycopg.Error as exc:
+                raise ChatTurnError(ChatError(
+                    f"chatd could not return the chat history: {exc.diag.message_primary or exc}"[:500],
+                    ChatErrorKind.config, provider, False,
+                )) from exc
+            if not rows:
+                claim.messages, claim.history_complete = messages, True
+                return
+            for message_id, role, content, size in rows:
+                loaded += int(size)
+                if loaded > self.max_history_bytes:
+                    raise ChatTurnError(ChatError(
+                        f"the chat history is larger than this worker's limit of {self.max_history_bytes} "
+                        "bytes: start a new chat or edit an earlier message",
+                        ChatErrorKind.config, provider, False,
+                    ))
+                messages.append({"id": message_id, "role": role, "content": content})
 
     async def _publish_and_finish(
         self, flush_lock: asyncio.Lock, output: _Output, seq: int, final: Mapping[str, Any], claim: Claim

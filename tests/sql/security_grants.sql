@@ -14,6 +14,7 @@ CREATE TEMP TABLE expected_fn (signature text PRIMARY KEY, audience text NOT NUL
 INSERT INTO expected_fn (signature, audience) VALUES
 -- worker interface (sql/40_worker.sql, 45_recovery.sql, 70_worker_settings.sql)
 ('chatd.acquire_chats(text,integer)', 'worker'),
+('chatd.turn_history(text,uuid,bigint,bigint,integer)', 'worker'),
 ('chatd.heartbeat(text,uuid[],bigint[])', 'worker'),
 ('chatd.publish_parts(uuid,bigint,integer,jsonb)', 'worker'),
 ('chatd.finish_turn(uuid,bigint,jsonb,jsonb,text,bigint,jsonb)', 'worker'),
@@ -34,7 +35,8 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.archive_chat(uuid,uuid)', 'app'),
 ('chatd.unarchive_chat(uuid,uuid)', 'app'),
 ('chatd.set_chat_title(uuid,uuid,text)', 'app'),
-('chatd.get_chat_snapshot(uuid,uuid,bigint)', 'app'),
+('chatd.get_chat_snapshot(uuid,uuid,bigint,integer)', 'app'),
+('chatd.get_stream_parts(uuid,uuid,bigint,integer,integer)', 'app'),
 ('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone)', 'app'),
 ('chatd.usage_limit_status(uuid,uuid)', 'app'),
 -- owner only: guards and triggers (sql/10_guards.sql, 15_notify.sql)
@@ -53,6 +55,9 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._chat_channel(uuid)', 'owner'),
 ('chatd._user_channel(uuid)', 'owner'),
 ('chatd._short_error(jsonb)', 'owner'),
+('chatd._error_hint(jsonb)', 'owner'),
+('chatd._message_page(uuid,bigint,boolean,integer,bigint,boolean)', 'owner'),
+('chatd._messages_after(uuid,bigint,boolean)', 'owner'),
 ('chatd._written_by_this_xact(xid)', 'owner'),
 ('chatd._chat_payload(text,chatd.chats)', 'owner'),
 ('chatd._owner_payload(text,chatd.chats)', 'owner'),

@@ -131,3 +131,33 @@ def test_each_function_emits_exactly_its_notifications(
         assert kinds(cap.drain()) == [("chat", "deleted"), ("user", "deleted")]
     finally:
         cap.close()
+
+
+def test_every_notification_of_send_message_and_finish_turn_names_the_message_it_inserted(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """A subscriber that keeps one notification per version must not miss the
+    message: every notification of the call describes the chat with it."""
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    cap = Capture(db)
+    try:
+        cap.listen(f"chatd_chat_{chat}")
+        lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
+        cap.drain()
+
+        reply = conn.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone()[0]
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert {p["kind"] for p in events} == {"message", "status"}
+        assert [p["last_message_id"] for p in events] == [reply] * len(events)
+        assert events[-1]["status"] == "waiting", "the last notification is the committed state"
+
+        sent = conn.execute("SELECT chatd.send_message(%s, %s, '\"again\"')", (user, chat)).fetchone()[0]
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert {p["kind"] for p in events} == {"message", "status"}
+        assert [p["last_message_id"] for p in events] == [sent["message_id"]] * len(events)
+        assert events[-1]["status"] == "pending" and events[-1]["version"] == sent["version"]
+    finally:
+        cap.close()

@@ -121,36 +121,62 @@ BEGIN
 END
 $$;
 
--- Streamed parts of one turn of a chat (lease p_lease) with seq >
--- p_after_seq, in seq order, at most p_limit (1 to 1000) batches. The
--- authorized way to read a stream: a "parts" notification only says that
--- (lease, seq) exists, since any login can LISTEN to (and NOTIFY on) a
--- chat's channel. CD001 / CD002 as every application function.
+-- Streamed parts of running turns, for one user and any number of that
+-- user's chats at once (one round trip serves every subscription of a busy
+-- client): for each i, the part batches of chat p_chat_ids[i] under lease
+-- p_leases[i] with seq > p_after_seqs[i], in seq order, at most p_limit (1
+-- to 1000) per chat. The authorized way to read a stream: a "parts"
+-- notification only says that (lease, seq) exists, since any login can
+-- LISTEN to (and NOTIFY on) a chat's channel. Every chat is checked like
+-- in every application function: CD001 / CD002 for the first chat the user
+-- may not read (nothing is returned then).
 CREATE OR REPLACE FUNCTION chatd.get_stream_parts(
     p_user_id uuid,
-    p_chat_id uuid,
-    p_lease bigint,
-    p_after_seq integer DEFAULT -1,
+    p_chat_ids uuid[],
+    p_leases bigint[],
+    p_after_seqs integer[],
     p_limit integer DEFAULT 100
 )
-RETURNS TABLE (lease bigint, seq integer, parts jsonb)
+RETURNS TABLE (chat_id uuid, lease bigint, seq integer, parts jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
+DECLARE
+    v_denied uuid;
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'get_stream_parts: invalid limit %: expected 1 to 1000', p_limit USING ERRCODE = 'CD007';
     END IF;
-    IF p_lease IS NULL THEN
-        RAISE EXCEPTION 'get_stream_parts: lease is required' USING ERRCODE = 'CD007';
+    IF cardinality(p_chat_ids) IS NULL OR cardinality(p_chat_ids) > 1000
+        OR cardinality(p_leases) IS DISTINCT FROM cardinality(p_chat_ids)
+        OR cardinality(p_after_seqs) IS DISTINCT FROM cardinality(p_chat_ids) THEN
+        RAISE EXCEPTION 'get_stream_parts: expected 1 to 1000 chat ids, as many leases and after_seqs'
+            USING ERRCODE = 'CD007';
     END IF;
-    PERFORM chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
+    -- the auth boundary, for every chat at once; _authorized_chat then
+    -- raises the exact error for the first chat that fails it
+    SELECT r.chat_id INTO v_denied
+    FROM unnest(p_chat_ids) AS r (chat_id)
+    LEFT JOIN chatd.chats AS c ON c.id = r.chat_id
+    WHERE c.id IS NULL OR p_user_id IS NULL OR c.owner_id <> p_user_id OR NOT EXISTS (
+        SELECT 1 FROM chatd.organization_members AS om
+        WHERE om.organization_id = c.organization_id AND om.user_id = p_user_id
+    )
+    LIMIT 1;
+    IF FOUND THEN
+        PERFORM chatd._authorized_chat(p_user_id, v_denied, FALSE);
+        RAISE EXCEPTION 'user % may not act on chat %', p_user_id, v_denied USING ERRCODE = 'CD002';
+    END IF;
     RETURN QUERY
-    SELECT sp.lease, sp.seq, sp.parts
-    FROM chatd.stream_parts AS sp
-    WHERE sp.chat_id = p_chat_id AND sp.lease = p_lease AND sp.seq > coalesce(p_after_seq, -1)
-    ORDER BY sp.seq
-    LIMIT p_limit;
+    SELECT r.chat_id, sp.lease, sp.seq, sp.parts
+    FROM unnest(p_chat_ids, p_leases, p_after_seqs) AS r (chat_id, lease, after_seq)
+    CROSS JOIN LATERAL (
+        SELECT p.lease, p.seq, p.parts FROM chatd.stream_parts AS p
+        WHERE p.chat_id = r.chat_id AND p.lease = r.lease AND p.seq > coalesce(r.after_seq, -1)
+        ORDER BY p.seq
+        LIMIT p_limit
+    ) AS sp
+    ORDER BY r.chat_id, sp.lease, sp.seq;
 END
 $$;
 

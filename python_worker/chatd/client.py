@@ -556,6 +556,76 @@ def _content_json(content: Content) -> Jsonb:
     return Jsonb(content if isinstance(content, str) else [dict(p) for p in content])
 
 
+class _PartsReader:
+    """Batches ``chatd.get_stream_parts`` calls: a read requested while
+    another is in flight joins the next one, so under load one round trip
+    serves many subscriptions and at rest a read starts at once."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        # (user, chat, lease) -> (smallest after_seq asked, waiters with their after_seq)
+        self._pending: dict[
+            tuple[UUID, UUID, int], tuple[int, list[tuple[int, asyncio.Future[tuple[list[StreamParts], bool]]]]]
+        ] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._timeout: float | None = None
+
+    async def read(
+        self, user_id: UUID, chat_id: UUID, lease: int, after_seq: int, db_timeout: float | None
+    ) -> tuple[list[StreamParts], bool]:
+        """The batches after after_seq, and whether that is all of them."""
+        future: asyncio.Future[tuple[list[StreamParts], bool]] = asyncio.get_running_loop().create_future()
+        key = (user_id, chat_id, lease)
+        first, waiters = self._pending.get(key, (after_seq, []))
+        waiters.append((after_seq, future))
+        self._pending[key] = (min(first, after_seq), waiters)
+        if db_timeout is not None:
+            self._timeout = db_timeout
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="chatd-client parts reader")
+        return await future
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            by_user: dict[UUID, list[tuple[UUID, int, int]]] = {}
+            for (user_id, chat_id, lease), (after_seq, _w) in batch.items():
+                by_user.setdefault(user_id, []).append((chat_id, lease, after_seq))
+            await asyncio.gather(*(self._read_user(u, items, batch) for u, items in by_user.items()))
+
+    async def _read_user(
+        self, user_id: UUID, items: list[tuple[UUID, int, int]],
+        batch: Mapping[tuple[UUID, UUID, int], tuple[int, list[tuple[int, asyncio.Future[tuple[list[StreamParts], bool]]]]]],
+    ) -> None:
+        try:
+            rows = await self._client.fetch(
+                "SELECT chat_id, lease, seq, parts FROM chatd.get_stream_parts(%s, %s, %s, %s, %s)",
+                [user_id, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], _PARTS_PAGE],
+                db_timeout=self._timeout,
+            )
+        except Exception as exc:
+            if len(items) > 1 and isinstance(exc, ChatdError):
+                # one chat the user may no longer read: read the others alone
+                for item in items:
+                    await self._read_user(user_id, [item], batch)
+                return
+            for item in items:
+                for _after, future in batch[(user_id, item[0], item[1])][1]:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        found: dict[tuple[UUID, int], list[StreamParts]] = {}
+        for chat_id, lease, seq, parts in rows:
+            found.setdefault((UUID(str(chat_id)), int(lease)), []).append(
+                StreamParts(int(lease), int(seq), list(parts) if isinstance(parts, list) else [])
+            )
+        for chat_id, lease, _first in items:
+            got = found.get((chat_id, lease), [])
+            for after, future in batch[(user_id, chat_id, lease)][1]:
+                if not future.done():
+                    future.set_result(([p for p in got if p.seq > after], len(got) < _PARTS_PAGE))
+
+
 class Client:
     """A chatd client: a pool for calls, one shared listener for subscriptions."""
 
@@ -581,6 +651,7 @@ class Client:
             open=False,
         )
         self._subs: dict[str, set[Subscription]] = {}
+        self._parts_reader = _PartsReader(self)
         self._listener = Listener(
             dsn,
             application_name=f"{application_name} listener",
@@ -796,23 +867,17 @@ class Client:
         db_timeout: float | None = None,
     ) -> list[StreamParts]:
         """``chatd.get_stream_parts``: every stored part batch of turn
-        ``lease`` with a seq greater than ``after_seq``, in order (read page
-        by page). The authorized way to read a stream: notifications only
-        say that a batch exists."""
+        ``lease`` with a seq greater than ``after_seq``, in order. The
+        authorized way to read a stream: notifications only say that a batch
+        exists. Concurrent calls (every subscription of this client) share
+        one round trip per user while a read is in flight."""
         out: list[StreamParts] = []
         while True:
-            rows = await self.fetch(
-                "SELECT lease, seq, parts FROM chatd.get_stream_parts(%s, %s, %s, %s, %s)",
-                [user_id, chat_id, lease, after_seq, _PARTS_PAGE],
-                db_timeout=db_timeout,
-            )
-            out.extend(
-                StreamParts(int(row_lease), int(seq), list(parts) if isinstance(parts, list) else [])
-                for row_lease, seq, parts in rows
-            )
-            if len(rows) < _PARTS_PAGE:
+            page, complete = await self._parts_reader.read(user_id, chat_id, lease, after_seq, db_timeout)
+            out.extend(page)
+            if complete or not page:
                 return out
-            after_seq = out[-1].seq
+            after_seq = page[-1].seq
 
     # ------------------------------------------------------------------ subscriptions
 

@@ -71,7 +71,7 @@ def test_a_connect_only_login_listening_on_a_chat_reads_no_streamed_text(
         assert not any("SECRET" in json.dumps(h) for h in heard), "...but never their text"
         # nor can it read them through chatd
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            spy.execute("SELECT * FROM chatd.get_stream_parts(%s, %s, %s)", (owner, chat, lease))
+            spy.execute("SELECT * FROM chatd.get_stream_parts(%s, %s, %s, %s)", (owner, [chat], [lease], [-1]))
 
 
 async def test_a_forged_parts_notification_never_shows_as_model_output(
@@ -109,3 +109,24 @@ async def test_a_forged_parts_notification_never_shows_as_model_output(
     assert "".join(p.text for p in parts) == "".join(words)
     texts = [p.text for p in parts] + [e.message.text for e in events if isinstance(e, MessageEvent)]
     assert not any("FORGED" in t for t in texts)
+
+
+def test_get_stream_parts_returns_only_chats_the_user_may_read(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    owner, other = factory.user(org), factory.user(org)
+    factory.model_config(is_default=True)
+    mine, theirs = factory.chat(owner, org=org, text="a"), factory.chat(other, org=org, text="b")
+    leases = dict(conn.execute("SELECT chat_id, lease FROM chatd.acquire_chats('w1', 5)").fetchall())
+    publish(conn, mine, leases[mine], 0, "mine")
+    publish(conn, theirs, leases[theirs], 0, "theirs")
+    rows = conn.execute(
+        "SELECT chat_id, seq, parts FROM chatd.get_stream_parts(%s, %s, %s, %s)",
+        (owner, [mine], [leases[mine]], [-1]),
+    ).fetchall()
+    assert rows == [(mine, 0, [{"type": "text", "text": "mine"}])]
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT * FROM chatd.get_stream_parts(%s, %s, %s, %s)",
+                     (owner, [mine, theirs], [leases[mine], leases[theirs]], [-1, -1]))
+    assert err.value.sqlstate == "CD002", "one chat of another user refuses the whole call"

@@ -36,7 +36,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.unarchive_chat(uuid,uuid)', 'app'),
 ('chatd.set_chat_title(uuid,uuid,text)', 'app'),
 ('chatd.get_chat_snapshot(uuid,uuid,bigint,integer)', 'app'),
-('chatd.get_stream_parts(uuid,uuid,bigint,integer,integer)', 'app'),
+('chatd.get_stream_parts(uuid,uuid[],bigint[],integer[],integer)', 'app'),
 ('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone)', 'app'),
 ('chatd.usage_limit_status(uuid,uuid)', 'app'),
 -- owner only: guards and triggers (sql/10_guards.sql, 15_notify.sql)

@@ -557,9 +557,9 @@ def _content_json(content: Content) -> Jsonb:
 
 
 class _PartsReader:
-    """Batches ``chatd.get_stream_parts`` calls: a read requested while
-    another is in flight joins the next one, so under load one round trip
-    serves many subscriptions and at rest a read starts at once."""
+    """Batches ``chatd.get_stream_parts`` calls: a read requested while two
+    are in flight joins the next one, so under load one round trip serves
+    many subscriptions and at rest a read starts at once."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -569,6 +569,10 @@ class _PartsReader:
         ] = {}
         self._task: asyncio.Task[None] | None = None
         self._timeout: float | None = None
+        # two reads in flight at most: a request waits for neither at rest,
+        # and joins the next batch under load
+        self._slots = asyncio.Semaphore(2)
+        self._reads: set[asyncio.Task[None]] = set()
 
     async def read(
         self, user_id: UUID, chat_id: UUID, lease: int, after_seq: int, db_timeout: float | None
@@ -587,11 +591,24 @@ class _PartsReader:
 
     async def _run(self) -> None:
         while self._pending:
+            await self._slots.acquire()
             batch, self._pending = self._pending, {}
-            by_user: dict[UUID, list[tuple[UUID, int, int]]] = {}
-            for (user_id, chat_id, lease), (after_seq, _w) in batch.items():
-                by_user.setdefault(user_id, []).append((chat_id, lease, after_seq))
-            await asyncio.gather(*(self._read_user(u, items, batch) for u, items in by_user.items()))
+            task = asyncio.create_task(self._read_batch(batch))
+            self._reads.add(task)
+            task.add_done_callback(self._read_done)
+
+    def _read_done(self, task: asyncio.Task[None]) -> None:
+        self._reads.discard(task)
+        self._slots.release()
+
+    async def _read_batch(
+        self,
+        batch: Mapping[tuple[UUID, UUID, int], tuple[int, list[tuple[int, asyncio.Future[tuple[list[StreamParts], bool]]]]]],
+    ) -> None:
+        by_user: dict[UUID, list[tuple[UUID, int, int]]] = {}
+        for (user_id, chat_id, lease), (after_seq, _w) in batch.items():
+            by_user.setdefault(user_id, []).append((chat_id, lease, after_seq))
+        await asyncio.gather(*(self._read_user(u, items, batch) for u, items in by_user.items()))
 
     async def _read_user(
         self, user_id: UUID, items: list[tuple[UUID, int, int]],

@@ -131,6 +131,10 @@ BEGIN
     END IF;
     SELECT q.* INTO v_head FROM chatd.queued_messages AS q
     WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+    -- the promoted message first, the status last (its notification names it)
+    IF v_head.id IS NOT NULL THEN
+        PERFORM chatd._promote_queue_head(p_chat_id);
+    END IF;
     UPDATE chatd.chats AS c
     SET status = CASE WHEN v_head.id IS NULL THEN 'waiting' ELSE 'pending' END::chatd.chat_status,
         worker_id = NULL, heartbeat_at = NULL, attempt = 0, recoveries = 0, retry_state = NULL,
@@ -138,9 +142,6 @@ BEGIN
         model_config_id = coalesce(v_head.model_config_id, c.model_config_id)
     WHERE c.id = p_chat_id
     RETURNING c.status INTO v_status;
-    IF v_head.id IS NOT NULL THEN
-        PERFORM chatd._promote_queue_head(p_chat_id);
-    END IF;
     RETURN v_status;
 END
 $$;
@@ -185,17 +186,19 @@ BEGIN
     END IF;
     PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
 
-    UPDATE chatd.chats AS c
-    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
-        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
-        model_config_id = coalesce(v_model, c.model_config_id)
-    WHERE c.id = p_chat_id;
+    -- messages and queue first, the status last: the status notification
+    -- names the new message (last_message_id)
     UPDATE chatd.messages AS m SET deleted = TRUE
     WHERE m.chat_id = p_chat_id AND m.id >= p_message_id AND NOT m.deleted;
     DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
     VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
     RETURNING id INTO v_id;
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
+        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
+        model_config_id = coalesce(v_model, c.model_config_id)
+    WHERE c.id = p_chat_id;
     RETURN v_id;
 END
 $$;

@@ -173,11 +173,12 @@ BEGIN
         RAISE EXCEPTION 'invalid queued message: % is not queued in chat %', p_queued_id, p_chat_id
             USING ERRCODE = 'CD007';
     END IF;
-    PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
+    -- the message first, the status last (its notification names it)
     DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
     VALUES (p_chat_id, 'user', v_queued.content, v_queued.model_config_id, v_queued.created_by)
     RETURNING id INTO v_id;
+    PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
     RETURN v_id;
 END
 $$;

@@ -120,12 +120,14 @@ def test_each_function_emits_exactly_its_notifications(
         conn.execute("SELECT chatd.unarchive_chat(%s, %s)", (user, chat))
         conn.execute("SELECT chatd.edit_message(%s, %s, %s, '\"edited\"')", (user, chat, msg + 1))
         events = cap.drain()
+        # the messages first (soft-delete, new message), the status last
         assert kinds(events) == [
             ("chat", "archived"), ("user", "archived"),
-            ("chat", "status"), ("user", "status"), ("wake", "wake"),
             ("chat", "message"), ("chat", "message"),
+            ("chat", "status"), ("user", "status"), ("wake", "wake"),
         ]
-        assert events[5][1]["op"] == "update" and events[6][1]["op"] == "insert"
+        assert events[2][1]["op"] == "update" and events[3][1]["op"] == "insert"
+        assert events[4][1]["last_message_id"] == events[3][1]["last_message_id"]
 
         conn.execute("DELETE FROM chatd.chats WHERE id = %s", (chat,))
         assert kinds(cap.drain()) == [("chat", "deleted"), ("user", "deleted")]
@@ -159,5 +161,45 @@ def test_every_notification_of_send_message_and_finish_turn_names_the_message_it
         assert {p["kind"] for p in events} == {"message", "status"}
         assert [p["last_message_id"] for p in events] == [sent["message_id"]] * len(events)
         assert events[-1]["status"] == "pending" and events[-1]["version"] == sent["version"]
+    finally:
+        cap.close()
+
+
+def test_the_status_notification_of_interrupt_edit_and_promote_names_the_new_message(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    cap = Capture(db)
+
+    def status_last_message_id() -> int:
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert events[-1]["kind"] == "status", "the status is the last notification"
+        return int(events[-1]["last_message_id"])
+
+    def newest_message() -> int:
+        return int(conn.execute("SELECT max(id) FROM chatd.messages WHERE chat_id = %s", (chat,)).fetchone()[0])
+
+    try:
+        cap.listen(f"chatd_chat_{chat}")
+        conn.execute("SELECT chatd.send_message(%s, %s, '\"queued\"')", (user, chat))
+        cap.drain()
+        conn.execute("SELECT chatd.interrupt_chat(%s, %s)", (user, chat))  # promotes the queue head
+        assert status_last_message_id() == newest_message()
+
+        first = conn.execute(
+            "SELECT min(id) FROM chatd.messages WHERE chat_id = %s AND role = 'user'", (chat,)
+        ).fetchone()[0]
+        edited = conn.execute("SELECT chatd.edit_message(%s, %s, %s, '\"edited\"')", (user, chat, first)).fetchone()[0]
+        assert status_last_message_id() == edited
+
+        sent = conn.execute("SELECT chatd.send_message(%s, %s, '\"later\"')", (user, chat)).fetchone()[0]
+        cap.drain()
+        promoted = conn.execute(
+            "SELECT chatd.promote_queued_message(%s, %s, %s)", (user, chat, sent["queued_id"])
+        ).fetchone()[0]
+        assert status_last_message_id() == promoted
     finally:
         cap.close()

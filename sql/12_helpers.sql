@@ -214,3 +214,80 @@ BEGIN
     RETURN p_error;
 END
 $$;
+
+-- One page of a chat's history, oldest first: the ids (and content sizes,
+-- bytes of the content as JSON text) of the non-deleted messages after
+-- p_after_id that the model (p_for_model) or the user sees, at most
+-- p_max_messages of them and at most p_max_bytes of content in all. With
+-- p_at_least_one the first message is always in the page, whatever its
+-- size (callers that return rows need progress); without it a page may be
+-- empty, so a caller that aggregates the page into one jsonb value stays
+-- far below jsonb's 256 MB limit whatever the chat holds. Only the
+-- messages of the page are read in full (the LIMIT comes first).
+CREATE OR REPLACE FUNCTION chatd._message_page(
+    p_chat_id uuid,
+    p_after_id bigint,
+    p_for_model boolean,
+    p_max_messages integer,
+    p_max_bytes bigint,
+    p_at_least_one boolean
+)
+RETURNS TABLE (id bigint, bytes bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT sized.id, sized.bytes
+    FROM (
+        SELECT
+            candidates.id,
+            candidates.bytes,
+            sum(candidates.bytes) OVER (ORDER BY candidates.id) AS total,
+            row_number() OVER (ORDER BY candidates.id) AS n
+        FROM (
+            SELECT limited.id, octet_length(limited.content::text)::bigint AS bytes
+            FROM (
+                SELECT m.id, m.content
+                FROM chatd.messages AS m
+                WHERE m.chat_id = p_chat_id
+                    AND m.id > coalesce(p_after_id, 0)
+                    AND NOT m.deleted
+                    AND m.visibility IN (
+                        'both', CASE WHEN p_for_model THEN 'model' ELSE 'user' END::chatd.message_visibility
+                    )
+                ORDER BY m.id
+                LIMIT p_max_messages
+            ) AS limited
+        ) AS candidates
+    ) AS sized
+    WHERE sized.total <= p_max_bytes OR (p_at_least_one AND sized.n = 1)
+    ORDER BY sized.id
+$$;
+
+-- True when the chat has messages of the kind _message_page pages through
+-- after p_after_id.
+CREATE OR REPLACE FUNCTION chatd._messages_after(p_chat_id uuid, p_after_id bigint, p_for_model boolean)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM chatd.messages AS m
+        WHERE m.chat_id = p_chat_id
+            AND m.id > coalesce(p_after_id, 0)
+            AND NOT m.deleted
+            AND m.visibility IN (
+                'both', CASE WHEN p_for_model THEN 'model' ELSE 'user' END::chatd.message_visibility
+            )
+    )
+$$;
+
+-- The id of the chat's newest message (deleted or not, any visibility), or
+-- NULL. Read before a call inserts the next turn's message, it names the
+-- last message of the turn being stopped (chats.interrupted_last_message_id).
+CREATE OR REPLACE FUNCTION chatd._last_message_id(p_chat_id uuid)
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = p_chat_id
+$$;

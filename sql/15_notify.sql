@@ -6,9 +6,10 @@
 --                           title, archived, deleted (subscribers of a chat)
 --   chatd_user_<owner id>   created, status, title, archived, deleted (lists)
 --
--- Payloads are small JSON hints; only "parts" carries content (streamed
--- output), and only when it fits. One notification per statement per chat
--- and channel: the chat trigger is per row (one row per chat per
+-- Payloads are small JSON hints that carry no content, not even streamed
+-- parts: PostgreSQL lets every login LISTEN on and NOTIFY to every channel,
+-- so a payload is public and forgeable. One notification per statement
+-- per chat and channel: the chat trigger is per row (one row per chat per
 -- statement); the message and queue triggers send payloads that describe
 -- the chat, not the row, so the rows of one statement fold into one.
 --
@@ -49,6 +50,20 @@ AS $$
         'parent_chat_id', p_chat.parent_chat_id,
         'organization_id', p_chat.organization_id
     )
+$$;
+
+-- The error of a retry or error notification: its kind and whether it is
+-- retried, never its message or detail (they may quote the conversation;
+-- subscribers read last_error through get_chat_snapshot).
+CREATE OR REPLACE FUNCTION chatd._error_hint(p_error jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT CASE WHEN p_error IS NULL THEN NULL ELSE jsonb_strip_nulls(jsonb_build_object(
+        'kind', left(p_error ->> 'kind', 50),
+        'retryable', CASE WHEN jsonb_typeof(p_error -> 'retryable') = 'boolean' THEN p_error -> 'retryable' END
+    )) END
 $$;
 
 CREATE OR REPLACE FUNCTION chatd.chats_notify()
@@ -112,10 +127,10 @@ BEGIN
             'attempt', NEW.attempt,
             'delay_ms', NEW.retry_state -> 'delay_ms',
             'retrying_at', NEW.retry_state -> 'retrying_at',
-            'error', chatd._short_error(NEW.last_error)
+            'error', chatd._error_hint(NEW.last_error)
         );
     ELSIF v_kind = 'error' THEN
-        v_payload := v_payload || jsonb_build_object('error', chatd._short_error(NEW.last_error));
+        v_payload := v_payload || jsonb_build_object('error', chatd._error_hint(NEW.last_error));
     END IF;
     PERFORM pg_notify(chatd._chat_channel(NEW.id), v_payload::text);
 
@@ -240,23 +255,19 @@ CREATE OR REPLACE TRIGGER queued_messages_notify
 AFTER INSERT OR UPDATE OR DELETE ON chatd.queued_messages
 FOR EACH ROW EXECUTE FUNCTION chatd.queue_notify();
 
+-- A hint that the running turn published parts: {kind, chat_id, lease,
+-- seq}, never the parts themselves. Any login may LISTEN on (and NOTIFY to)
+-- any channel, so subscribers read the parts through the authorized
+-- chatd.get_stream_parts (docs/security.md, "Notifications").
 CREATE OR REPLACE FUNCTION chatd.stream_parts_notify()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-DECLARE
-    v_payload jsonb;
 BEGIN
-    v_payload := jsonb_build_object(
-        'kind', 'parts', 'chat_id', NEW.chat_id, 'lease', NEW.lease, 'seq', NEW.seq, 'parts', NEW.parts
-    );
-    -- NOTIFY payloads must stay under 8000 bytes: send only the seq when the
-    -- parts are big; the subscriber reads them with get_chat_snapshot.
-    IF octet_length(v_payload::text) > 7000 THEN
-        v_payload := v_payload - 'parts' || jsonb_build_object('truncated', TRUE);
-    END IF;
-    PERFORM pg_notify(chatd._chat_channel(NEW.chat_id), v_payload::text);
+    PERFORM pg_notify(chatd._chat_channel(NEW.chat_id), jsonb_build_object(
+        'kind', 'parts', 'chat_id', NEW.chat_id, 'lease', NEW.lease, 'seq', NEW.seq
+    )::text);
     RETURN NULL;
 END
 $$;

@@ -135,6 +135,7 @@ DECLARE
     v_head chatd.queued_messages;
     v_refusal jsonb;
     v_status chatd.chat_status;
+    v_turn_last bigint;
 BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
     IF v_chat.status NOT IN ('pending', 'running') THEN
@@ -144,6 +145,11 @@ BEGIN
     WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
     IF v_head.id IS NOT NULL THEN
         v_refusal := chatd._spend_refusal(v_chat.owner_id, v_chat.organization_id);
+    END IF;
+    v_turn_last := chatd._last_message_id(p_chat_id);
+    -- the promoted message first, the status last (its notification names it)
+    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
+        PERFORM chatd._promote_queue_head(p_chat_id);
     END IF;
     UPDATE chatd.chats AS c
     SET status = CASE
@@ -158,7 +164,7 @@ BEGIN
             WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
         END,
         interrupted_last_message_id = CASE
-            WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
+            WHEN c.status = 'running' THEN v_turn_last
             ELSE c.interrupted_last_message_id
         END,
         model_config_id = CASE
@@ -167,9 +173,6 @@ BEGIN
         END
     WHERE c.id = p_chat_id
     RETURNING c.status INTO v_status;
-    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
-        PERFORM chatd._promote_queue_head(p_chat_id);
-    END IF;
     RETURN v_status;
 END
 $$;
@@ -219,17 +222,19 @@ BEGIN
     END IF;
     PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
 
-    UPDATE chatd.chats AS c
-    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
-        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
-        model_config_id = coalesce(v_model, c.model_config_id)
-    WHERE c.id = p_chat_id;
+    -- messages and queue first, the status last: the status notification
+    -- names the new message (last_message_id)
     UPDATE chatd.messages AS m SET deleted = TRUE
     WHERE m.chat_id = p_chat_id AND m.id >= p_message_id AND NOT m.deleted;
     DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
     VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
     RETURNING id INTO v_id;
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
+        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
+        model_config_id = coalesce(v_model, c.model_config_id)
+    WHERE c.id = p_chat_id;
     RETURN v_id;
 END
 $$;
@@ -289,7 +294,7 @@ BEGIN
             WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
         END,
         interrupted_last_message_id = CASE
-            WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
+            WHEN c.status = 'running' THEN chatd._last_message_id(c.id)
             ELSE c.interrupted_last_message_id
         END
     WHERE c.id = ANY (v_tree) AND NOT c.archived;

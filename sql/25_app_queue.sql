@@ -5,7 +5,12 @@
 -- reset, last error cleared, optionally a new model. The lease is left as is;
 -- a running turn stopped this way is recorded (chats.interrupted_*) so its
 -- worker may save the partial answer once (save_interrupted_turn).
-CREATE OR REPLACE FUNCTION chatd._start_turn(p_chat_id uuid, p_model_config_id uuid)
+-- p_turn_last_message_id is the chat's last message before the caller
+-- inserted the new turn's message (chatd._last_message_id, read first).
+DROP FUNCTION IF EXISTS chatd._start_turn(uuid, uuid);
+CREATE OR REPLACE FUNCTION chatd._start_turn(
+    p_chat_id uuid, p_model_config_id uuid, p_turn_last_message_id bigint
+)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
@@ -19,7 +24,7 @@ BEGIN
             WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
         END,
         interrupted_last_message_id = CASE
-            WHEN c.status = 'running' THEN (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id)
+            WHEN c.status = 'running' THEN p_turn_last_message_id
             ELSE c.interrupted_last_message_id
         END,
         model_config_id = coalesce(p_model_config_id, c.model_config_id)
@@ -88,6 +93,7 @@ DECLARE
     v_queued chatd.queued_messages;
     v_head_model uuid;
     v_message_id bigint;
+    v_turn_last bigint;
     v_result jsonb;
 BEGIN
     v_content := chatd._content(p_content);
@@ -117,10 +123,13 @@ BEGIN
 
     IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
         -- sent now
-        PERFORM chatd._start_turn(p_chat_id, v_model);
+        -- the message first, the status last: the status notification then
+        -- names this message (last_message_id)
+        v_turn_last := chatd._last_message_id(p_chat_id);
         INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
         VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
         RETURNING id INTO v_message_id;
+        PERFORM chatd._start_turn(p_chat_id, v_model, v_turn_last);
         v_result := jsonb_build_object('queued', FALSE, 'message_id', v_message_id);
     ELSE
         v_queued := chatd._enqueue(p_chat_id, p_user_id, v_content, v_model);
@@ -129,8 +138,9 @@ BEGIN
             -- the turn is over (or there was none, or it failed): the queue head goes out
             SELECT q.model_config_id INTO v_head_model FROM chatd.queued_messages AS q
             WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
-            PERFORM chatd._start_turn(p_chat_id, v_head_model);
+            v_turn_last := chatd._last_message_id(p_chat_id);
             PERFORM chatd._promote_queue_head(p_chat_id);
+            PERFORM chatd._start_turn(p_chat_id, v_head_model, v_turn_last);
         END IF;
     END IF;
     SELECT v_result || jsonb_build_object('interrupted', v_interrupt, 'status', c.status, 'version', c.version)
@@ -176,6 +186,7 @@ DECLARE
     v_chat chatd.chats;
     v_queued chatd.queued_messages;
     v_id bigint;
+    v_turn_last bigint;
 BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
     IF v_chat.archived THEN
@@ -193,11 +204,13 @@ BEGIN
     END IF;
     PERFORM chatd._usable_model(coalesce(v_queued.model_config_id, v_chat.model_config_id));
     PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
-    PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id);
+    -- the message first, the status last (its notification names it)
+    v_turn_last := chatd._last_message_id(p_chat_id);
     DELETE FROM chatd.queued_messages AS q WHERE q.id = p_queued_id;
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
     VALUES (p_chat_id, 'user', v_queued.content, v_queued.model_config_id, v_queued.created_by)
     RETURNING id INTO v_id;
+    PERFORM chatd._start_turn(p_chat_id, v_queued.model_config_id, v_turn_last);
     RETURN v_id;
 END
 $$;

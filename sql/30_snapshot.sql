@@ -6,10 +6,18 @@
 -- queue, and the stream parts of the running turn. Apply afterwards only
 -- notifications with a version greater than "version" (parts: lease equal
 -- to parts_lease and seq greater than the last seq here, or a newer lease).
+--
+-- Paged, so no chat is too big to read: at most p_max_messages (1 to 1000)
+-- messages and about 4 MB of their content (always at least one message);
+-- messages_more is true when more remain (call again after the last id).
+-- Stream parts likewise: at most 1000 batches and 4 MB (parts_more; read
+-- the rest with get_stream_parts).
+DROP FUNCTION IF EXISTS chatd.get_chat_snapshot(uuid, uuid, bigint);
 CREATE OR REPLACE FUNCTION chatd.get_chat_snapshot(
     p_user_id uuid,
     p_chat_id uuid,
-    p_after_message_id bigint DEFAULT 0
+    p_after_message_id bigint DEFAULT 0,
+    p_max_messages integer DEFAULT 200
 )
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -18,6 +26,10 @@ AS $$
 DECLARE
     v_result jsonb;
 BEGIN
+    IF p_max_messages IS NULL OR p_max_messages NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'get_chat_snapshot: invalid max_messages %: expected 1 to 1000', p_max_messages
+            USING ERRCODE = 'CD007';
+    END IF;
     PERFORM chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
     SELECT jsonb_build_object(
         'chat', jsonb_build_object(
@@ -44,8 +56,28 @@ BEGIN
         ),
         'version', c.version,
         'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id),
-        'messages', coalesce((
+        'messages', page.messages,
+        'messages_more', chatd._messages_after(c.id, coalesce(page.last_id, p_after_message_id), FALSE),
+        'queue', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
+                'id', q.id,
+                'position', q.position,
+                'content', q.content,
+                'model_config_id', q.model_config_id,
+                'created_by', q.created_by,
+                'created_at', q.created_at
+            ) ORDER BY q.position)
+            FROM chatd.queued_messages AS q WHERE q.chat_id = c.id
+        ), '[]'::jsonb),
+        'parts_lease', CASE WHEN c.status = 'running' THEN c.lease END,
+        'parts', parts.parts,
+        'parts_more', parts.more
+    )
+    INTO v_result
+    FROM chatd.chats AS c
+    CROSS JOIN LATERAL (
+        SELECT
+            coalesce(jsonb_agg(jsonb_build_object(
                 'id', m.id,
                 'role', m.role,
                 'content', m.content,
@@ -60,33 +92,91 @@ BEGIN
                 'runtime_ms', m.runtime_ms,
                 'created_by', m.created_by,
                 'created_at', m.created_at
-            ) ORDER BY m.id)
-            FROM chatd.messages AS m
-            WHERE m.chat_id = c.id AND m.id > coalesce(p_after_message_id, 0)
-                AND NOT m.deleted AND m.visibility IN ('user', 'both')
-        ), '[]'::jsonb),
-        'queue', coalesce((
-            SELECT jsonb_agg(jsonb_build_object(
-                'id', q.id,
-                'position', q.position,
-                'content', q.content,
-                'model_config_id', q.model_config_id,
-                'created_by', q.created_by,
-                'created_at', q.created_at
-            ) ORDER BY q.position)
-            FROM chatd.queued_messages AS q WHERE q.chat_id = c.id
-        ), '[]'::jsonb),
-        'parts_lease', CASE WHEN c.status = 'running' THEN c.lease END,
-        'parts', coalesce((
-            SELECT jsonb_agg(jsonb_build_object('seq', p.seq, 'parts', p.parts) ORDER BY p.seq)
-            FROM chatd.stream_parts AS p
-            WHERE c.status = 'running' AND p.chat_id = c.id AND p.lease = c.lease
-        ), '[]'::jsonb)
-    )
-    INTO v_result
-    FROM chatd.chats AS c
+            ) ORDER BY m.id), '[]'::jsonb) AS messages,
+            max(m.id) AS last_id
+        FROM chatd._message_page(c.id, p_after_message_id, FALSE, p_max_messages, 4194304, TRUE) AS p
+        INNER JOIN chatd.messages AS m ON m.id = p.id
+    ) AS page
+    CROSS JOIN LATERAL (
+        SELECT
+            coalesce(jsonb_agg(jsonb_build_object('seq', sp.seq, 'parts', sp.parts) ORDER BY sp.seq)
+                FILTER (WHERE sp.total <= 4194304 OR sp.n = 1), '[]'::jsonb) AS parts,
+            coalesce(bool_or(sp.total > 4194304 AND sp.n > 1), FALSE) OR count(*) = 1000 AS more
+        FROM (
+            SELECT
+                limited.seq,
+                limited.parts,
+                sum(octet_length(limited.parts::text)) OVER (ORDER BY limited.seq) AS total,
+                row_number() OVER (ORDER BY limited.seq) AS n
+            FROM (
+                SELECT p.seq, p.parts FROM chatd.stream_parts AS p
+                WHERE c.status = 'running' AND p.chat_id = c.id AND p.lease = c.lease
+                ORDER BY p.seq
+                LIMIT 1000
+            ) AS limited
+        ) AS sp
+    ) AS parts
     WHERE c.id = p_chat_id;
     RETURN v_result;
+END
+$$;
+
+-- Streamed parts of running turns, for one user and any number of that
+-- user's chats at once (one round trip serves every subscription of a busy
+-- client): for each i, the part batches of chat p_chat_ids[i] under lease
+-- p_leases[i] with seq > p_after_seqs[i], in seq order, at most p_limit (1
+-- to 1000) per chat. The authorized way to read a stream: a "parts"
+-- notification only says that (lease, seq) exists, since any login can
+-- LISTEN to (and NOTIFY on) a chat's channel. Every chat is checked like
+-- in every application function: CD001 / CD002 for the first chat the user
+-- may not read (nothing is returned then).
+CREATE OR REPLACE FUNCTION chatd.get_stream_parts(
+    p_user_id uuid,
+    p_chat_ids uuid[],
+    p_leases bigint[],
+    p_after_seqs integer[],
+    p_limit integer DEFAULT 100
+)
+RETURNS TABLE (chat_id uuid, lease bigint, seq integer, parts jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_denied uuid;
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'get_stream_parts: invalid limit %: expected 1 to 1000', p_limit USING ERRCODE = 'CD007';
+    END IF;
+    IF cardinality(p_chat_ids) IS NULL OR cardinality(p_chat_ids) > 1000
+        OR cardinality(p_leases) IS DISTINCT FROM cardinality(p_chat_ids)
+        OR cardinality(p_after_seqs) IS DISTINCT FROM cardinality(p_chat_ids) THEN
+        RAISE EXCEPTION 'get_stream_parts: expected 1 to 1000 chat ids, as many leases and after_seqs'
+            USING ERRCODE = 'CD007';
+    END IF;
+    -- the auth boundary, for every chat at once; _authorized_chat then
+    -- raises the exact error for the first chat that fails it
+    SELECT r.chat_id INTO v_denied
+    FROM unnest(p_chat_ids) AS r (chat_id)
+    LEFT JOIN chatd.chats AS c ON c.id = r.chat_id
+    WHERE c.id IS NULL OR p_user_id IS NULL OR c.owner_id <> p_user_id OR NOT EXISTS (
+        SELECT 1 FROM chatd.organization_members AS om
+        WHERE om.organization_id = c.organization_id AND om.user_id = p_user_id
+    )
+    LIMIT 1;
+    IF FOUND THEN
+        PERFORM chatd._authorized_chat(p_user_id, v_denied, FALSE);
+        RAISE EXCEPTION 'user % may not act on chat %', p_user_id, v_denied USING ERRCODE = 'CD002';
+    END IF;
+    RETURN QUERY
+    SELECT r.chat_id, sp.lease, sp.seq, sp.parts
+    FROM unnest(p_chat_ids, p_leases, p_after_seqs) AS r (chat_id, lease, after_seq)
+    CROSS JOIN LATERAL (
+        SELECT p.lease, p.seq, p.parts FROM chatd.stream_parts AS p
+        WHERE p.chat_id = r.chat_id AND p.lease = r.lease AND p.seq > coalesce(r.after_seq, -1)
+        ORDER BY p.seq
+        LIMIT p_limit
+    ) AS sp
+    ORDER BY r.chat_id, sp.lease, sp.seq;
 END
 $$;
 

@@ -89,12 +89,20 @@ $$;
 
 -- Claims up to p_limit runnable chats (pending, due, not archived), oldest
 -- due first, skipping rows another worker is claiming. Each claim bumps the
--- lease. Returns everything the turn needs. A due chat whose model or
--- provider is disabled is never handed out: it goes to error (kind config,
--- not retryable; chatd._fail_disabled_model_chats) and the claim goes on
--- with the other chats.
-CREATE OR REPLACE FUNCTION chatd.acquire_chats(p_worker_id text, p_limit integer)
-RETURNS TABLE (chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb)
+-- lease. Returns what the turn needs: lease, attempt, model and the first
+-- page of the history the model sees (messages, oldest first: at most 200
+-- messages and 4 MB of content, see _message_page), with history_complete
+-- false when more remain: the worker reads the rest with turn_history. A
+-- chat's history is never aggregated whole, so no chat's size can fail the
+-- claim of another (docs/state-machine.md, "Claiming and history"). A due
+-- chat whose model or provider is disabled is never handed out: it goes to
+-- error (kind config, not retryable; chatd._fail_disabled_model_chats) and
+-- the claim goes on with the other chats.
+DROP FUNCTION IF EXISTS chatd.acquire_chats(text, integer);
+CREATE FUNCTION chatd.acquire_chats(p_worker_id text, p_limit integer)
+RETURNS TABLE (
+    chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb, history_complete boolean
+)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
@@ -137,12 +145,19 @@ BEGIN
         cl.lease,
         cl.attempt,
         chatd._model_json(cl.model_config_id),
-        coalesce((
-            SELECT jsonb_agg(jsonb_build_object('id', m.id, 'role', m.role, 'content', m.content) ORDER BY m.id)
-            FROM chatd.messages AS m
-            WHERE m.chat_id = cl.id AND NOT m.deleted AND m.visibility IN ('model', 'both')
-        ), '[]'::jsonb)
+        page.messages,
+        NOT chatd._messages_after(cl.id, page.last_id, TRUE)
     FROM claimed AS cl
+    CROSS JOIN LATERAL (
+        SELECT
+            coalesce(
+                jsonb_agg(jsonb_build_object('id', m.id, 'role', m.role, 'content', m.content) ORDER BY m.id),
+                '[]'::jsonb
+            ) AS messages,
+            max(m.id) AS last_id
+        FROM chatd._message_page(cl.id, 0, TRUE, 200, 4194304, FALSE) AS p
+        INNER JOIN chatd.messages AS m ON m.id = p.id
+    ) AS page
     ORDER BY cl.next_attempt_at, cl.id;
 END
 $$;
@@ -191,6 +206,48 @@ BEGIN
         WHERE c.id = refused.id AND c.status = 'pending';
     END IF;
     RETURN v_disabled;
+END
+$$;
+
+-- The rest of a claimed turn's history, after acquire_chats' first page:
+-- the messages the model sees with id > p_after_id, oldest first, at most
+-- p_limit (1 to 1000) of them and about 8 MB of content (always at least
+-- one message). An empty result means the history is complete. Rows, not
+-- one aggregate: no page is bounded by jsonb's size limit. Fenced: only the
+-- worker holding the turn under p_lease may read (CD004 otherwise, CD001
+-- for an unknown chat); nothing is locked or written.
+CREATE OR REPLACE FUNCTION chatd.turn_history(
+    p_worker_id text,
+    p_chat_id uuid,
+    p_lease bigint,
+    p_after_id bigint,
+    p_limit integer DEFAULT 100
+)
+RETURNS TABLE (id bigint, role chatd.message_role, content jsonb, bytes bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'turn_history: invalid limit %: expected 1 to 1000', p_limit USING ERRCODE = 'CD007';
+    END IF;
+    SELECT * INTO v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
+    END IF;
+    IF v_chat.status <> 'running' OR v_chat.lease IS DISTINCT FROM p_lease
+        OR v_chat.worker_id IS DISTINCT FROM p_worker_id THEN
+        RAISE EXCEPTION 'chat %: lease % of worker % lost (chat is % under lease %), turn_history refused',
+            p_chat_id, p_lease, p_worker_id, v_chat.status, v_chat.lease
+            USING ERRCODE = 'CD004';
+    END IF;
+    RETURN QUERY
+    SELECT m.id, m.role, m.content, p.bytes
+    FROM chatd._message_page(p_chat_id, p_after_id, TRUE, p_limit, 8388608, TRUE) AS p
+    INNER JOIN chatd.messages AS m ON m.id = p.id
+    ORDER BY m.id;
 END
 $$;
 
@@ -380,7 +437,8 @@ $$;
 -- Moves the head of a chat's queue into the conversation: deletes it,
 -- inserts it as a user message, and returns its model config (NULL when
 -- the queued message keeps the chat's model) or NULL when the queue is
--- empty. The caller has locked the chat and updated its status.
+-- empty. The caller has locked the chat and updates its status after this
+-- (so the status notification names the promoted message).
 CREATE OR REPLACE FUNCTION chatd._promote_queue_head(p_chat_id uuid, OUT o_promoted boolean, OUT o_model uuid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
@@ -447,6 +505,16 @@ BEGIN
         );
     END IF;
 
+    -- Messages first, the status last: the status notification then names
+    -- the newest message of the committed chat (last_message_id), so a
+    -- subscriber that keeps one notification per version misses nothing.
+    v_id := chatd._insert_turn_messages(
+        v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, p_tool_messages
+    );
+    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
+        PERFORM chatd._promote_queue_head(p_chat_id);
+    END IF;
+
     UPDATE chatd.chats AS c
     SET status = CASE
             WHEN v_head.id IS NULL THEN 'waiting'
@@ -466,13 +534,6 @@ BEGIN
             ELSE c.model_config_id
         END
     WHERE c.id = p_chat_id;
-
-    v_id := chatd._insert_turn_messages(
-        v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, p_tool_messages
-    );
-    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
-        PERFORM chatd._promote_queue_head(p_chat_id);
-    END IF;
     RETURN v_id;
 END
 $$;

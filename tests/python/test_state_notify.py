@@ -71,11 +71,12 @@ def test_each_function_emits_exactly_its_notifications(
         conn.execute("SELECT chatd.publish_parts(%s, %s, 0, '[{\"type\": \"text\", \"text\": \"He\"}]')", (chat, lease))
         events = cap.drain()
         assert kinds(events) == [("chat", "parts")]
-        assert events[0][1]["seq"] == 0 and events[0][1]["parts"][0]["text"] == "He"
+        # a hint, never the parts: any login can LISTEN on this channel
+        assert events[0][1] == {"kind": "parts", "chat_id": str(chat), "lease": lease, "seq": 0}
         big = json.dumps([{"type": "text", "text": "x" * 9000}])
         conn.execute("SELECT chatd.publish_parts(%s, %s, 1, %s)", (chat, lease, big))
         events = cap.drain()
-        assert events[0][1]["truncated"] is True and "parts" not in events[0][1]
+        assert events[0][1] == {"kind": "parts", "chat_id": str(chat), "lease": lease, "seq": 1}
 
         conn.execute("SELECT chatd.send_message(%s, %s, '\"more\"')", (user, chat))
         events = cap.drain()
@@ -84,14 +85,17 @@ def test_each_function_emits_exactly_its_notifications(
 
         msg = conn.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone()[0]
         events = cap.drain()
-        # status (running -> pending, queue head promoted), one message hint per statement, the queue change
+        # the messages first (one hint per statement, the queue change), the
+        # status last (running -> pending, queue head promoted), so the status
+        # names the promoted message
         assert kinds(events) == [
-            ("chat", "status"), ("user", "status"), ("wake", "wake"),
             ("chat", "message"), ("chat", "queue"), ("chat", "message"),
+            ("chat", "status"), ("user", "status"), ("wake", "wake"),
         ]
-        assert {p["version"] for c, p in events if c == "chat"} == {4}
-        assert events[3][1]["last_message_id"] == msg
-        assert events[5][1]["last_message_id"] == msg + 1
+        assert [p["version"] for c, p in events if c == "chat"] == [4, 4, 4, 5]
+        assert events[0][1]["last_message_id"] == msg
+        assert events[2][1]["last_message_id"] == msg + 1
+        assert events[3][1]["last_message_id"] == msg + 1
 
         lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
         cap.drain()
@@ -116,14 +120,86 @@ def test_each_function_emits_exactly_its_notifications(
         conn.execute("SELECT chatd.unarchive_chat(%s, %s)", (user, chat))
         conn.execute("SELECT chatd.edit_message(%s, %s, %s, '\"edited\"')", (user, chat, msg + 1))
         events = cap.drain()
+        # the messages first (soft-delete, new message), the status last
         assert kinds(events) == [
             ("chat", "archived"), ("user", "archived"),
-            ("chat", "status"), ("user", "status"), ("wake", "wake"),
             ("chat", "message"), ("chat", "message"),
+            ("chat", "status"), ("user", "status"), ("wake", "wake"),
         ]
-        assert events[5][1]["op"] == "update" and events[6][1]["op"] == "insert"
+        assert events[2][1]["op"] == "update" and events[3][1]["op"] == "insert"
+        assert events[4][1]["last_message_id"] == events[3][1]["last_message_id"]
 
         conn.execute("DELETE FROM chatd.chats WHERE id = %s", (chat,))
         assert kinds(cap.drain()) == [("chat", "deleted"), ("user", "deleted")]
+    finally:
+        cap.close()
+
+
+def test_every_notification_of_send_message_and_finish_turn_names_the_message_it_inserted(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """A subscriber that keeps one notification per version must not miss the
+    message: every notification of the call describes the chat with it."""
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    cap = Capture(db)
+    try:
+        cap.listen(f"chatd_chat_{chat}")
+        lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
+        cap.drain()
+
+        reply = conn.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone()[0]
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert {p["kind"] for p in events} == {"message", "status"}
+        assert [p["last_message_id"] for p in events] == [reply] * len(events)
+        assert events[-1]["status"] == "waiting", "the last notification is the committed state"
+
+        sent = conn.execute("SELECT chatd.send_message(%s, %s, '\"again\"')", (user, chat)).fetchone()[0]
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert {p["kind"] for p in events} == {"message", "status"}
+        assert [p["last_message_id"] for p in events] == [sent["message_id"]] * len(events)
+        assert events[-1]["status"] == "pending" and events[-1]["version"] == sent["version"]
+    finally:
+        cap.close()
+
+
+def test_the_status_notification_of_interrupt_edit_and_promote_names_the_new_message(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    cap = Capture(db)
+
+    def status_last_message_id() -> int:
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert events[-1]["kind"] == "status", "the status is the last notification"
+        return int(events[-1]["last_message_id"])
+
+    def newest_message() -> int:
+        return int(conn.execute("SELECT max(id) FROM chatd.messages WHERE chat_id = %s", (chat,)).fetchone()[0])
+
+    try:
+        cap.listen(f"chatd_chat_{chat}")
+        conn.execute("SELECT chatd.send_message(%s, %s, '\"queued\"')", (user, chat))
+        cap.drain()
+        conn.execute("SELECT chatd.interrupt_chat(%s, %s)", (user, chat))  # promotes the queue head
+        assert status_last_message_id() == newest_message()
+
+        first = conn.execute(
+            "SELECT min(id) FROM chatd.messages WHERE chat_id = %s AND role = 'user'", (chat,)
+        ).fetchone()[0]
+        edited = conn.execute("SELECT chatd.edit_message(%s, %s, %s, '\"edited\"')", (user, chat, first)).fetchone()[0]
+        assert status_last_message_id() == edited
+
+        sent = conn.execute("SELECT chatd.send_message(%s, %s, '\"later\"')", (user, chat)).fetchone()[0]
+        cap.drain()
+        promoted = conn.execute(
+            "SELECT chatd.promote_queued_message(%s, %s, %s)", (user, chat, sent["queued_id"])
+        ).fetchone()[0]
+        assert status_last_message_id() == promoted
     finally:
         cap.close()

@@ -72,12 +72,12 @@ FROM pg_class AS c
 WHERE c.relnamespace = 'chatd'::regnamespace AND c.relkind = 'S';
 
 CREATE TEMP TABLE worker_api (name) AS VALUES
-('acquire_chats'), ('heartbeat'), ('publish_parts'), ('finish_turn'), ('finish_turns'), ('save_interrupted_turn'),
+('acquire_chats'), ('turn_history'), ('heartbeat'), ('publish_parts'), ('finish_turn'), ('finish_turns'), ('save_interrupted_turn'),
 ('record_failure'), ('release_chats'), ('recover_stale_chats'), ('janitor'), ('worker_settings');
 CREATE TEMP TABLE app_api (name) AS VALUES
 ('create_chat'), ('send_message'), ('interrupt_chat'), ('edit_message'), ('delete_queued_message'),
 ('promote_queued_message'), ('archive_chat'), ('unarchive_chat'), ('set_chat_title'),
-('get_chat_snapshot'), ('list_chats'), ('usage_limit_status');
+('get_chat_snapshot'), ('get_stream_parts'), ('list_chats'), ('usage_limit_status');
 
 CREATE TEMP TABLE t AS
 SELECT

@@ -25,9 +25,11 @@ Subscribe protocol (DESIGN.md section 5, docs/client.md):
 2. read a snapshot with ``chatd.get_chat_snapshot`` (chat row with its version,
    messages, queue, stream parts of the running turn) and emit it;
 3. apply only notifications newer than what was emitted: chat hints by
-   version, streamed parts by (lease, seq). A hint is only a hint: the
-   subscription re-reads durable state (messages after the last seen id) and
-   emits the difference.
+   version, streamed parts by (lease, seq). A hint is only a hint, never
+   data (any database login can LISTEN and NOTIFY on any channel): the
+   subscription re-reads durable state (messages after the last seen id,
+   stream parts after the last seen seq through ``chatd.get_stream_parts``)
+   and emits the difference. A forged notification at worst causes a re-read.
 
 After the listener reconnects, every subscription re-snapshots (NOTIFY is not
 durable) and emits only what it has not emitted yet. Every database call has a

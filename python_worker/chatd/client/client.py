@@ -18,11 +18,13 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from chatd.client.models import ChatSummary, Snapshot
+from chatd.client.models import ChatSummary, Snapshot, StreamParts
+from chatd.client.parts import PartsReader
 from chatd.client.subscription import _CLOSED, _RESYNC, Subscription
 from chatd.listener import Listener
 from chatd.protocol import names, queries
 from chatd.protocol.errors import ChatNotFound, error_from_psycopg
+from chatd.protocol.errors import int_or_none as _int_or_none
 from chatd.protocol.names import chat_channel
 
 __all__ = ["DEFAULT_TIMEOUT", "Client", "Content"]
@@ -64,6 +66,7 @@ class Client:
             open=False,
         )
         self._subs: dict[str, set[Subscription]] = {}
+        self._parts_reader = PartsReader(self)
         self._listener = Listener(
             dsn,
             application_name=f"{application_name} listener",
@@ -241,15 +244,56 @@ class Client:
         db_timeout: float | None = None,
     ) -> Snapshot:
         """``chatd.get_chat_snapshot``: the chat, its messages after
-        ``after_message_id``, the queue and the running turn's stream parts."""
-        value = await self._scalar(
-            queries.GET_CHAT_SNAPSHOT,
-            [user_id, chat_id, after_message_id],
-            db_timeout,
-        )
-        if not isinstance(value, Mapping):
-            raise ChatNotFound(f"chat {chat_id} not found", sqlstate=names.CHAT_NOT_FOUND)
-        return Snapshot.from_json(value)
+        ``after_message_id``, the queue and the running turn's stream parts.
+
+        The function returns bounded pages; this reads pages until none
+        remain (messages after the last one read, then the remaining stream
+        parts through ``chatd.get_stream_parts``). The chat, queue and parts
+        are those of the last page, so they are at least as new as every
+        message returned."""
+        messages: list[Any] = []
+        after = after_message_id
+        while True:
+            value = await self._scalar(
+                queries.GET_CHAT_SNAPSHOT,
+                [user_id, chat_id, after],
+                db_timeout,
+            )
+            if not isinstance(value, Mapping):
+                raise ChatNotFound(f"chat {chat_id} not found", sqlstate=names.CHAT_NOT_FOUND)
+            page = value.get("messages") or []
+            messages.extend(page)
+            ids = [m["id"] for m in page if isinstance(m, Mapping) and isinstance(m.get("id"), int)]
+            if not value.get("messages_more") or not ids:
+                break
+            after = max(ids)
+        obj = {**value, "messages": messages}
+        lease = _int_or_none(value.get("parts_lease"))
+        if value.get("parts_more") and lease is not None:
+            parts = [p for p in value.get("parts") or [] if isinstance(p, Mapping)]
+            seqs = [s for p in parts if (s := _int_or_none(p.get("seq"))) is not None]
+            more = await self.stream_parts(
+                user_id, chat_id, lease, max(seqs, default=-1), db_timeout=db_timeout
+            )
+            obj["parts"] = parts + [{"seq": p.seq, "parts": p.parts} for p in more]
+        return Snapshot.from_json(obj)
+
+    async def stream_parts(
+        self, user_id: UUID, chat_id: UUID, lease: int, after_seq: int = -1, *,
+        db_timeout: float | None = None,
+    ) -> list[StreamParts]:
+        """``chatd.get_stream_parts``: every stored part batch of turn
+        ``lease`` with a seq greater than ``after_seq``, in order. The
+        authorized way to read a stream: notifications only say that a batch
+        exists. Concurrent calls (every subscription of this client) share
+        one round trip per user while a read is in flight."""
+        out: list[StreamParts] = []
+        while True:
+            page, complete = await self._parts_reader.read(user_id, chat_id, lease, after_seq, db_timeout)
+            out.extend(page)
+            if complete or not page:
+                return out
+            after_seq = page[-1].seq
 
     # ------------------------------------------------------------------ subscriptions
 

@@ -161,6 +161,10 @@ class Subscription:
         )
 
     async def _on_parts(self, hint: Mapping[str, Any]) -> list[Event]:
+        """A parts notification is a hint that a batch exists, never data:
+        any login can NOTIFY on this channel. Read the batches after the last
+        one emitted through the authorized function; a forged hint costs one
+        read that returns only what the database holds."""
         lease = _int_or_none(hint.get("lease"))
         seq = _int_or_none(hint.get("seq"))
         if lease is None or seq is None or (lease, seq) <= self.last_parts:
@@ -168,13 +172,25 @@ class Subscription:
         chat = self.chat
         if chat is not None and (chat.lease > lease or (chat.lease == lease and chat.status != "running")):
             return []  # that turn has ended; its final message is (or will be) emitted
-        parts = hint.get("parts")
-        expected = self.last_parts[1] + 1 if lease == self.last_parts[0] else 0
-        if not isinstance(parts, list) or seq != expected or self._stale:
-            # truncated payload or a gap: read the parts from the database
+        if self._stale or chat is None or chat.lease != lease:
+            # the chat row is behind (or a refresh failed): re-read it all
             return await self._refresh()
-        self.last_parts = (lease, seq)
-        return [PartsEvent(self.chat_id, lease, seq, parts)]
+        after = self.last_parts[1] if lease == self.last_parts[0] else -1
+        try:
+            batches = await self._client.stream_parts(self.user_id, self.chat_id, lease, after)
+        except (ChatNotFound, Forbidden):
+            raise
+        except (*_TRANSIENT, psycopg.Error) as exc:
+            self._stale = True
+            self.refresh_failures += 1
+            log.warning("chat %s: reading parts failed, will retry on the next hint: %s", self.chat_id, exc)
+            return []
+        events: list[Event] = []
+        for batch in batches:
+            if (batch.lease, batch.seq) > self.last_parts:
+                events.append(PartsEvent(self.chat_id, batch.lease, batch.seq, batch.parts))
+                self.last_parts = (batch.lease, batch.seq)
+        return events
 
     async def _refresh(self) -> list[Event]:
         full = self._full

@@ -17,7 +17,15 @@ WORKER_SETTINGS: Final = (
 # One round trip gives a claimed turn everything it needs: lease, model and
 # provider, and the prompt.
 ACQUIRE_CHATS: Final = (
-    "SELECT chat_id, lease, attempt, model, messages FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+    "SELECT chat_id, lease, attempt, model, messages, history_complete "
+    "FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+)
+
+# The next page of a claimed turn's history (fenced by worker and lease);
+# no rows: complete.
+TURN_HISTORY: Final = (
+    "SELECT id, role, content, bytes FROM chatd.turn_history(%(worker_id)s, %(chat_id)s, %(lease)s, "
+    "%(after_id)s, %(limit)s)"
 )
 
 HEARTBEAT: Final = "SELECT chat_id FROM chatd.heartbeat(%(worker_id)s, %(chat_ids)s, %(leases)s)"
@@ -73,6 +81,10 @@ UNARCHIVE_CHAT: Final = "SELECT chatd.unarchive_chat(%s, %s)"
 LIST_CHATS: Final = "SELECT to_jsonb(c) FROM chatd.list_chats(%s, %s, %s, %s, %s, %s) AS c"
 
 GET_CHAT_SNAPSHOT: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s)"
+
+# Stored part batches of several chats of one user: (user, chat ids,
+# leases, after seqs, page size per chat).
+GET_STREAM_PARTS: Final = "SELECT chat_id, lease, seq, parts FROM chatd.get_stream_parts(%s, %s, %s, %s, %s)"
 
 # ---------------------------------------------------------------------- CLI and demo (admin)
 

@@ -5,6 +5,7 @@ writes its result back (finish, failure, or the partial message)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,8 @@ class Claim:
     attempt: int
     model: Mapping[str, Any]
     messages: Sequence[Mapping[str, Any]]
+    # False: acquire_chats returned only the first page of the history
+    history_complete: bool = True
 
     def spec(self) -> ModelSpec:
         provider = self.model["provider"]
@@ -194,6 +197,8 @@ class TurnRun:
     async def run(self) -> None:
         turn, claim, output = self.turn, self.claim, self.output
         try:
+            if not claim.history_complete:
+                await self._load_history()
             await self.stream()
             finished = self.finished
             if finished is None:  # a stream adapter must raise instead; never save as success
@@ -231,6 +236,45 @@ class TurnRun:
                 f"worker error: {type(exc).__name__}: {exc}"[:500], ChatErrorKind.generic,
                 claim.spec().provider_name, True,
             ))
+
+    async def _load_history(self) -> None:
+        """Reads the rest of the history after acquire_chats' first page,
+        page by page (turn_history). A history over the worker's
+        max_history_bytes, or one chatd cannot return, fails this turn for
+        good (kind config); other chats are not affected. A lost lease raises
+        LeaseLost."""
+        worker, claim = self.worker, self.claim
+        messages = list(claim.messages)
+        loaded = sum(len(json.dumps(m.get("content"))) for m in messages)
+        provider = claim.spec().provider_name
+        while True:
+            after = int(messages[-1]["id"]) if messages else 0
+            try:
+                rows = await worker._fetch(queries.TURN_HISTORY, {
+                    "worker_id": worker.config.worker_id, "chat_id": claim.chat_id, "lease": claim.lease,
+                    "after_id": after, "limit": worker.history_page,
+                })
+            except (psycopg.OperationalError, TimeoutError) as exc:
+                raise ChatTurnError(ChatError(
+                    f"could not read the chat history: {exc}"[:500], ChatErrorKind.generic, provider, True,
+                )) from exc
+            except psycopg.Error as exc:
+                raise ChatTurnError(ChatError(
+                    f"chatd could not return the chat history: {exc.diag.message_primary or exc}"[:500],
+                    ChatErrorKind.config, provider, False,
+                )) from exc
+            if not rows:
+                claim.messages, claim.history_complete = messages, True
+                return
+            for message_id, role, content, size in rows:
+                loaded += int(size)
+                if loaded > worker.max_history_bytes:
+                    raise ChatTurnError(ChatError(
+                        f"the chat history is larger than this worker's limit of {worker.max_history_bytes} "
+                        "bytes: start a new chat or edit an earlier message",
+                        ChatErrorKind.config, provider, False,
+                    ))
+                messages.append({"id": message_id, "role": role, "content": content})
 
     async def _publish_and_finish(self, final: Mapping[str, Any]) -> bool:
         """The last streamed parts and finish_turn, batched with the other

@@ -46,6 +46,10 @@ __all__ = ["StreamFn", "Worker", "WorkerFatal"]
 
 log = logging.getLogger("chatd.worker")
 
+# Content bytes (as JSON text) of the history one turn may load; about the
+# size of the largest context windows, far below what would hurt the worker.
+MAX_HISTORY_BYTES = 64 * 1024 * 1024
+
 # Errors after which reconnecting cannot help: wrong password, no such role or
 # database, no pg_hba entry.
 _FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.conf entry",
@@ -81,6 +85,10 @@ class Worker:
             self.listener.listen(names.WAKE_CHANNEL)
         self._listener_generation = 0
         self.finisher = FinishBatcher(self._fetch, self.metrics)
+        # A turn whose history (the prompt) is larger fails for good (kind
+        # config) instead of being loaded: no chat can exhaust the worker.
+        self.max_history_bytes = MAX_HISTORY_BYTES
+        self.history_page = 100
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
         self._last_heal = 0.0
 

@@ -4,7 +4,7 @@
 -- * trigger chats_10_guard: rejects, whoever writes it, an INSERT of a chat
 --   in any status but pending, every status change not in the table
 --   (SQLSTATE CD003) and every lease change that is not a fresh claim or
---   the end of a turn;
+--   the end of a turn, and drops every UPDATE of a deleted chat (frozen);
 -- * trigger chats_20_version: bumps version and updated_at on every real
 --   change of a chat row. A heartbeat-only UPDATE (only heartbeat_at
 --   changes) and a no-op UPDATE keep version and updated_at, so heartbeats
@@ -76,6 +76,15 @@ BEGIN
         END IF;
         NEW.version := 1;
         RETURN NEW;
+    END IF;
+
+    -- A deleted chat (chatd.delete_chat) is frozen: every later UPDATE of
+    -- its row is dropped (the statement reports it as not updated), so a
+    -- tree operation that reaches a deleted descendant (unarchive_chat of
+    -- its parent), a touch or a stray write can neither revive, run nor
+    -- announce it.
+    IF OLD.deleted_at IS NOT NULL THEN
+        RETURN NULL;
     END IF;
 
     IF NEW.status <> OLD.status AND NOT chatd.transition_allowed(OLD.status, NEW.status) THEN

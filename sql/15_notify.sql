@@ -96,9 +96,9 @@ BEGIN
 
     -- UPDATE (the trigger fires only when version changed)
     IF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
-        -- chatd.delete_chat: the same payloads as a deleted row, no content
-        PERFORM pg_notify(chatd._chat_channel(NEW.id),
-            jsonb_build_object('kind', 'deleted', 'chat_id', NEW.id, 'version', NEW.version)::text);
+        -- chatd.delete_chat: the fields of a status hint (no content), so
+        -- the worker of a running chat sees its lease bumped and stops now
+        PERFORM pg_notify(chatd._chat_channel(NEW.id), chatd._chat_payload('deleted', NEW)::text);
         PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload('deleted', NEW)::text);
         RETURN NULL;
     END IF;

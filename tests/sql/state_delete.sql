@@ -18,16 +18,27 @@ FROM (SELECT chatd_test.org() AS org) AS o;
 -- A tree: root -> child -> grandchild, and a second root; costs recorded.
 CREATE TEMP TABLE c (name text PRIMARY KEY, id uuid);
 INSERT INTO c
-SELECT 'root', chatd.create_chat(t.usr, t.org, '"root task"', p_title => 'secret title', p_system_prompt => 'be brief')
+SELECT
+    'root' AS name,
+    chatd.create_chat(t.usr, t.org, '"root task"', p_title => 'secret title', p_system_prompt => 'be brief') AS id
 FROM t;
 INSERT INTO c
-SELECT 'child', chatd.create_chat(t.usr, NULL, '"child task"', p_parent_chat_id => c.id)
-FROM t, c WHERE c.name = 'root';
+SELECT
+    'child' AS name,
+    chatd.create_chat(t.usr, NULL, '"child task"', p_parent_chat_id => c.id) AS id
+FROM t, c
+WHERE c.name = 'root';
 INSERT INTO c
-SELECT 'grandchild', chatd.create_chat(t.usr, NULL, '"grandchild task"', p_parent_chat_id => c.id)
-FROM t, c WHERE c.name = 'child';
+SELECT
+    'grandchild' AS name,
+    chatd.create_chat(t.usr, NULL, '"grandchild task"', p_parent_chat_id => c.id) AS id
+FROM t, c
+WHERE c.name = 'child';
 INSERT INTO c
-SELECT 'other', chatd.create_chat(t.usr, t.org, '"another chat"') FROM t;
+SELECT
+    'other' AS name,
+    chatd.create_chat(t.usr, t.org, '"another chat"') AS id
+FROM t;
 
 CREATE FUNCTION pg_temp.chat(p_name text) RETURNS uuid
 LANGUAGE sql AS $$ SELECT c.id FROM c WHERE c.name = p_name $$;
@@ -57,7 +68,8 @@ SELECT throws_ok(
     format($$SELECT chatd.delete_chat(NULL, %L)$$, pg_temp.chat('root')),
     'CD002', NULL, 'no acting user: forbidden'
 );
-DELETE FROM chatd.organization_members WHERE user_id = pg_temp.usr();
+DELETE FROM chatd.organization_members
+WHERE user_id = pg_temp.usr();
 SELECT throws_ok(
     format($$SELECT chatd.delete_chat(%L, %L)$$, pg_temp.usr(), pg_temp.chat('root')),
     'CD002', NULL, 'an owner who left the organization may not delete the chat'
@@ -68,7 +80,10 @@ SELECT throws_ok(
     'CD001', NULL, 'an unknown chat: not found'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.chats WHERE deleted_at IS NOT NULL), 0::bigint,
+    (
+        SELECT count(*) FROM chatd.chats
+        WHERE deleted_at IS NOT NULL
+    ), 0::bigint,
     'refused deletions deleted nothing'
 );
 
@@ -76,7 +91,11 @@ SELECT is(
 CREATE TEMP TABLE spend_before AS
 SELECT * FROM chatd.usage_limit_status(pg_temp.usr(), (SELECT t.org FROM t));
 CREATE TEMP TABLE spend_view_before AS
-SELECT spent_micros, priced_messages FROM chatd.spend_by_user WHERE user_id = pg_temp.usr();
+SELECT
+    spent_micros,
+    priced_messages
+FROM chatd.spend_by_user
+WHERE user_id = pg_temp.usr();
 
 SELECT is(
     chatd.delete_chat(pg_temp.usr(), pg_temp.chat('child')), 2,
@@ -114,7 +133,10 @@ SELECT is(
 SELECT is(
     (
         SELECT count(*) FROM chatd.messages AS m
-        WHERE m.chat_id IN (SELECT c.id FROM c WHERE c.name <> 'other')
+        WHERE m.chat_id IN (
+                SELECT c.id FROM c
+                WHERE c.name <> 'other'
+            )
             AND (m.content <> '[]'::jsonb OR NOT m.deleted)
     ),
     0::bigint,
@@ -137,7 +159,11 @@ SELECT row_eq(
     'the chat row stays (owner, organization), archived and idle, its title wiped'
 );
 SELECT isnt(
-    (SELECT m.content FROM chatd.messages AS m WHERE m.chat_id = pg_temp.chat('other') ORDER BY m.id LIMIT 1),
+    (
+        SELECT m.content FROM chatd.messages AS m
+        WHERE m.chat_id = pg_temp.chat('other')
+        ORDER BY m.id LIMIT 1
+    ),
     '[]'::jsonb,
     'the messages of other chats are untouched'
 );
@@ -212,11 +238,17 @@ SELECT row_eq(
     'running -> waiting, no worker, lease bumped'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.queued_messages WHERE chat_id = (SELECT run.chat FROM run)), 0::bigint,
+    (
+        SELECT count(*) FROM chatd.queued_messages
+        WHERE chat_id = (SELECT run.chat FROM run)
+    ), 0::bigint,
     'its queue is removed'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.stream_parts WHERE chat_id = (SELECT run.chat FROM run)), 0::bigint,
+    (
+        SELECT count(*) FROM chatd.stream_parts
+        WHERE chat_id = (SELECT run.chat FROM run)
+    ), 0::bigint,
     'its stream parts are removed'
 );
 SELECT
@@ -225,22 +257,23 @@ SELECT
         'CD004', NULL, 'the worker of a deleted running chat is fenced: ' || split_part(f, '(', 1)
     )
 FROM (
-    SELECT unnest(ARRAY[
-        format('finish_turn(%L, %s, %L)', run.chat, lease.lease, '"late answer"'),
-        format('publish_parts(%L, %s, 1, %L)', run.chat, lease.lease, '[{"type": "text", "text": "x"}]'),
-        format(
-            'record_failure(%L, %s, %L)', run.chat, lease.lease, '{"message": "m", "kind": "generic", "retryable": true}'
-        ),
-        format('save_interrupted_turn(%L, %s, %L)', run.chat, lease.lease, '"partial"'),
-        format('turn_history(%L, %L, %s, 0)', 'w-del', run.chat, lease.lease)
-    ]) AS f
+    SELECT
+        unnest(ARRAY[
+            format('finish_turn(%L, %s, %L)', run.chat, lease.lease, '"late answer"'),
+            format('publish_parts(%L, %s, 1, %L)', run.chat, lease.lease, '[{"type": "text", "text": "x"}]'),
+            format(
+                'record_failure(%L, %s, %L)', run.chat, lease.lease, '{"message": "m", "kind": "generic", "retryable": true}'
+            ),
+            format('save_interrupted_turn(%L, %s, %L)', run.chat, lease.lease, '"partial"'),
+            format('turn_history(%L, %L, %s, 0)', 'w-del', run.chat, lease.lease)
+        ]) AS f
     FROM run, lease
 ) AS calls;
 SELECT is(
     (
         SELECT array_agg(h.chat_id) FROM chatd.heartbeat(
-            'w-del', ARRAY[(SELECT run.chat FROM run)], ARRAY[(SELECT lease.lease FROM lease)]
-        ) AS h
+                'w-del', ARRAY[(SELECT run.chat FROM run)], ARRAY[(SELECT lease.lease FROM lease)]
+            ) AS h
     ),
     ARRAY[(SELECT run.chat FROM run)],
     'its worker''s heartbeat reports the chat lost'
@@ -256,19 +289,28 @@ SELECT results_eq(
     'finish_turns reports the deleted chat''s lease lost and writes nothing'
 );
 SELECT is(
-    (SELECT count(*) FROM chatd.messages WHERE chat_id = (SELECT run.chat FROM run) AND content <> '[]'::jsonb),
+    (
+        SELECT count(*) FROM chatd.messages
+        WHERE chat_id = (SELECT run.chat FROM run) AND content <> '[]'::jsonb
+    ),
     0::bigint,
     'nothing the worker sent afterwards was written'
 );
 
 -- pending and error chats; workers never claim a deleted chat -------------------------------
 CREATE TEMP TABLE idle AS
-SELECT chatd_test.chat_in('pending') AS pending_chat, chatd_test.chat_in('error') AS error_chat;
+SELECT
+    chatd_test.chat_in('pending') AS pending_chat,
+    chatd_test.chat_in('error') AS error_chat;
 SELECT chatd.delete_chat(chatd_test.owner(idle.pending_chat), idle.pending_chat) FROM idle;
 SELECT chatd.delete_chat(chatd_test.owner(idle.error_chat), idle.error_chat) FROM idle;
-UPDATE chatd.chats SET next_attempt_at = '-infinity' WHERE id = (SELECT idle.pending_chat FROM idle);
+UPDATE chatd.chats SET next_attempt_at = '-infinity'
+WHERE id = (SELECT idle.pending_chat FROM idle);
 SELECT is(
-    (SELECT count(*) FROM chatd.acquire_chats('w-claim', 1000) AS a WHERE a.chat_id = (SELECT idle.pending_chat FROM idle)),
+    (
+        SELECT count(*) FROM chatd.acquire_chats('w-claim', 1000) AS a
+        WHERE a.chat_id = (SELECT idle.pending_chat FROM idle)
+    ),
     0::bigint,
     'a deleted pending chat is never claimed'
 );
@@ -290,9 +332,13 @@ SELECT row_eq(
 
 -- a deleted descendant stays deleted through its parent's archive and unarchive
 CREATE TEMP TABLE tree AS
-SELECT p.parent, chatd.create_chat(p.owner, NULL, '"kid"', p_parent_chat_id => p.parent) AS kid
+SELECT
+    p.parent,
+    chatd.create_chat(p.owner, NULL, '"kid"', p_parent_chat_id => p.parent) AS kid
 FROM (
-    SELECT x.chat AS parent, chatd_test.owner(x.chat) AS owner
+    SELECT
+        x.chat AS parent,
+        chatd_test.owner(x.chat) AS owner
     FROM (SELECT chatd_test.chat_in('waiting') AS chat) AS x
 ) AS p;
 SELECT chatd.delete_chat(chatd_test.owner(tree.kid), tree.kid) FROM tree;

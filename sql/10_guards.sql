@@ -31,7 +31,7 @@ AS $$
             'requires_action>pending',
             -- acquire_chats
             'pending>running',
-            -- finish_turn (no queue), interrupt_chat, archive_chat
+            -- finish_turn (no queue), interrupt_chat, archive_chat, delete_chat
             'running>waiting',
             -- finish_turn (queue head promoted), record_failure (retry),
             -- release_chats, recover_stale_chats, edit_message, send_message
@@ -41,7 +41,7 @@ AS $$
             -- recover_stale_chats (too many recoveries), finish_turn and
             -- interrupt_chat (the spend limit refused to send the queue head)
             'running>error',
-            -- interrupt_chat, archive_chat
+            -- interrupt_chat, archive_chat, delete_chat
             'pending>waiting',
             -- acquire_chats: the chat's model or provider is disabled;
             -- interrupt_chat: the spend limit refused to send the queue head

@@ -4,7 +4,7 @@
 -- * trigger chats_10_guard: rejects, whoever writes it, an INSERT of a chat
 --   in any status but pending, every status change not in the table
 --   (SQLSTATE CD003) and every lease change that is not a fresh claim or
---   the end of a turn;
+--   the end of a turn, and drops every UPDATE of a deleted chat (frozen);
 -- * trigger chats_20_version: bumps version and updated_at on every real
 --   change of a chat row. A heartbeat-only UPDATE (only heartbeat_at
 --   changes) and a no-op UPDATE keep version and updated_at, so heartbeats
@@ -31,7 +31,7 @@ AS $$
             'requires_action>pending',
             -- acquire_chats
             'pending>running',
-            -- finish_turn (no queue), interrupt_chat, archive_chat
+            -- finish_turn (no queue), interrupt_chat, archive_chat, delete_chat
             'running>waiting',
             -- finish_turn (queue head promoted), record_failure (retry),
             -- release_chats, recover_stale_chats, edit_message, send_message
@@ -41,7 +41,7 @@ AS $$
             -- recover_stale_chats (too many recoveries), finish_turn and
             -- interrupt_chat (the spend limit refused to send the queue head)
             'running>error',
-            -- interrupt_chat, archive_chat
+            -- interrupt_chat, archive_chat, delete_chat
             'pending>waiting',
             -- acquire_chats: the chat's model or provider is disabled;
             -- interrupt_chat: the spend limit refused to send the queue head
@@ -76,6 +76,15 @@ BEGIN
         END IF;
         NEW.version := 1;
         RETURN NEW;
+    END IF;
+
+    -- A deleted chat (chatd.delete_chat) is frozen: every later UPDATE of
+    -- its row is dropped (the statement reports it as not updated), so a
+    -- tree operation that reaches a deleted descendant (unarchive_chat of
+    -- its parent), a touch or a stray write can neither revive, run nor
+    -- announce it.
+    IF OLD.deleted_at IS NOT NULL THEN
+        RETURN NULL;
     END IF;
 
     IF NEW.status <> OLD.status AND NOT chatd.transition_allowed(OLD.status, NEW.status) THEN

@@ -86,7 +86,8 @@ $$;
 
 -- The auth boundary: the acting user may act on a chat when they own it and
 -- are a member of its organization. Locks the chat row (FOR UPDATE) when
--- p_lock; raises CD001 (no such chat) or CD002 (forbidden).
+-- p_lock; raises CD001 (no such chat, or a deleted one) or CD002
+-- (forbidden).
 CREATE OR REPLACE FUNCTION chatd._authorized_chat(p_user_id uuid, p_chat_id uuid, p_lock boolean)
 RETURNS chatd.chats
 LANGUAGE plpgsql
@@ -100,7 +101,8 @@ BEGIN
     ELSE
         SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id;
     END IF;
-    IF NOT FOUND THEN
+    -- a deleted chat (chatd.delete_chat) is not found, for everyone
+    IF NOT FOUND OR v_chat.deleted_at IS NOT NULL THEN
         RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
     END IF;
     IF p_user_id IS NULL

@@ -3,7 +3,9 @@
 --
 --   chatd_wake              a chat became runnable (workers)
 --   chatd_chat_<chat id>    status, message, queue, retry, error, parts,
---                           title, archived, deleted (subscribers of a chat)
+--                           title, archived, deleted (subscribers of a chat;
+--                           deleted: chatd.delete_chat, or a row deleted
+--                           directly)
 --   chatd_user_<owner id>   created, status, title, archived, deleted (lists)
 --
 -- Payloads are small JSON hints that carry no content, not even streamed
@@ -93,6 +95,13 @@ BEGIN
     END IF;
 
     -- UPDATE (the trigger fires only when version changed)
+    IF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
+        -- chatd.delete_chat: the fields of a status hint (no content), so
+        -- the worker of a running chat sees its lease bumped and stops now
+        PERFORM pg_notify(chatd._chat_channel(NEW.id), chatd._chat_payload('deleted', NEW)::text);
+        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload('deleted', NEW)::text);
+        RETURN NULL;
+    END IF;
     IF OLD.archived <> NEW.archived THEN
         v_kind := 'archived';
         v_owner_kind := 'archived';
@@ -195,8 +204,9 @@ BEGIN
         RETURN NULL;
     END IF;
     v_chat := chatd._touch_chat(NEW.chat_id);
-    -- gone, or created by this transaction: "created" covers its first messages
-    IF v_chat.id IS NULL OR (TG_OP = 'INSERT' AND v_chat.version = 1) THEN
+    -- gone or deleted (delete_chat wiping it: "deleted" said it all), or
+    -- created by this transaction: "created" covers its first messages
+    IF v_chat.id IS NULL OR v_chat.deleted_at IS NOT NULL OR (TG_OP = 'INSERT' AND v_chat.version = 1) THEN
         RETURN NULL;
     END IF;
     PERFORM pg_notify(chatd._chat_channel(NEW.chat_id), jsonb_build_object(
@@ -233,7 +243,7 @@ BEGIN
         v_chat_id := NEW.chat_id;
     END IF;
     v_chat := chatd._touch_chat(v_chat_id);
-    IF v_chat.id IS NULL THEN
+    IF v_chat.id IS NULL OR v_chat.deleted_at IS NOT NULL THEN
         RETURN NULL;
     END IF;
     PERFORM pg_notify(chatd._chat_channel(v_chat_id), jsonb_build_object(

@@ -129,7 +129,7 @@ $$;
 -- notification only says that (lease, seq) exists, since any login can
 -- LISTEN to (and NOTIFY on) a chat's channel. Every chat is checked like
 -- in every application function: CD001 / CD002 for the first chat the user
--- may not read (nothing is returned then).
+-- may not read (nothing is returned then); a deleted chat is not found.
 CREATE OR REPLACE FUNCTION chatd.get_stream_parts(
     p_user_id uuid,
     p_chat_ids uuid[],
@@ -158,7 +158,7 @@ BEGIN
     SELECT r.chat_id INTO v_denied
     FROM unnest(p_chat_ids) AS r (chat_id)
     LEFT JOIN chatd.chats AS c ON c.id = r.chat_id
-    WHERE c.id IS NULL OR p_user_id IS NULL OR c.owner_id <> p_user_id OR NOT EXISTS (
+    WHERE c.id IS NULL OR c.deleted_at IS NOT NULL OR p_user_id IS NULL OR c.owner_id <> p_user_id OR NOT EXISTS (
         SELECT 1 FROM chatd.organization_members AS om
         WHERE om.organization_id = c.organization_id AND om.user_id = p_user_id
     )
@@ -180,7 +180,7 @@ BEGIN
 END
 $$;
 
--- The acting user's chats (owned, in organizations they belong to),
+-- The acting user's chats (owned, not deleted, in organizations they belong to),
 -- ordered by updated_at descending, then id ascending. Paging cursor:
 -- (p_before, p_before_id) = (updated_at, id) of the last row of the previous
 -- page; the next page starts strictly after it in that order, so chats
@@ -233,6 +233,7 @@ BEGIN
         c.created_at, c.updated_at
     FROM chatd.chats AS c
     WHERE c.owner_id = p_user_id
+        AND c.deleted_at IS NULL
         AND (p_organization_id IS NULL OR c.organization_id = p_organization_id)
         AND (p_include_archived OR NOT c.archived)
         AND (

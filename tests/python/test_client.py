@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from chatd import client as cl
 from chatd.client import (
     ChatArchived,
+    ChatDeletedEvent,
     ChatNotFound,
     Client,
     ErrorEvent,
@@ -328,6 +329,48 @@ async def test_after_message_id_and_edits(client: Client, setup: Setup,
         assert (deleted.from_message_id, deleted.message_ids) == (ids[0], ids)
         assert events[-1].message.text == "one, edited"  # type: ignore[union-attr]
         assert [type(e) for e in events].count(MessagesDeletedEvent) == 1
+
+
+async def test_delete_chat_ends_the_subscription_with_a_chat_deleted_event(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any]
+) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    child = await client.create_chat(setup.user, setup.org, "sub", parent_chat_id=chat)
+    lease = acquire(conn)[chat]
+    publish(conn, chat, lease, 0, "par")
+    async with client.subscribe(setup.user, chat) as sub:
+        await until(sub, lambda e: isinstance(e, PartsEvent))
+        assert await client.delete_chat(setup.user, chat) == 2
+        events = await until(sub, lambda e: isinstance(e, ChatDeletedEvent))
+        assert [type(e) for e in events] == [ChatDeletedEvent], "nothing of the wiped chat is emitted"
+        with pytest.raises(StopAsyncIteration):
+            async with asyncio.timeout(WAIT):
+                await anext(sub)
+    for call in (
+        client.snapshot(setup.user, chat),
+        client.send_message(setup.user, child, "more"),
+        client.delete_chat(setup.user, chat),
+    ):
+        with pytest.raises(ChatNotFound):
+            await call
+    assert await client.list_chats(setup.user, include_archived=True) == []
+
+
+async def test_a_forged_deleted_notification_does_not_end_the_subscription(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any]
+) -> None:
+    # any login can NOTIFY on a chat's channel: "deleted" is a hint to
+    # re-read like any other, and the chat is still there
+    chat = await client.create_chat(setup.user, setup.org, "hello")
+    async with client.subscribe(setup.user, chat) as sub:
+        assert statuses(await until(sub, is_status("pending"))) == ["pending"]
+        conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (f"chatd_chat_{chat}", f'{{"kind": "deleted", "chat_id": "{chat}", "version": 99}}'),
+        )
+        acquire(conn)
+        events = await until(sub, is_status("running"))
+        assert not [e for e in events if isinstance(e, ChatDeletedEvent)]
 
 
 async def test_queue_retry_and_error_events(client: Client, setup: Setup,

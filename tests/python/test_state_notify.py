@@ -203,3 +203,37 @@ def test_the_status_notification_of_interrupt_edit_and_promote_names_the_new_mes
         assert status_last_message_id() == promoted
     finally:
         cap.close()
+
+
+def test_delete_chat_notifies_deleted_for_every_chat_of_the_tree_and_nothing_else(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    root = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    child = conn.execute(
+        "SELECT chatd.create_chat(%s, NULL, '\"sub\"', p_parent_chat_id => %s)", (user, root)
+    ).fetchone()[0]
+    conn.execute("SELECT chatd.send_message(%s, %s, '\"queued\"')", (user, root))
+    cap = Capture(db)
+    try:
+        cap.listen(f"chatd_user_{user}")
+        cap.listen(f"chatd_chat_{root}")
+        cap.listen(f"chatd_chat_{child}")
+        conn.execute("SELECT chatd.delete_chat(%s, %s)", (user, root))
+        events = cap.drain()
+        # wiping messages and the queue adds nothing: "deleted" is the last word
+        assert sorted(kinds(events)) == [("chat", "deleted")] * 2 + [("user", "deleted")] * 2
+        on_chat = [p for c, p in events if c == "chat"]
+        assert {p["chat_id"] for p in on_chat} == {str(root), str(child)}
+        # a hint with no content: the fields of a status hint (the worker of a
+        # running chat sees its lease bumped)
+        assert all(
+            set(p) == {"kind", "chat_id", "version", "status", "archived", "worker_id", "lease", "last_message_id"}
+            for p in on_chat
+        )
+        on_user = [p for c, p in events if c == "user"]
+        assert all(p["archived"] is True and p["status"] == "waiting" for p in on_user)
+    finally:
+        cap.close()

@@ -323,3 +323,116 @@ def test_finish_turns_racing_archive_of_the_tree_never_deadlocks(db: str, factor
                 "SELECT status::text, archived FROM chatd.chats WHERE id = ANY(%s)", ([root, child],)
             ).fetchall()
             assert sorted(rows) == [("waiting", True), ("waiting", True)]
+
+
+def test_a_sub_agent_chat_created_while_its_tree_is_deleted_is_deleted_too(db: str, factory: Factory) -> None:
+    # create_chat (child of P) queued on P first (it holds the root), then
+    # delete_chat(root) queued on the root: once P is free the creation
+    # commits, and the deletion, locking in the tree lock order, sees and
+    # deletes the new child too. Nothing deadlocks.
+    owner = factory.user(factory.org())
+    model = factory.model_config(is_default=True)
+    with _connect(db) as creator, _connect(db) as deleter, _connect(db) as holder, \
+            _connect(db, autocommit=True) as observer:
+        for _ in range(5):
+            root = factory.chat(owner, model=model)
+            parent = factory.chat(owner, model=model, parent=root)
+            _hold_row(holder, parent)
+            create = _Background(lambda parent=parent: (
+                creator.execute(
+                    "SELECT chatd.create_chat(%s, NULL, '\"sub-task\"', p_parent_chat_id => %s)", (owner, parent)
+                ).fetchone(),
+                creator.commit(),
+            ))
+            _wait_until_blocked(observer, creator.info.backend_pid)
+            delete = _Background(lambda root=root: (
+                deleter.execute("SELECT chatd.delete_chat(%s, %s)", (owner, root)).fetchone(),
+                deleter.commit(),
+            ))
+            _wait_until_blocked(observer, deleter.info.backend_pid)
+            holder.commit()
+            child = create.join()[0][0]
+            assert delete.join()[0][0] == 3, "the deletion waited for the creation and deleted the new child too"
+            row = observer.execute(
+                "SELECT deleted_at IS NOT NULL, archived FROM chatd.chats WHERE id = %s", (child,)
+            ).fetchone()
+            assert row == (True, True)
+
+
+def test_creating_a_sub_agent_chat_under_a_tree_being_deleted_fails_as_not_found(
+    db: str, factory: Factory
+) -> None:
+    # delete_chat(root) holds the tree in an open transaction; create_chat
+    # under the parent waits on the root, then finds the parent deleted.
+    owner = factory.user(factory.org())
+    model = factory.model_config(is_default=True)
+    with _connect(db) as creator, _connect(db) as deleter, _connect(db, autocommit=True) as observer:
+        root = factory.chat(owner, model=model)
+        parent = factory.chat(owner, model=model, parent=root)
+        assert deleter.execute("SELECT chatd.delete_chat(%s, %s)", (owner, root)).fetchone() == (2,)
+        create = _Background(lambda: creator.execute(
+            "SELECT chatd.create_chat(%s, NULL, '\"sub-task\"', p_parent_chat_id => %s)", (owner, parent)
+        ).fetchone())
+        _wait_until_blocked(observer, creator.info.backend_pid)
+        deleter.commit()
+        try:
+            create.join()
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "CD001"
+        else:
+            raise AssertionError("a sub-agent chat was created under a deleted chat")
+        creator.rollback()
+        assert observer.execute(
+            "SELECT count(*) FROM chatd.chats WHERE root_chat_id = %s AND deleted_at IS NULL", (root,)
+        ).fetchone() == (0,)
+
+
+def test_a_turn_finished_while_its_chat_is_deleted_is_wiped_and_its_cost_kept(db: str, factory: Factory) -> None:
+    # finish_turn commits while delete_chat waits for the chat row: the
+    # deletion then wipes the new answer and keeps what it cost.
+    owner = factory.user(factory.org())
+    model = factory.model_config()
+    with _connect(db) as worker, _connect(db) as deleter, _connect(db, autocommit=True) as observer:
+        chat = factory.chat(owner, model=model)
+        lease = _claim(observer, chat)
+        worker.execute(
+            "SELECT chatd.finish_turn(%s, %s, '\"answer\"', '{\"input_tokens\": 1000, \"output_tokens\": 1000}')",
+            (chat, lease),
+        )
+        delete = _Background(lambda: (
+            deleter.execute("SELECT chatd.delete_chat(%s, %s)", (owner, chat)).fetchone(),
+            deleter.commit(),
+        ))
+        _wait_until_blocked(observer, deleter.info.backend_pid)
+        worker.commit()
+        assert delete.join()[0] == (1,)
+        assert observer.execute(
+            "SELECT content, deleted, total_cost_micros FROM chatd.messages WHERE chat_id = %s AND role = 'assistant'",
+            (chat,),
+        ).fetchall() == [([], True, 3000)]
+
+
+def test_a_turn_finishing_after_its_chat_was_deleted_is_fenced(db: str, factory: Factory) -> None:
+    # delete_chat holds the chat in an open transaction; the worker's
+    # finish_turn waits, then finds its lease lost (CD004) and writes nothing.
+    owner = factory.user(factory.org())
+    model = factory.model_config()
+    with _connect(db) as worker, _connect(db) as deleter, _connect(db, autocommit=True) as observer:
+        chat = factory.chat(owner, model=model)
+        lease = _claim(observer, chat)
+        assert deleter.execute("SELECT chatd.delete_chat(%s, %s)", (owner, chat)).fetchone() == (1,)
+        finish = _Background(lambda: worker.execute(
+            "SELECT chatd.finish_turn(%s, %s, '\"late\"')", (chat, lease)
+        ).fetchone())
+        _wait_until_blocked(observer, worker.info.backend_pid)
+        deleter.commit()
+        try:
+            finish.join()
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "CD004"
+        else:
+            raise AssertionError("a deleted chat's worker finished its turn")
+        worker.rollback()
+        assert observer.execute(
+            "SELECT count(*) FROM chatd.messages WHERE chat_id = %s AND role = 'assistant'", (chat,)
+        ).fetchone() == (0,)

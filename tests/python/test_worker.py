@@ -231,6 +231,24 @@ async def test_interrupt_mid_stream_cancels_the_turn_and_keeps_the_partial_messa
     assert saved and words.startswith(saved) and saved != words
 
 
+async def test_deleting_a_chat_mid_stream_stops_its_turn_and_writes_nothing(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    owner, org = owner_and_org(factory)
+    fake.script(Text(" ".join(f"word{i}" for i in range(200)), chunks=200, delay=0.02))
+    chat = factory.chat(owner, org=org, model=model_for(factory, fake))
+    async with running_worker(worker_config(db, heartbeat_interval=30)) as worker:
+        await wait_until(lambda: _has_parts(db, chat), what="the first streamed part")
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await conn.execute("SELECT chatd.delete_chat(%s, %s)", (owner, chat))
+        # heartbeat is 30 s away: the "deleted" hint (lease bumped) cancels it
+        await wait_until(lambda: _turn_gone(worker, chat), timeout=10, what="the turn to be cancelled")
+    row = await chat_row(db, chat)
+    assert (row["status"], row["worker_id"]) == ("waiting", None)
+    assert await messages(db, chat, "assistant") == []
+    assert await stream_parts(db, chat) == []
+
+
 async def _has_parts(dsn: str, chat: UUID) -> bool:
     return bool(await stream_parts(dsn, chat))
 

@@ -212,6 +212,7 @@ SELECT is(
             ('get_chat_snapshot', 'SELECT chatd.get_chat_snapshot(%L, %L)'),
             ('delete_queued_message', 'SELECT chatd.delete_queued_message(%L, %L, 1)'),
             ('promote_queued_message', 'SELECT chatd.promote_queued_message(%L, %L, 1)'),
+            ('delete_chat', 'SELECT chatd.delete_chat(%L, %L)'),
             ('create_chat sub-agent', $$SELECT chatd.create_chat(%L, NULL, '"x"', p_parent_chat_id => %L)$$)
         ) AS x (call, tmpl)
         WHERE pg_temp.outcome(format(x.tmpl, u.who, c.chat)) <> 'CD002'
@@ -234,13 +235,14 @@ SELECT is(
             ('interrupt_chat', 'SELECT chatd.interrupt_chat(%L, %L)'),
             ('edit_message', $$SELECT chatd.edit_message(%L, %L, 1, '"x"')$$),
             ('archive_chat', 'SELECT chatd.archive_chat(%L, %L)'),
-            ('set_chat_title', $$SELECT chatd.set_chat_title(%L, %L, 'x')$$)
+            ('set_chat_title', $$SELECT chatd.set_chat_title(%L, %L, 'x')$$),
+            ('delete_chat', 'SELECT chatd.delete_chat(%L, %L)')
         ) AS x (call, tmpl)
         WHERE pg_temp.outcome(format(x.tmpl, (SELECT t.usr FROM t), c.chat)) <> 'CD002'
         ORDER BY x.call
     ),
     '{}'::text[],
-    'an owner who left the organization may no longer send, interrupt, edit, archive or rename the chat'
+    'an owner who left the organization may no longer send, interrupt, edit, archive, rename or delete the chat'
 );
 SELECT is(
     (SELECT count(*) FROM chatd.list_chats((SELECT t.usr FROM t), p_include_archived => TRUE)), 0::bigint,

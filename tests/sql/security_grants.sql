@@ -25,7 +25,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.recover_stale_chats()', 'worker'),
 ('chatd.janitor()', 'worker'),
 ('chatd.worker_settings()', 'worker'),
--- application interface (sql/20_app_chats.sql, 25_app_queue.sql, 30_snapshot.sql, 50_spend.sql)
+-- application interface (sql/20_app_chats.sql, 22_app_delete.sql, 25_app_queue.sql, 30_snapshot.sql, 50_spend.sql)
 ('chatd.create_chat(uuid,uuid,jsonb,uuid,text,text,uuid,uuid,chatd.client_type)', 'app'),
 ('chatd.send_message(uuid,uuid,jsonb,text,uuid)', 'app'),
 ('chatd.interrupt_chat(uuid,uuid)', 'app'),
@@ -35,6 +35,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.archive_chat(uuid,uuid)', 'app'),
 ('chatd.unarchive_chat(uuid,uuid)', 'app'),
 ('chatd.set_chat_title(uuid,uuid,text)', 'app'),
+('chatd.delete_chat(uuid,uuid)', 'app'),
 ('chatd.get_chat_snapshot(uuid,uuid,bigint,integer)', 'app'),
 ('chatd.get_stream_parts(uuid,uuid[],bigint[],integer[],integer)', 'app'),
 ('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone,uuid)', 'app'),

@@ -76,7 +76,7 @@ CREATE TEMP TABLE worker_api (name) AS VALUES
 ('record_failure'), ('release_chats'), ('recover_stale_chats'), ('janitor'), ('worker_settings');
 CREATE TEMP TABLE app_api (name) AS VALUES
 ('create_chat'), ('send_message'), ('interrupt_chat'), ('edit_message'), ('delete_queued_message'),
-('promote_queued_message'), ('archive_chat'), ('unarchive_chat'), ('set_chat_title'),
+('promote_queued_message'), ('archive_chat'), ('unarchive_chat'), ('set_chat_title'), ('delete_chat'),
 ('get_chat_snapshot'), ('get_stream_parts'), ('list_chats'), ('usage_limit_status');
 
 CREATE TEMP TABLE t AS

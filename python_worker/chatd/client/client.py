@@ -217,6 +217,13 @@ class Client:
     async def unarchive(self, user_id: UUID, chat_id: UUID, *, db_timeout: float | None = None) -> Any:
         return await self._scalar(queries.UNARCHIVE_CHAT, [user_id, chat_id], db_timeout)
 
+    async def delete_chat(self, user_id: UUID, chat_id: UUID, *, db_timeout: float | None = None) -> int:
+        """Delete the chat and its sub-agent chats (``chatd.delete_chat``);
+        returns how many were deleted. Their content is wiped, their spend
+        stays counted; afterwards every call on them raises ``ChatNotFound``
+        and their subscriptions end with ``ChatDeletedEvent``."""
+        return int(await self._scalar(queries.DELETE_CHAT, [user_id, chat_id], db_timeout))
+
     async def list_chats(
         self,
         user_id: UUID,

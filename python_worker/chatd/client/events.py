@@ -107,7 +107,8 @@ class TitleEvent(ChatEvent):
 
 @dataclass(frozen=True)
 class ChatDeletedEvent(ChatEvent):
-    """The chat row was deleted; the subscription ends after this event."""
+    """The chat was deleted (``delete_chat``, or its row removed): a re-read
+    after a hint found it gone. The subscription ends after this event."""
 
 
 Event: TypeAlias = (

@@ -143,7 +143,9 @@ class Subscription:
         if kind == "parts":
             return await self._on_parts(hint)
         if kind == "deleted":
-            return [ChatDeletedEvent(self.chat_id)]
+            # a hint like any other (anyone can NOTIFY it): the chat is gone
+            # only if the authorized re-read says so
+            return await self._refresh()
         version = _int_or_none(hint.get("version")) or 0
         if version <= self.last_version and not self._stale:
             return []  # already reflected in what was emitted
@@ -178,7 +180,9 @@ class Subscription:
         after = self.last_parts[1] if lease == self.last_parts[0] else -1
         try:
             batches = await self._client.stream_parts(self.user_id, self.chat_id, lease, after)
-        except (ChatNotFound, Forbidden):
+        except ChatNotFound:
+            return [ChatDeletedEvent(self.chat_id)]  # it existed at the snapshot: deleted since
+        except Forbidden:
             raise
         except (*_TRANSIENT, psycopg.Error) as exc:
             self._stale = True
@@ -198,7 +202,9 @@ class Subscription:
             snapshot = await self._client.snapshot(
                 self.user_id, self.chat_id, self._after if full else self.last_message_id
             )
-        except (ChatNotFound, Forbidden):
+        except ChatNotFound:
+            return [ChatDeletedEvent(self.chat_id)]  # it existed at the snapshot: deleted since
+        except Forbidden:
             raise
         except (*_TRANSIENT, psycopg.Error) as exc:
             # Keep the subscription: the next hint or reconnect retries.

@@ -78,6 +78,9 @@ ARCHIVE_CHAT: Final = "SELECT chatd.archive_chat(%s, %s)"
 
 UNARCHIVE_CHAT: Final = "SELECT chatd.unarchive_chat(%s, %s)"
 
+# Soft deletion of a chat and its sub-agent tree; returns how many chats.
+DELETE_CHAT: Final = "SELECT chatd.delete_chat(%s, %s)"
+
 LIST_CHATS: Final = "SELECT to_jsonb(c) FROM chatd.list_chats(%s, %s, %s, %s, %s, %s) AS c"
 
 GET_CHAT_SNAPSHOT: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s)"

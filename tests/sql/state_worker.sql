@@ -161,8 +161,10 @@ SELECT throws_ok(
     'CD004', NULL, 'finish_turn under a NULL lease: lease lost (a NULL lease never passes the fence)'
 );
 SELECT throws_ok(
-    format($$SELECT chatd.record_failure(%L, NULL, '{"message": "x", "kind": "generic", "retryable": true}')$$,
-        (SELECT c.due FROM c)),
+    format(
+        $$SELECT chatd.record_failure(%L, NULL, '{"message": "x", "kind": "generic", "retryable": true}')$$,
+        (SELECT c.due FROM c)
+    ),
     'CD004', NULL, 'record_failure under a NULL lease: lease lost'
 );
 SELECT throws_ok(

@@ -291,6 +291,8 @@ BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
     v_tree := chatd._lock_subtree(v_chat);
     DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = ANY (v_tree);
+    -- a busy member's turn stops (keeping its last error and due time); the
+    -- turn columns of any other member stay as they are
     UPDATE chatd.chats AS c
     SET
         archived = TRUE,
@@ -302,8 +304,6 @@ BEGIN
             SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
                 r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
                 r.model_config_id
-            -- a busy member's turn stops (keeping its last error and due
-            -- time); any other member's turn columns stay as they are
             FROM chatd._turn_reset(
                 c,
                 CASE WHEN c.status IN ('pending', 'running') THEN 'waiting' END::chatd.chat_status,

@@ -1,7 +1,8 @@
 -- Internal helpers of the state machine functions: input validation,
 -- authorization (the auth boundary of every application function), channel
--- names and small JSON shapes. Names start with an underscore: they are not
--- part of the application or worker interface.
+-- names, small JSON shapes, and the turn columns of a chat whose turn stops
+-- (_turn_reset). Names start with an underscore: they are not part of the
+-- application or worker interface.
 
 -- Normalizes message content: a JSON string becomes one text part; an
 -- array must hold objects with a known part type, text parts with a

@@ -1,7 +1,8 @@
 -- Internal helpers of the state machine functions: input validation,
 -- authorization (the auth boundary of every application function), channel
--- names and small JSON shapes. Names start with an underscore: they are not
--- part of the application or worker interface.
+-- names, small JSON shapes, and the turn columns of a chat whose turn stops
+-- (_turn_reset). Names start with an underscore: they are not part of the
+-- application or worker interface.
 
 -- Normalizes message content: a JSON string becomes one text part; an
 -- array must hold objects with a known part type, text parts with a
@@ -292,4 +293,72 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
     SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = p_chat_id
+$$;
+
+-- The one home of "reset the turn": p_chat (the locked row, as it is before
+-- the UPDATE) with its turn stopped and every turn column set, for one
+-- UPDATE that writes them all, always in this form:
+--     UPDATE chatd.chats AS c
+--     SET (
+--         status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+--         next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+--         model_config_id
+--     ) = (
+--         SELECT r.status, r.worker_id, ... (the same columns)
+--         FROM chatd._turn_reset(c, ...) AS r
+--     )
+-- The chat goes to p_status with no worker and no heartbeat, due at
+-- p_next_attempt_at (now), and by default with a fresh turn ahead: attempt
+-- and recoveries 0, no retry state, last_error p_last_error, model
+-- p_model_config_id (NULL: the chat's). A caller that keeps the turn going
+-- later (record_failure, release_chats, recover_stale_chats) passes the
+-- counters it keeps or sets. p_bump_lease: the lease grows, so the stopped
+-- turn's worker can write nothing more. Without it a running turn is
+-- recorded as interrupted (chats.interrupted_*: its lease, its model, and
+-- p_turn_last_message_id, the chat's last message before the caller
+-- inserted the next turn's; NULL: read now), so its worker may save the
+-- partial answer once (save_interrupted_turn). p_status NULL: there is no
+-- turn to stop, p_chat comes back unchanged.
+CREATE OR REPLACE FUNCTION chatd._turn_reset(
+    p_chat chatd.chats,
+    p_status chatd.chat_status,
+    p_bump_lease boolean DEFAULT FALSE,
+    p_last_error jsonb DEFAULT NULL,
+    p_model_config_id uuid DEFAULT NULL,
+    p_turn_last_message_id bigint DEFAULT NULL,
+    p_attempt integer DEFAULT 0,
+    p_recoveries integer DEFAULT 0,
+    p_retry_state jsonb DEFAULT NULL,
+    p_next_attempt_at timestamptz DEFAULT now()
+)
+RETURNS chatd.chats
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats := p_chat;
+BEGIN
+    IF p_status IS NULL THEN
+        RETURN v_chat;
+    END IF;
+    IF p_bump_lease THEN
+        v_chat.lease := p_chat.lease + 1;
+    ELSIF p_chat.status = 'running' THEN
+        v_chat.interrupted_lease := p_chat.lease;
+        v_chat.interrupted_model_config_id := p_chat.model_config_id;
+        v_chat.interrupted_last_message_id := coalesce(
+            p_turn_last_message_id, chatd._last_message_id(p_chat.id)
+        );
+    END IF;
+    v_chat.status := p_status;
+    v_chat.worker_id := NULL;
+    v_chat.heartbeat_at := NULL;
+    v_chat.attempt := p_attempt;
+    v_chat.recoveries := p_recoveries;
+    v_chat.retry_state := p_retry_state;
+    v_chat.last_error := p_last_error;
+    v_chat.next_attempt_at := p_next_attempt_at;
+    v_chat.model_config_id := coalesce(p_model_config_id, p_chat.model_config_id);
+    RETURN v_chat;
+END
 $$;

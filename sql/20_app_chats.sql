@@ -152,25 +152,26 @@ BEGIN
         PERFORM chatd._promote_queue_head(p_chat_id);
     END IF;
     UPDATE chatd.chats AS c
-    SET status = CASE
-            WHEN v_head.id IS NULL THEN 'waiting'
-            WHEN v_refusal IS NOT NULL THEN 'error'
-            ELSE 'pending'
-        END::chatd.chat_status,
-        worker_id = NULL, heartbeat_at = NULL, attempt = 0, recoveries = 0, retry_state = NULL,
-        last_error = chatd._usage_limit_error(v_refusal), next_attempt_at = now(),
-        interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
-        interrupted_model_config_id = CASE
-            WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
-        END,
-        interrupted_last_message_id = CASE
-            WHEN c.status = 'running' THEN v_turn_last
-            ELSE c.interrupted_last_message_id
-        END,
-        model_config_id = CASE
-            WHEN v_refusal IS NULL THEN coalesce(v_head.model_config_id, c.model_config_id)
-            ELSE c.model_config_id
-        END
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c,
+            CASE
+                WHEN v_head.id IS NULL THEN 'waiting'
+                WHEN v_refusal IS NOT NULL THEN 'error'
+                ELSE 'pending'
+            END::chatd.chat_status,
+            p_last_error => chatd._usage_limit_error(v_refusal),
+            p_model_config_id => CASE WHEN v_refusal IS NULL THEN v_head.model_config_id END,
+            p_turn_last_message_id => v_turn_last
+        ) AS r
+    )
     WHERE c.id = p_chat_id
     RETURNING c.status INTO v_status;
     RETURN v_status;
@@ -231,9 +232,18 @@ BEGIN
     VALUES (p_chat_id, 'user', v_content, v_model, p_user_id)
     RETURNING id INTO v_id;
     UPDATE chatd.chats AS c
-    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
-        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
-        model_config_id = coalesce(v_model, c.model_config_id)
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c, 'pending', p_bump_lease => TRUE, p_model_config_id => v_model
+        ) AS r
+    )
     WHERE c.id = p_chat_id;
     RETURN v_id;
 END
@@ -281,22 +291,26 @@ BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
     v_tree := chatd._lock_subtree(v_chat);
     DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = ANY (v_tree);
+    -- a busy member's turn stops (keeping its last error and due time); the
+    -- turn columns of any other member stay as they are
     UPDATE chatd.chats AS c
-    SET archived = TRUE,
-        status = CASE WHEN c.status IN ('pending', 'running') THEN 'waiting' ELSE c.status END::chatd.chat_status,
-        worker_id = NULL,
-        heartbeat_at = CASE WHEN c.status = 'running' THEN NULL ELSE c.heartbeat_at END,
-        attempt = CASE WHEN c.status IN ('pending', 'running') THEN 0 ELSE c.attempt END,
-        recoveries = CASE WHEN c.status IN ('pending', 'running') THEN 0 ELSE c.recoveries END,
-        retry_state = CASE WHEN c.status IN ('pending', 'running') THEN NULL ELSE c.retry_state END,
-        interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
-        interrupted_model_config_id = CASE
-            WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
-        END,
-        interrupted_last_message_id = CASE
-            WHEN c.status = 'running' THEN chatd._last_message_id(c.id)
-            ELSE c.interrupted_last_message_id
-        END
+    SET
+        archived = TRUE,
+        (
+            status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+            next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+            model_config_id
+        ) = (
+            SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+                r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+                r.model_config_id
+            FROM chatd._turn_reset(
+                c,
+                CASE WHEN c.status IN ('pending', 'running') THEN 'waiting' END::chatd.chat_status,
+                p_last_error => c.last_error,
+                p_next_attempt_at => c.next_attempt_at
+            ) AS r
+        )
     WHERE c.id = ANY (v_tree) AND NOT c.archived;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;

@@ -1,5 +1,7 @@
 -- Application functions for messages and the queue (for chatd_app):
--- send_message, delete_queued_message, promote_queued_message.
+-- send_message, delete_queued_message, promote_queued_message, and the queue
+-- helpers they share with interrupt_chat and finish_turn (_start_turn,
+-- _enqueue, _promote_queue_head).
 
 -- Starts a new turn on a locked chat: -> pending, due now, turn counters
 -- reset, last error cleared, optionally a new model. The lease is left as is;
@@ -17,17 +19,19 @@ SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 BEGIN
     UPDATE chatd.chats AS c
-    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
-        attempt = 0, recoveries = 0, retry_state = NULL, last_error = NULL, next_attempt_at = now(),
-        interrupted_lease = CASE WHEN c.status = 'running' THEN c.lease ELSE c.interrupted_lease END,
-        interrupted_model_config_id = CASE
-            WHEN c.status = 'running' THEN c.model_config_id ELSE c.interrupted_model_config_id
-        END,
-        interrupted_last_message_id = CASE
-            WHEN c.status = 'running' THEN p_turn_last_message_id
-            ELSE c.interrupted_last_message_id
-        END,
-        model_config_id = coalesce(p_model_config_id, c.model_config_id)
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c, 'pending',
+            p_model_config_id => p_model_config_id, p_turn_last_message_id => p_turn_last_message_id
+        ) AS r
+    )
     WHERE c.id = p_chat_id;
 END
 $$;
@@ -56,6 +60,32 @@ BEGIN
     VALUES (p_chat_id, v_next, p_content, p_model_config_id, p_user_id)
     RETURNING * INTO v_row;
     RETURN v_row;
+END
+$$;
+
+-- Moves the head of a chat's queue into the conversation: deletes it,
+-- inserts it as a user message, and returns its model config (NULL when
+-- the queued message keeps the chat's model) or NULL when the queue is
+-- empty. The caller has locked the chat and updates its status after this
+-- (so the status notification names the promoted message).
+CREATE OR REPLACE FUNCTION chatd._promote_queue_head(p_chat_id uuid, OUT o_promoted boolean, OUT o_model uuid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_head chatd.queued_messages;
+BEGIN
+    DELETE FROM chatd.queued_messages AS q
+    WHERE q.id = (
+        SELECT q2.id FROM chatd.queued_messages AS q2 WHERE q2.chat_id = p_chat_id ORDER BY q2.position LIMIT 1
+    )
+    RETURNING q.* INTO v_head;
+    o_promoted := v_head.id IS NOT NULL;
+    o_model := v_head.model_config_id;
+    IF o_promoted THEN
+        INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
+        VALUES (p_chat_id, 'user', v_head.content, v_head.model_config_id, v_head.created_by);
+    END IF;
 END
 $$;
 

@@ -21,9 +21,21 @@ AS $$
     WHERE m.id = p_model_config_id
 $$;
 
--- Locks a chat for a worker write and checks the fence: the chat must be
--- running under p_lease. CD001 when the chat is gone, CD004 otherwise.
-CREATE OR REPLACE FUNCTION chatd._fenced_chat(p_chat_id uuid, p_lease bigint, p_action text)
+-- The lock-and-fence of every worker call on one chat: the chat row,
+-- locked, once its fence (the lease) holds. CD001 when the chat is gone,
+-- CD004 (naming p_action) when the fence fails. p_mode says which fence:
+--   'running': running under p_lease (a write to the turn: publish_parts,
+--       finish_turn, record_failure);
+--   'stopped': not running, still under p_lease (no claim, edit, release
+--       or recovery since the turn stopped: save_interrupted_turn);
+--   'read': running under p_lease for worker p_worker_id, read without a
+--       lock (turn_history);
+--   'try': as 'running', but a failed fence (or an unknown chat) returns
+--       NULL instead of raising (finish_turns reports those turns).
+DROP FUNCTION IF EXISTS chatd._fenced_chat(uuid, bigint, text);
+CREATE OR REPLACE FUNCTION chatd._fenced_chat(
+    p_chat_id uuid, p_lease bigint, p_action text, p_mode text DEFAULT 'running', p_worker_id text DEFAULT NULL
+)
 RETURNS chatd.chats
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
@@ -31,11 +43,27 @@ AS $$
 DECLARE
     v_chat chatd.chats;
 BEGIN
-    SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id FOR UPDATE;
-    IF NOT FOUND THEN
+    IF p_mode IS NULL OR p_mode NOT IN ('running', 'stopped', 'read', 'try') THEN
+        RAISE EXCEPTION '_fenced_chat: unknown mode %', p_mode USING ERRCODE = 'CD007';
+    END IF;
+    IF p_mode = 'read' THEN
+        SELECT * INTO v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
+    ELSE
+        SELECT * INTO v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id FOR UPDATE;
+    END IF;
+    IF v_chat.id IS NULL AND p_mode <> 'try' THEN
         RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
     END IF;
-    IF v_chat.status <> 'running' OR v_chat.lease <> p_lease THEN
+    IF v_chat.lease IS DISTINCT FROM p_lease
+        OR (v_chat.status = 'running') IS DISTINCT FROM (p_mode <> 'stopped')
+        OR p_mode = 'read' AND v_chat.worker_id IS DISTINCT FROM p_worker_id THEN
+        IF p_mode = 'try' THEN
+            RETURN NULL;
+        ELSIF p_mode = 'read' THEN
+            RAISE EXCEPTION 'chat %: lease % of worker % lost (chat is % under lease %), % refused',
+                p_chat_id, p_lease, p_worker_id, v_chat.status, v_chat.lease, p_action
+                USING ERRCODE = 'CD004';
+        END IF;
         RAISE EXCEPTION 'chat %: lease % lost (chat is % under lease %), % refused',
             p_chat_id, p_lease, v_chat.status, v_chat.lease, p_action
             USING ERRCODE = 'CD004';
@@ -188,20 +216,31 @@ BEGIN
             FOR UPDATE SKIP LOCKED
         )
         UPDATE chatd.chats AS c
-        SET status = 'error', attempt = 0, recoveries = 0, retry_state = NULL, next_attempt_at = now(),
-            last_error = (
-                SELECT jsonb_build_object(
-                    'message', format('model %s (%s) is disabled: choose another model and send again',
-                        m.display_name, m.model),
-                    'kind', 'config',
-                    'provider', p.name,
-                    'retryable', FALSE,
-                    'status_code', NULL,
-                    'detail', CASE WHEN p.enabled THEN 'model config disabled' ELSE 'provider disabled' END
+        SET (
+            status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+            next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+            model_config_id
+        ) = (
+            SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+                r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+                r.model_config_id
+            FROM chatd._turn_reset(
+                c, 'error',
+                p_last_error => (
+                    SELECT jsonb_build_object(
+                        'message', format('model %s (%s) is disabled: choose another model and send again',
+                            m.display_name, m.model),
+                        'kind', 'config',
+                        'provider', p.name,
+                        'retryable', FALSE,
+                        'status_code', NULL,
+                        'detail', CASE WHEN p.enabled THEN 'model config disabled' ELSE 'provider disabled' END
+                    )
+                    FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+                    WHERE m.id = c.model_config_id
                 )
-                FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
-                WHERE m.id = c.model_config_id
-            )
+            ) AS r
+        )
         FROM refused
         WHERE c.id = refused.id AND c.status = 'pending';
     END IF;
@@ -227,22 +266,11 @@ RETURNS TABLE (id bigint, role chatd.message_role, content jsonb, bytes bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-DECLARE
-    v_chat chatd.chats;
 BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'turn_history: invalid limit %: expected 1 to 1000', p_limit USING ERRCODE = 'CD007';
     END IF;
-    SELECT * INTO v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
-    END IF;
-    IF v_chat.status <> 'running' OR v_chat.lease IS DISTINCT FROM p_lease
-        OR v_chat.worker_id IS DISTINCT FROM p_worker_id THEN
-        RAISE EXCEPTION 'chat %: lease % of worker % lost (chat is % under lease %), turn_history refused',
-            p_chat_id, p_lease, p_worker_id, v_chat.status, v_chat.lease
-            USING ERRCODE = 'CD004';
-    END IF;
+    PERFORM chatd._fenced_chat(p_chat_id, p_lease, 'turn_history', 'read', p_worker_id);
     RETURN QUERY
     SELECT m.id, m.role, m.content, p.bytes
     FROM chatd._message_page(p_chat_id, p_after_id, TRUE, p_limit, 8388608, TRUE) AS p
@@ -434,32 +462,6 @@ BEGIN
 END
 $$;
 
--- Moves the head of a chat's queue into the conversation: deletes it,
--- inserts it as a user message, and returns its model config (NULL when
--- the queued message keeps the chat's model) or NULL when the queue is
--- empty. The caller has locked the chat and updates its status after this
--- (so the status notification names the promoted message).
-CREATE OR REPLACE FUNCTION chatd._promote_queue_head(p_chat_id uuid, OUT o_promoted boolean, OUT o_model uuid)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, chatd, pg_temp
-AS $$
-DECLARE
-    v_head chatd.queued_messages;
-BEGIN
-    DELETE FROM chatd.queued_messages AS q
-    WHERE q.id = (
-        SELECT q2.id FROM chatd.queued_messages AS q2 WHERE q2.chat_id = p_chat_id ORDER BY q2.position LIMIT 1
-    )
-    RETURNING q.* INTO v_head;
-    o_promoted := v_head.id IS NOT NULL;
-    o_model := v_head.model_config_id;
-    IF o_promoted THEN
-        INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
-        VALUES (p_chat_id, 'user', v_head.content, v_head.model_config_id, v_head.created_by);
-    END IF;
-END
-$$;
-
 -- Ends a turn successfully: persists the tool-round messages and the
 -- assistant message (usage, cost, runtime), then goes to waiting, or to
 -- pending with the queue head promoted to a user message. Returns the
@@ -516,23 +518,26 @@ BEGIN
     END IF;
 
     UPDATE chatd.chats AS c
-    SET status = CASE
-            WHEN v_head.id IS NULL THEN 'waiting'
-            WHEN v_refusal IS NOT NULL THEN 'error'
-            ELSE 'pending'
-        END::chatd.chat_status,
-        worker_id = NULL,
-        heartbeat_at = NULL,
-        lease = c.lease + 1,
-        attempt = 0,
-        recoveries = 0,
-        retry_state = NULL,
-        last_error = chatd._usage_limit_error(v_refusal),
-        next_attempt_at = now(),
-        model_config_id = CASE
-            WHEN v_refusal IS NULL THEN coalesce(v_head.model_config_id, c.model_config_id)
-            ELSE c.model_config_id
-        END
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c,
+            CASE
+                WHEN v_head.id IS NULL THEN 'waiting'
+                WHEN v_refusal IS NOT NULL THEN 'error'
+                ELSE 'pending'
+            END::chatd.chat_status,
+            p_bump_lease => TRUE,
+            p_last_error => chatd._usage_limit_error(v_refusal),
+            p_model_config_id => CASE WHEN v_refusal IS NULL THEN v_head.model_config_id END
+        ) AS r
+    )
     WHERE c.id = p_chat_id;
     RETURN v_id;
 END
@@ -565,15 +570,7 @@ DECLARE
     v_chat chatd.chats;
     v_visibility chatd.message_visibility;
 BEGIN
-    SELECT * INTO v_chat FROM chatd.chats WHERE id = p_chat_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'chat % not found', p_chat_id USING ERRCODE = 'CD001';
-    END IF;
-    IF v_chat.lease <> p_lease OR v_chat.status = 'running' THEN
-        RAISE EXCEPTION 'chat %: lease % lost (chat is % under lease %), save_interrupted_turn refused',
-            p_chat_id, p_lease, v_chat.status, v_chat.lease
-            USING ERRCODE = 'CD004';
-    END IF;
+    v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'save_interrupted_turn', 'stopped');
     IF v_chat.interrupted_lease IS DISTINCT FROM p_lease THEN
         RAISE EXCEPTION 'chat %: no interrupted turn to save under lease % (never ran, ended, or already saved)',
             p_chat_id, p_lease
@@ -633,8 +630,19 @@ BEGIN
 
     IF NOT v_retryable OR v_attempt >= v_settings.max_attempts THEN
         UPDATE chatd.chats AS c
-        SET status = 'error', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
-            attempt = v_attempt, retry_state = NULL, last_error = p_error, next_attempt_at = now()
+        SET (
+            status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+            next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+            model_config_id
+        ) = (
+            SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+                r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+                r.model_config_id
+            FROM chatd._turn_reset(
+                c, 'error', p_bump_lease => TRUE, p_last_error => p_error,
+                p_attempt => v_attempt, p_recoveries => c.recoveries
+            ) AS r
+        )
         WHERE c.id = p_chat_id
         RETURNING c.status, c.attempt, c.next_attempt_at INTO status, attempt, next_attempt_at;
         RETURN NEXT;
@@ -648,12 +656,23 @@ BEGIN
     v_delay_ms := greatest(v_delay_ms, least(coalesce(p_retry_after_ms, 0), 86400000));
     v_at := now() + make_interval(secs => v_delay_ms / 1000.0);
     UPDATE chatd.chats AS c
-    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1,
-        attempt = v_attempt, last_error = p_error, next_attempt_at = v_at,
-        retry_state = jsonb_build_object(
-            'attempt', v_attempt, 'delay_ms', v_delay_ms, 'retrying_at', v_at,
-            'error', chatd._short_error(p_error)
-        )
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c, 'pending', p_bump_lease => TRUE, p_last_error => p_error,
+            p_attempt => v_attempt, p_recoveries => c.recoveries, p_next_attempt_at => v_at,
+            p_retry_state => jsonb_build_object(
+                'attempt', v_attempt, 'delay_ms', v_delay_ms, 'retrying_at', v_at,
+                'error', chatd._short_error(p_error)
+            )
+        ) AS r
+    )
     WHERE c.id = p_chat_id
     RETURNING c.status, c.attempt, c.next_attempt_at INTO status, attempt, next_attempt_at;
     RETURN NEXT;
@@ -684,7 +703,19 @@ BEGIN
         FOR UPDATE
     )
     UPDATE chatd.chats AS c
-    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1, next_attempt_at = now()
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c, 'pending', p_bump_lease => TRUE, p_last_error => c.last_error,
+            p_attempt => c.attempt, p_recoveries => c.recoveries, p_retry_state => c.retry_state
+        ) AS r
+    )
     FROM locked
     WHERE c.id = locked.id AND c.status = 'running' AND c.worker_id = p_worker_id;
     GET DIAGNOSTICS v_count = ROW_COUNT;
@@ -752,10 +783,9 @@ BEGIN
     LOOP
         v_chat_id := (v_turn ->> 'chat_id')::uuid;
         v_lease := (v_turn ->> 'lease')::bigint;
-        SELECT c.status = 'running' AND c.lease = v_lease INTO v_fenced
-        FROM chatd.chats AS c WHERE c.id = v_chat_id FOR UPDATE;
+        v_fenced := (chatd._fenced_chat(v_chat_id, v_lease, 'finish_turns', 'try')).id IS NOT NULL;
         chat_id := v_chat_id;
-        IF v_fenced IS NOT TRUE THEN
+        IF NOT v_fenced THEN
             message_id := NULL;  -- lease lost (or no such chat): nothing written
         ELSE
             IF v_turn ? 'parts' THEN

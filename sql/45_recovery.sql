@@ -53,30 +53,39 @@ BEGIN
         SELECT without_worker.id FROM without_worker
     )
     UPDATE chatd.chats AS c
-    SET status = CASE
-            WHEN c.recoveries >= v_settings.max_recoveries THEN 'error'
-            ELSE 'pending'
-        END::chatd.chat_status,
-        recoveries = c.recoveries + 1,
-        worker_id = NULL,
-        heartbeat_at = NULL,
-        lease = c.lease + 1,
-        next_attempt_at = now(),
-        last_error = CASE
-            WHEN c.recoveries >= v_settings.max_recoveries THEN jsonb_build_object(
-                'message', format(
-                    'chat %s: worker %s stopped sending heartbeats; the turn was recovered %s times, giving up',
-                    c.id, c.worker_id, c.recoveries
-                ),
-                'kind', 'timeout',
-                'provider', NULL,
-                'retryable', FALSE,
-                'status_code', NULL,
-                'detail', format('stale_after %s, max_recoveries %s', v_settings.stale_after,
-                    v_settings.max_recoveries)
-            )
-            ELSE c.last_error
-        END
+    SET (
+        status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+        next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+        model_config_id
+    ) = (
+        SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state, r.last_error,
+            r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id, r.interrupted_last_message_id,
+            r.model_config_id
+        FROM chatd._turn_reset(
+            c,
+            CASE
+                WHEN c.recoveries >= v_settings.max_recoveries THEN 'error'
+                ELSE 'pending'
+            END::chatd.chat_status,
+            p_bump_lease => TRUE,
+            p_last_error => CASE
+                WHEN c.recoveries >= v_settings.max_recoveries THEN jsonb_build_object(
+                    'message', format(
+                        'chat %s: worker %s stopped sending heartbeats; the turn was recovered %s times, giving up',
+                        c.id, c.worker_id, c.recoveries
+                    ),
+                    'kind', 'timeout',
+                    'provider', NULL,
+                    'retryable', FALSE,
+                    'status_code', NULL,
+                    'detail', format('stale_after %s, max_recoveries %s', v_settings.stale_after,
+                        v_settings.max_recoveries)
+                )
+                ELSE c.last_error
+            END,
+            p_attempt => c.attempt, p_recoveries => c.recoveries + 1, p_retry_state => c.retry_state
+        ) AS r
+    )
     FROM stale
     WHERE c.id = stale.id
         -- re-checked on the locked row: the turn may have ended meanwhile

@@ -3,6 +3,7 @@ zero warnings. sqlfluff cannot see inside $$ bodies; this can."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -45,3 +46,33 @@ def test_every_plpgsql_function_passes_plpgsql_check(conn: psycopg.Connection[An
         ).fetchall()
         findings += [f"{name} line {lineno} ({statement}): {level}: {message}" for level, message, lineno, statement in rows]
     assert findings == [], "plpgsql_check findings:\n" + "\n".join(findings)
+
+
+# The columns chatd._turn_reset owns: every UPDATE that takes a chat's turn
+# columns from it must write all of them (a column left out would silently
+# keep its old value, e.g. a stale worker_id or retry_state).
+TURN_COLUMNS = (
+    "status", "worker_id", "heartbeat_at", "lease", "attempt", "recoveries", "retry_state", "last_error",
+    "next_attempt_at", "interrupted_lease", "interrupted_model_config_id", "interrupted_last_message_id",
+    "model_config_id",
+)
+
+
+def test_every_turn_reset_update_writes_every_turn_column(conn: psycopg.Connection[Any]) -> None:
+    bodies = conn.execute(
+        """
+        SELECT p.oid::regprocedure::text, p.prosrc
+        FROM pg_proc AS p
+        WHERE p.pronamespace = 'chatd'::regnamespace AND p.proname <> '_turn_reset'
+            AND p.prosrc LIKE '%%chatd._turn_reset(%%'
+        ORDER BY 1
+        """
+    ).fetchall()
+    full_update = re.compile(
+        r"\(\s*" + r",\s*".join(TURN_COLUMNS) + r"\s*\)\s*=\s*\(\s*SELECT\s+"
+        + r",\s*".join(f"r\\.{c}" for c in TURN_COLUMNS) + r"\s+FROM chatd\._turn_reset\("
+    )
+    calls = {name: src.count("chatd._turn_reset(") for name, src in bodies}
+    assert sum(calls.values()) >= 10, f"expected every turn exit to use chatd._turn_reset, found {calls}"
+    partial = {name: n for name, src in bodies if (n := calls[name]) != len(full_update.findall(src))}
+    assert partial == {}, f"UPDATEs through chatd._turn_reset that do not write every turn column: {partial}"

@@ -7,28 +7,8 @@
 BEGIN;
 SELECT plan(35);
 
-DO $$
-DECLARE
-    r regclass;
-BEGIN
-    FOR r IN SELECT c.oid FROM pg_class AS c WHERE c.relnamespace = pg_my_temp_schema() AND c.relkind IN ('r', 'S') LOOP
-        EXECUTE format('GRANT ALL ON %s TO chatd_worker, chatd_app', r);
-    END LOOP;
-END
-$$;
-
--- The SQLSTATE a statement fails with, or 'ok'; never keeps its effects.
-CREATE FUNCTION pg_temp.outcome(p_sql text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-    BEGIN
-        EXECUTE p_sql;
-        RAISE EXCEPTION USING ERRCODE = 'ZZ999';
-    EXCEPTION WHEN OTHERS THEN
-        RETURN CASE WHEN SQLSTATE = 'ZZ999' THEN 'ok' ELSE SQLSTATE END;
-    END;
-END
-$$;
+-- the role grants on pgTAP's temp tables and pg_temp.outcome(sql)
+\ir _security_session.psql
 
 -- A chat's observable state: its row, messages and queue (test-only
 -- SECURITY DEFINER, so the roles under test can take it).

@@ -5,30 +5,8 @@
 BEGIN;
 SELECT plan(25);
 
--- pgTAP keeps its state in temp tables of the superuser who called plan():
--- let the roles write them, or every assertion made under SET ROLE fails.
-DO $$
-DECLARE
-    r regclass;
-BEGIN
-    FOR r IN SELECT c.oid FROM pg_class AS c WHERE c.relnamespace = pg_my_temp_schema() AND c.relkind IN ('r', 'S') LOOP
-        EXECUTE format('GRANT ALL ON %s TO chatd_worker, chatd_app, chatd_reporting', r);
-    END LOOP;
-END
-$$;
-
--- The SQLSTATE a statement fails with, or 'ok'; never keeps its effects.
-CREATE FUNCTION pg_temp.outcome(p_sql text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-    BEGIN
-        EXECUTE p_sql;
-        RAISE EXCEPTION USING ERRCODE = 'ZZ999';
-    EXCEPTION WHEN OTHERS THEN
-        RETURN CASE WHEN SQLSTATE = 'ZZ999' THEN 'ok' ELSE SQLSTATE END;
-    END;
-END
-$$;
+-- the role grants on pgTAP's temp tables and pg_temp.outcome(sql)
+\ir _security_session.psql
 
 -- Every plain, non-trigger function in chatd, as a call with NULL arguments.
 CREATE TEMP TABLE calls AS

@@ -3,7 +3,7 @@
 -- cost), fencing (CD004) of every worker write, record_failure retry
 -- arithmetic, release, stale recovery, janitor, save_interrupted_turn.
 BEGIN;
-SELECT plan(83);
+SELECT plan(85);
 
 CREATE TEMP TABLE t AS
 SELECT
@@ -155,6 +155,17 @@ SELECT is(
 SELECT throws_ok(
     format($$SELECT chatd.finish_turn(%L, 2, '"x"')$$, (SELECT c.due FROM c)),
     'CD004', NULL, 'finish_turn under a wrong lease: lease lost'
+);
+SELECT throws_ok(
+    format($$SELECT chatd.finish_turn(%L, NULL, '"x"')$$, (SELECT c.due FROM c)),
+    'CD004', NULL, 'finish_turn under a NULL lease: lease lost (a NULL lease never passes the fence)'
+);
+SELECT throws_ok(
+    format(
+        $$SELECT chatd.record_failure(%L, NULL, '{"message": "x", "kind": "generic", "retryable": true}')$$,
+        (SELECT c.due FROM c)
+    ),
+    'CD004', NULL, 'record_failure under a NULL lease: lease lost'
 );
 SELECT throws_ok(
     format($$SELECT chatd.finish_turn(%L, 1, '42')$$, (SELECT c.due FROM c)),

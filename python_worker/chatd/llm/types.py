@@ -17,8 +17,10 @@ __all__ = [
     "DUMMY_API_KEY",
     "PROVIDER_KINDS",
     "STREAM_CLOSED",
+    "AUTH_HEADERS",
     "ClientCache",
     "Finished",
+    "auth_headers",
     "ModelSpec",
     "PromptMessage",
     "ProviderKind",
@@ -38,6 +40,26 @@ DUMMY_API_KEY = "chatd-no-key"
 
 STREAM_CLOSED = "stream closed before the response completed"
 
+#: How a provider row may send its key (`providers.auth_header`): `bearer`
+#: (`Authorization: Bearer K`, what OpenAI documents) or `x-api-key`
+#: (`x-api-key: K`, what Anthropic documents). NULL: the wire's documented one.
+AUTH_HEADERS: tuple[str, ...] = ("bearer", "x-api-key")
+
+#: Why a step stopped, in one vocabulary for every wire (`messages.finish_reason`).
+_STOPS: dict[str, str] = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -49,6 +71,7 @@ class ModelSpec:
     api_key_env: str | None
     model: str
     max_output_tokens: int
+    auth_header: str | None = None  # AUTH_HEADERS; None: the wire's documented header
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,15 @@ class Finished:
 
     usage: Usage
     response_id: str | None
-    finish_reason: str | None
+    finish_reason: str | None  # as the provider sent it
+
+    @property
+    def stop(self) -> str | None:
+        """`finish_reason` in chatd's vocabulary: stop, length, content_filter,
+        tool_calls, or other (what `messages.finish_reason` stores)."""
+        if self.finish_reason is None:
+            return None
+        return _STOPS.get(self.finish_reason.lower(), "other")
 
 
 StreamEvent = TextDelta | ReasoningDelta | Finished
@@ -130,33 +161,67 @@ def resolve_api_key(spec: ModelSpec) -> str:
     return key
 
 
-class ClientCache:
-    """SDK clients reused across turns, one per (kind, base_url, api_key).
+def auth_headers(scheme: str, api_key: str, omit: Any) -> dict[str, Any]:
+    """Per-request headers that send the key as `scheme` (AUTH_HEADERS) and
+    drop (`omit`) the other way the SDK would send it."""
+    if scheme == "x-api-key":
+        return {"X-Api-Key": api_key, "Authorization": omit}
+    return {"Authorization": f"Bearer {api_key}", "X-Api-Key": omit}
 
+
+class ClientCache:
+    """SDK clients reused across turns, one per (kind, base_url, auth header, api_key).
+
+    Every client has explicit timeouts (the SDKs' default read timeout is
+    600 s): `connect_timeout` to open a connection, `read_timeout` between
+    two reads of a response (`chatd.llm.stream_turn` raises it per request to
+    cover its own startup and idle timeouts, which stay the ones that fire).
     Belongs to one event loop; call `aclose()` on shutdown.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self._clients: dict[
-            tuple[str, str | None, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
+            tuple[str, str | None, str, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
         ] = {}
 
+    def timeout(self, read: float | None = None) -> openai.Timeout:
+        """The SDK timeout: connect, read (`read` or the cache's), write and pool."""
+        return openai.Timeout(
+            max(30.0, self.connect_timeout),
+            connect=self.connect_timeout,
+            read=self.read_timeout if read is None else read,
+        )
+
     def openai(self, spec: ModelSpec, api_key: str) -> openai.AsyncOpenAI:
-        """An AsyncOpenAI client for `spec` (retries off)."""
-        key = ("openai", spec.base_url, api_key)
+        """An AsyncOpenAI client for `spec` (retries off; bearer token unless the row says)."""
+        scheme = spec.auth_header or "bearer"
+        key = ("openai", spec.base_url, scheme, api_key)
         client = self._clients.get(key)
         if not isinstance(client, openai.AsyncOpenAI):
-            client = openai.AsyncOpenAI(api_key=api_key, base_url=spec.base_url, max_retries=0)
+            client = openai.AsyncOpenAI(
+                api_key=api_key,
+                base_url=spec.base_url,
+                max_retries=0,
+                timeout=self.timeout(),
+            )
             self._clients[key] = client
         return client
 
     def anthropic(self, spec: ModelSpec, api_key: str) -> anthropic.AsyncAnthropic:
-        """An AsyncAnthropic client for `spec` (retries off)."""
-        key = ("anthropic", spec.base_url, api_key)
+        """An AsyncAnthropic client for `spec` (retries off; `x-api-key` and
+        `anthropic-version`, as the Anthropic API documents, unless the row
+        says `bearer`)."""
+        scheme = spec.auth_header or "x-api-key"
+        key = ("anthropic", spec.base_url, scheme, api_key)
         client = self._clients.get(key)
         if not isinstance(client, anthropic.AsyncAnthropic):
             client = anthropic.AsyncAnthropic(
-                api_key=api_key, base_url=spec.base_url, max_retries=0
+                api_key=api_key,
+                base_url=spec.base_url,
+                max_retries=0,
+                timeout=self.timeout(),
             )
             self._clients[key] = client
         return client

@@ -34,7 +34,7 @@ PUBLISH_PARTS: Final = "SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq
 
 FINISH_TURN: Final = (
     "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
-    "%(provider_response_id)s, %(runtime_ms)s)"
+    "%(provider_response_id)s, %(runtime_ms)s, p_finish_reason => %(finish_reason)s)"
 )
 
 # A batch of finished turns, each with its last streamed parts, in one
@@ -117,11 +117,11 @@ LIST_MODELS: Final = (
     "ORDER BY p.name, m.model"
 )
 
-UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s)"
+UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s)"
 
 LIST_PROVIDERS: Final = (
     "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
-    "p.enabled, p.id FROM chatd.providers AS p ORDER BY p.name"
+    "p.enabled, coalesce(p.auth_header, ''), p.id FROM chatd.providers AS p ORDER BY p.name"
 )
 
 # the demo seeds its organization, user, provider and default model

@@ -71,6 +71,7 @@ class Claim:
             api_key_env=provider.get("api_key_env"),
             model=self.model["model"],
             max_output_tokens=int(self.model["max_output_tokens"]),
+            auth_header=provider.get("auth_header"),
         )
 
     def prompt(self) -> list[PromptMessage]:
@@ -170,6 +171,8 @@ class TurnRun:
             "usage": Jsonb(_usage_json(finished)),
             "provider_response_id": finished.response_id if finished else None,
             "runtime_ms": int((time.monotonic() - self.started) * 1000),
+            # why the step stopped (messages.finish_reason); NULL when interrupted
+            "finish_reason": (finished.stop or "other") if finished else None,
         }
 
     async def stream(self) -> None:
@@ -179,7 +182,7 @@ class TurnRun:
         try:
             async for event in worker.stream(
                 claim.spec(), claim.prompt(), startup_timeout=worker.startup_timeout,
-                clients=worker.clients,
+                idle_timeout=config.idle_timeout, clients=worker.clients,
             ):
                 if isinstance(event, TextDelta):
                     output.add("text", event.text)
@@ -293,6 +296,7 @@ class TurnRun:
             "usage": final["usage"].obj,
             "provider_response_id": final["provider_response_id"],
             "runtime_ms": final["runtime_ms"],
+            "finish_reason": final["finish_reason"],
         }
         if parts:
             item.update(seq=self.seq, parts=parts)

@@ -1,0 +1,199 @@
+"""Worker turns against what real provider endpoints do (issue 19): usage
+after the finish chunk, stalls, auth headers, empty and filtered replies,
+malformed chunks. Real PostgreSQL, the real SDKs, the fake LLM scripting
+each server behaviour."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from worker_support import chat_row, running_worker, status_is, wait_until, worker_config
+
+from chatd.config import config_from_args
+from chatd.testing import Factory
+from chatd.testing.fakellm import (
+    DOCUMENTED_AUTH,
+    FakeLLM,
+    FakeUsage,
+    Malformed,
+    Text,
+    Truncate,
+)
+
+KEY_ENVS = {"openai": "CHATD_TEST_OPENAI_KEY", "anthropic": "CHATD_TEST_ANTHROPIC_KEY"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for env in KEY_ENVS.values():
+        monkeypatch.setenv(env, "sk-test")
+
+
+def chat_for(factory: Factory, fake: FakeLLM, kind: str = "openai-compat",
+             auth_header: str | None = None) -> tuple[UUID, UUID]:
+    """(chat, provider) for a priced model of a new provider of `kind`."""
+    base_url = fake.anthropic_base_url if kind == "anthropic" else fake.openai_base_url
+    provider = factory.provider(kind=kind, base_url=base_url, api_key_env=KEY_ENVS.get(kind))
+    model = factory.model_config(provider=provider, input_price=3, output_price=15)
+    org = factory.org()
+    owner = factory.user(org=org)
+    return factory.chat(owner, org=org, model=model, text="hello"), provider
+
+
+async def assistant_rows(dsn: str, chat: UUID) -> list[dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT content, input_tokens, output_tokens, total_cost_micros, finish_reason "
+            "FROM chatd.messages WHERE chat_id = %s AND role = 'assistant' ORDER BY id",
+            (chat,),
+        )
+        keys = ("content", "input_tokens", "output_tokens", "total_cost_micros", "finish_reason")
+        return [dict(zip(keys, r, strict=True)) for r in await cur.fetchall()]
+
+
+def set_settings(conn: psycopg.Connection[Any], **values: str) -> None:
+    for name, value in values.items():
+        conn.execute(f"UPDATE chatd.settings SET {name} = %s::interval", (value,))
+
+
+# --------------------------------------------------------------------------- usage and finish
+
+
+async def test_a_stream_cut_between_finish_and_usage_is_retried_not_saved_unpriced(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    set_settings(conn, backoff_base="50 milliseconds", backoff_cap="100 milliseconds")
+    fake.script(Truncate("the first try", after_finish=True),
+                Text("the whole answer", usage=FakeUsage(input_tokens=10, output_tokens=4)))
+    chat, _ = chat_for(factory, fake)
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the retried turn")
+    [assistant] = await assistant_rows(db, chat)
+    assert (assistant["input_tokens"], assistant["output_tokens"]) == (10, 4)
+    assert assistant["total_cost_micros"] == 10 * 3 + 4 * 15
+    assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize(("kind", "finish"), [("openai-compat", "length"), ("anthropic", "max_tokens")])
+async def test_an_empty_reply_that_hit_the_length_limit_is_stored_with_usage_cost_and_reason(
+    db: str, factory: Factory, fake: FakeLLM, kind: str, finish: str
+) -> None:
+    fake.script(Text("", finish_reason=finish, usage=FakeUsage(input_tokens=9, output_tokens=256)))
+    chat, _ = chat_for(factory, fake, kind)
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
+    assert (await chat_row(db, chat))["status"] == "waiting"
+    [assistant] = await assistant_rows(db, chat)
+    assert assistant == {
+        "content": [], "input_tokens": 9, "output_tokens": 256,
+        "total_cost_micros": 9 * 3 + 256 * 15, "finish_reason": "length",
+    }
+
+
+async def test_every_finished_step_records_why_it_stopped(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    chat, _ = chat_for(factory, fake, "anthropic")
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the turn to finish")
+    [assistant] = await assistant_rows(db, chat)
+    assert assistant["finish_reason"] == "stop"  # Anthropic's end_turn
+
+
+@pytest.mark.parametrize(("kind", "finish"), [("openai", "content_filter"), ("anthropic", "refusal")])
+async def test_a_content_filter_stop_keeps_the_billed_step_and_errors_the_chat_as_content_filter(
+    db: str, factory: Factory, fake: FakeLLM, kind: str, finish: str
+) -> None:
+    fake.script(Text("I started to", finish_reason=finish, usage=FakeUsage(5, 3)))
+    chat, _ = chat_for(factory, fake, kind)
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "error", "waiting"), what="the turn to end")
+    row = await chat_row(db, chat)
+    assert row["status"] == "error"
+    assert (row["last_error"]["kind"], row["last_error"]["retryable"]) == ("content_filter", False)
+    [assistant] = await assistant_rows(db, chat)
+    assert (assistant["finish_reason"], assistant["total_cost_micros"]) == (
+        "content_filter", 5 * 3 + 3 * 15
+    )
+
+
+# --------------------------------------------------------------------------- transport
+
+
+async def test_a_stalled_stream_fails_the_turn_after_the_workers_idle_timeout(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    set_settings(conn, backoff_base="30 seconds", backoff_cap="60 seconds")
+    fake.script(Truncate("a stalled reply", after_chunks=1, stall=60))
+    chat, _ = chat_for(factory, fake)
+    async with running_worker(worker_config(db, idle_timeout=0.5)):
+        await wait_until(lambda: _failed(db, chat), what="the stall to fail the turn")
+    row = await chat_row(db, chat)
+    assert (row["last_error"]["kind"], row["last_error"]["retryable"]) == ("timeout", True)
+    assert "no data for 0.5 s" in row["last_error"]["message"]
+    assert row["retry_in"] > timedelta(seconds=25)
+
+
+async def test_a_malformed_chunk_is_retried(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    set_settings(conn, backoff_base="50 milliseconds", backoff_cap="100 milliseconds")
+    fake.script(Malformed("garbled", after_chunks=1), Text("fine now"))
+    chat, _ = chat_for(factory, fake, "anthropic")
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
+    assert (await chat_row(db, chat))["status"] == "waiting"
+    [assistant] = await assistant_rows(db, chat)
+    assert assistant["content"] == [{"type": "text", "text": "fine now"}]
+
+
+async def _failed(dsn: str, chat: UUID) -> bool:
+    return (await chat_row(dsn, chat))["last_error"] is not None
+
+
+def test_the_idle_timeout_is_a_worker_setting_defaulting_to_60_seconds() -> None:
+    args = argparse.Namespace(database_url="postgresql:///x")
+    assert config_from_args(args, {}).idle_timeout == 60.0
+    assert config_from_args(args, {"CHATD_IDLE_TIMEOUT": "7.5"}).idle_timeout == 7.5
+    args.idle_timeout = 3.0
+    assert config_from_args(args, {"CHATD_IDLE_TIMEOUT": "7.5"}).idle_timeout == 3.0
+    with pytest.raises(ValueError, match="idle_timeout"):
+        config_from_args(argparse.Namespace(database_url="x", idle_timeout=0.0), {})
+
+
+# --------------------------------------------------------------------------- auth headers
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_provider_reaches_an_endpoint_that_checks_the_documented_auth_header(
+    db: str, factory: Factory, fake: FakeLLM, kind: str
+) -> None:
+    fake.auth.update(DOCUMENTED_AUTH)
+    chat, _ = chat_for(factory, fake, kind)
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
+    assert (await chat_row(db, chat))["status"] == "waiting"
+
+
+async def test_an_anthropic_gateway_row_can_send_a_bearer_token_instead(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    fake.auth["anthropic"] = "bearer"
+    chat, provider = chat_for(factory, fake, "anthropic")
+    conn.execute("UPDATE chatd.providers SET auth_header = 'bearer' WHERE id = %s", (provider,))
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
+    assert (await chat_row(db, chat))["status"] == "waiting"
+    assert fake.requests[0].headers["authorization"] == "Bearer sk-test"

@@ -47,7 +47,9 @@ class AnthropicTranslator:
             self.usage = Usage(
                 input_tokens=count_attr(u, "input_tokens"),
                 output_tokens=count_attr(u, "output_tokens"),
-                reasoning_tokens=count_attr(getattr(u, "output_tokens_details", None), "thinking_tokens"),
+                reasoning_tokens=count_attr(
+                    getattr(u, "output_tokens_details", None), "thinking_tokens"
+                ),
                 cache_read_tokens=count_attr(u, "cache_read_input_tokens"),
                 cache_write_tokens=count_attr(u, "cache_creation_input_tokens"),
             )
@@ -73,7 +75,9 @@ class AnthropicTranslator:
                     count_attr(getattr(d, "output_tokens_details", None), "thinking_tokens"),
                     prev.reasoning_tokens,
                 ),
-                cache_read_tokens=first(count_attr(d, "cache_read_input_tokens"), prev.cache_read_tokens),
+                cache_read_tokens=first(
+                    count_attr(d, "cache_read_input_tokens"), prev.cache_read_tokens
+                ),
                 cache_write_tokens=first(
                     count_attr(d, "cache_creation_input_tokens"), prev.cache_write_tokens
                 ),

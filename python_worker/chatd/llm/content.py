@@ -26,7 +26,6 @@ def count_attr(obj: object, name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-
 def parts(content: Sequence[Mapping[str, Any]] | str) -> list[Mapping[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]

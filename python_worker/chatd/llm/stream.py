@@ -41,6 +41,7 @@ from chatd.llm.types import (
 
 __all__ = ["stream_turn"]
 
+
 async def stream_turn(
     spec: ModelSpec,
     messages: Sequence[PromptMessage],

@@ -199,8 +199,28 @@ class RecordedRequest:
 # --------------------------------------------------------------------------- the server
 
 
-
 DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
+
+
+_TOKENS = frozenset(
+    {
+        "error",
+        "retry-after",
+        "retry-after-ms",
+        "chunks",
+        "delay",
+        "reply",
+        "reasoning",
+        "truncate",
+        "abort",
+        "hang",
+        "times",
+        "stall",
+        "finish",
+        "no-usage",
+        "malformed",
+    }
+)
 
 
 def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
@@ -212,23 +232,7 @@ def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
             status = int(token)
             continue
         name, _, value = token.partition("=")
-        if name not in {
-            "error",
-            "retry-after",
-            "retry-after-ms",
-            "chunks",
-            "delay",
-            "reply",
-            "reasoning",
-            "truncate",
-            "abort",
-            "hang",
-            "times",
-            "stall",
-            "finish",
-            "no-usage",
-            "malformed",
-        }:
+        if name not in _TOKENS:
             raise ValueError(f"unknown directive token {token!r}")
         opts[name] = value
     try:

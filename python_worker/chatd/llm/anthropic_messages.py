@@ -146,7 +146,7 @@ def prepare(
     spec: ModelSpec,
     key: str,
     messages: Sequence[PromptMessage],
-    timeout: anthropic.Timeout,
+    read_timeout: float,
 ) -> tuple[AnthropicTranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
     translator = AnthropicTranslator()
@@ -161,7 +161,7 @@ def prepare(
             max_tokens=spec.max_output_tokens,
             messages=cast(Any, conversation),
             stream=True,
-            timeout=timeout,
+            timeout=cache.timeout(anthropic, read_timeout),
             extra_headers=headers,
             system=system if system else anthropic.omit,
         )

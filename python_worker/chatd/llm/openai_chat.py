@@ -126,7 +126,7 @@ def prepare(
     spec: ModelSpec,
     key: str,
     messages: Sequence[PromptMessage],
-    timeout: openai.Timeout,
+    read_timeout: float,
 ) -> tuple[OpenAITranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
     translator = OpenAITranslator(usage_expected=True)
@@ -143,7 +143,7 @@ def prepare(
             model=spec.model,
             messages=cast(Any, conversation),
             stream=True,
-            timeout=timeout,
+            timeout=cache.timeout(openai, read_timeout),
             extra_headers=headers,
             stream_options={"include_usage": True},
             max_completion_tokens=spec.max_output_tokens if official else openai.omit,

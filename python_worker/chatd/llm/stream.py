@@ -74,13 +74,10 @@ async def stream_turn(
         open_stream: Callable[[], Awaitable[_SDKStream[Any]]]
         # the SDK's read timeout is a backstop: chatd's own timeouts fire first
         read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
-        timeout = cache.timeout(read)
         if spec.provider_kind == "anthropic":
-            translator, open_stream = anthropic_messages.prepare(
-                cache, spec, key, messages, timeout
-            )
+            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read)
         else:
-            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, timeout)
+            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read)
         async for event in _guarded(
             provider, open_stream, translator, startup_timeout, idle_timeout
         ):

@@ -186,9 +186,10 @@ class ClientCache:
             tuple[str, str | None, str, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
         ] = {}
 
-    def timeout(self, read: float | None = None) -> openai.Timeout:
-        """The SDK timeout: connect, read (`read` or the cache's), write and pool."""
-        return openai.Timeout(
+    def timeout(self, sdk: Any, read: float | None = None) -> Any:
+        """The `sdk` module's own Timeout (the SDKs may ship different HTTP
+        libraries): connect, read (`read` or the cache's), write and pool."""
+        return sdk.Timeout(
             max(30.0, self.connect_timeout),
             connect=self.connect_timeout,
             read=self.read_timeout if read is None else read,
@@ -204,7 +205,7 @@ class ClientCache:
                 api_key=api_key,
                 base_url=spec.base_url,
                 max_retries=0,
-                timeout=self.timeout(),
+                timeout=self.timeout(openai),
             )
             self._clients[key] = client
         return client
@@ -221,7 +222,7 @@ class ClientCache:
                 api_key=api_key,
                 base_url=spec.base_url,
                 max_retries=0,
-                timeout=self.timeout(),
+                timeout=self.timeout(anthropic),
             )
             self._clients[key] = client
         return client

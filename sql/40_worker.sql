@@ -15,7 +15,7 @@ AS $$
         'max_output_tokens', m.max_output_tokens,
         'provider', jsonb_build_object(
             'name', p.name, 'kind', p.kind, 'base_url', p.base_url, 'api_key_env', p.api_key_env,
-            'auth_header', p.auth_header
+            'auth_header', p.auth_header, 'stream_usage', coalesce(p.stream_usage, TRUE)
         )
     )
     FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
@@ -369,6 +369,8 @@ $$;
 -- messages first (in order), then the assistant message carrying usage,
 -- cost (at the prices of p_chat.model_config_id), runtime and finish
 -- reason, with the given visibility. Returns the assistant message id.
+-- usage {"estimated": true} marks counts the worker estimated
+-- (messages.usage_estimated); they are billed like reported ones.
 -- p_finish_reason: NULL (an interrupted turn) or one of stop, length,
 -- content_filter, tool_calls, other (CD007 otherwise). A finished step
 -- (p_finish_reason given) may have no parts at all (content []): a
@@ -441,13 +443,14 @@ BEGIN
     INSERT INTO chatd.messages (
         chat_id, role, content, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
-        total_cost_micros, runtime_ms, provider_response_id, visibility, finish_reason
+        total_cost_micros, runtime_ms, provider_response_id, visibility, finish_reason, usage_estimated
     )
     VALUES (
         p_chat.id, 'assistant', v_content, p_chat.model_config_id,
         v_input, v_output, v_reasoning, v_cache_read, v_cache_write,
         chatd.message_cost_micros(p_chat.model_config_id, v_input, v_output, v_cache_read, v_cache_write),
-        p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both'), p_finish_reason
+        p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both'), p_finish_reason,
+        coalesce(v_usage -> 'estimated' = 'true'::jsonb, FALSE)
     )
     RETURNING id INTO v_id;
     RETURN v_id;

@@ -21,6 +21,7 @@ from chatd.testing.fakellm import (
     DOCUMENTED_AUTH,
     FakeLLM,
     FakeUsage,
+    HttpError,
     Malformed,
     Text,
     Truncate,
@@ -197,3 +198,23 @@ async def test_an_anthropic_gateway_row_can_send_a_bearer_token_instead(
         await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
     assert (await chat_row(db, chat))["status"] == "waiting"
     assert fake.requests[0].headers["authorization"] == "Bearer sk-test"
+
+
+async def test_a_server_that_rejects_stream_options_gets_turns_billed_from_estimated_usage(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    fake.script(
+        HttpError(400, "invalid_request_error", "Unrecognized request argument: stream_options"),
+        Text("abcdefgh"),
+    )
+    chat, _ = chat_for(factory, fake)
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
+    assert (await chat_row(db, chat))["status"] == "waiting"
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT input_tokens, output_tokens, total_cost_micros, usage_estimated "
+            "FROM chatd.messages WHERE chat_id = %s AND role = 'assistant'", (chat,))
+        row = await cur.fetchone()
+    # "hello" and "abcdefgh" at about 4 characters a token
+    assert row == (2, 2, 2 * 3 + 2 * 15, True)

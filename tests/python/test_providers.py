@@ -579,3 +579,55 @@ def test_translators_tolerate_sdk_objects_without_newer_attributes() -> None:
         anthropic_t.feed(event)  # type: ignore[arg-type]
     done = anthropic_t.finished()
     assert done is not None and done.usage == Usage(input_tokens=4, output_tokens=3)
+
+
+STREAM_OPTIONS_400 = HttpError(
+    400, "invalid_request_error", "Unrecognized request argument supplied: stream_options"
+)
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-compat"])
+async def test_a_400_naming_stream_options_falls_back_once_without_them_and_estimates_usage(
+    kind: str, fake: FakeLLM
+) -> None:
+    fake.script(STREAM_OPTIONS_400, Text("abcdefgh", chunks=2), Text("again"))
+    cache = ClientCache()
+    try:
+        events = await collect(spec_for(kind, fake), clients=cache)
+        assert texts(events) == ["abcd", "efgh"]
+        done = events[-1]
+        assert isinstance(done, Finished)
+        # "hello" (5 chars) and "abcdefgh" (8 chars) at 4 characters a token, rounded up
+        assert done.usage == Usage(input_tokens=2, output_tokens=2, estimated=True)
+        assert [("stream_options" in r.body) for r in fake.requests] == [True, False]
+        await collect(spec_for(kind, fake), clients=cache)  # remembered: no second 400
+        assert "stream_options" not in fake.requests[2].body
+    finally:
+        await cache.aclose()
+
+
+async def test_a_400_about_something_else_is_still_a_config_error(fake: FakeLLM) -> None:
+    fake.script(HttpError(400, "invalid_request_error", "max_tokens is too large"))
+    _, error = await failure(spec_for("openai-compat", fake))
+    assert (error.kind, error.retryable) == (ChatErrorKind.config, False)
+    assert len(fake.requests) == 1
+
+
+async def test_a_provider_without_stream_usage_sends_no_stream_options_and_estimates(
+    fake: FakeLLM,
+) -> None:
+    fake.script(Text("abcd", send_usage=False))
+    spec = dataclasses.replace(spec_for("openai-compat", fake), stream_usage=False)
+    events = await collect(spec)
+    assert "stream_options" not in fake.requests[0].body
+    done = events[-1]
+    assert isinstance(done, Finished) and done.usage.estimated
+    assert done.usage.output_tokens == 1
+
+
+async def test_a_server_that_ignores_include_usage_is_stream_closed_when_usage_is_required(
+    fake: FakeLLM,
+) -> None:
+    fake.script(Text("abcd", send_usage=False))
+    _, error = await failure(spec_for("openai-compat", fake))
+    assert (error.kind, error.retryable) == (ChatErrorKind.timeout, True)

@@ -129,25 +129,40 @@ def prepare(
     read_timeout: float,
 ) -> tuple[OpenAITranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
-    translator = OpenAITranslator(usage_expected=True)
+    server = (spec.base_url, spec.provider_name)
+    send_options = spec.stream_usage and server not in cache.no_stream_options
+    translator = OpenAITranslator(usage_expected=send_options)
     client_o = cache.openai(spec, key)
     conversation = to_openai_messages(messages)
     # Official OpenAI wants max_completion_tokens; most compatible servers
     # still only know max_tokens.
     official = spec.provider_kind == "openai"
-
     headers = auth_headers(spec.auth_header or "bearer", key, openai.omit)
 
-    async def open_stream() -> Any:
+    async def create(with_options: bool) -> Any:
         return await client_o.chat.completions.create(
             model=spec.model,
             messages=cast(Any, conversation),
             stream=True,
             timeout=cache.timeout(openai, read_timeout),
             extra_headers=headers,
-            stream_options={"include_usage": True},
+            stream_options={"include_usage": True} if with_options else openai.omit,
             max_completion_tokens=spec.max_output_tokens if official else openai.omit,
             max_tokens=openai.omit if official else spec.max_output_tokens,
         )
+
+    async def open_stream() -> Any:
+        if not send_options:
+            return await create(False)
+        try:
+            return await create(True)
+        except openai.BadRequestError as exc:
+            if "stream_options" not in str(exc):
+                raise
+        # A server that rejects stream_options: once more without it, and
+        # never again on this server; usage is then estimated.
+        cache.no_stream_options.add(server)
+        translator.usage_expected = False
+        return await create(False)
 
     return translator, open_stream

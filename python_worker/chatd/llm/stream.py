@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from chatd.llm import anthropic_messages, openai_chat
@@ -35,7 +36,11 @@ from chatd.llm.types import (
     Finished,
     ModelSpec,
     PromptMessage,
+    ReasoningDelta,
     StreamEvent,
+    TextDelta,
+    Usage,
+    estimate_usage,
     resolve_api_key,
 )
 
@@ -78,13 +83,23 @@ async def stream_turn(
             translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read)
         else:
             translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read)
+        output_chars = 0
         async for event in _guarded(
             provider, open_stream, translator, startup_timeout, idle_timeout
         ):
+            if isinstance(event, Finished) and _unreported(event.usage):
+                event = replace(event, usage=estimate_usage(messages, output_chars))
+            elif isinstance(event, TextDelta | ReasoningDelta):
+                output_chars += len(event.text)
             yield event
     finally:
         if clients is None:
             await cache.aclose()
+
+
+def _unreported(usage: Usage) -> bool:
+    """The server reported no token counts at all (no usage chunk)."""
+    return usage.input_tokens is None and usage.output_tokens is None
 
 
 # --------------------------------------------------------------------------- streaming core

@@ -28,6 +28,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "Usage",
+    "estimate_usage",
     "resolve_api_key",
 ]
 
@@ -72,6 +73,9 @@ class ModelSpec:
     model: str
     max_output_tokens: int
     auth_header: str | None = None  # AUTH_HEADERS; None: the wire's documented header
+    # Chat Completions: send stream_options.include_usage and wait for the
+    # usage chunk (providers.stream_usage); False: estimate usage instead
+    stream_usage: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,24 @@ class Usage:
     reasoning_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    estimated: bool = False  # counted by chatd (see estimate_usage), not reported
+
+
+def estimate_usage(messages: Sequence[PromptMessage], output_chars: int) -> Usage:
+    """Usage for a server that reports none: about 4 characters per token
+    (OpenAI's rule of thumb for English text), rounded up, for the prompt's
+    text and the streamed output; marked `estimated`."""
+    prompt_chars = 0
+    for message in messages:
+        if isinstance(message.content, str):
+            prompt_chars += len(message.content)
+            continue
+        for part in message.content:
+            text = part.get("text") if isinstance(part, Mapping) else None
+            prompt_chars += len(text) if isinstance(text, str) else 0
+    return Usage(
+        input_tokens=-(-prompt_chars // 4), output_tokens=-(-output_chars // 4), estimated=True
+    )
 
 
 @dataclass(frozen=True)
@@ -182,6 +204,8 @@ class ClientCache:
     def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        #: (base_url, provider name) of servers that refused stream_options
+        self.no_stream_options: set[tuple[str | None, str]] = set()
         self._clients: dict[
             tuple[str, str | None, str, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
         ] = {}

@@ -117,7 +117,7 @@ LIST_MODELS: Final = (
     "ORDER BY p.name, m.model"
 )
 
-UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s)"
+UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s, %s)"
 
 LIST_PROVIDERS: Final = (
     "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "

@@ -72,6 +72,7 @@ class Claim:
             model=self.model["model"],
             max_output_tokens=int(self.model["max_output_tokens"]),
             auth_header=provider.get("auth_header"),
+            stream_usage=provider.get("stream_usage") is not False,
         )
 
     def prompt(self) -> list[PromptMessage]:
@@ -105,7 +106,7 @@ class _Output:
         return parts
 
 
-def _usage_json(finished: Finished | None) -> dict[str, int]:
+def _usage_json(finished: Finished | None) -> dict[str, Any]:
     if finished is None:
         return {}
     usage = finished.usage
@@ -116,7 +117,10 @@ def _usage_json(finished: Finished | None) -> dict[str, int]:
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
-    return {k: v for k, v in values.items() if v is not None}
+    counts: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    if usage.estimated:
+        counts["estimated"] = True  # messages.usage_estimated
+    return counts
 
 
 class TurnRun:

@@ -6,6 +6,7 @@ each server behaviour."""
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -218,3 +219,55 @@ async def test_a_server_that_rejects_stream_options_gets_turns_billed_from_estim
         row = await cur.fetchone()
     # "hello" and "abcdefgh" at about 4 characters a token
     assert row == (2, 2, 2 * 3 + 2 * 15, True)
+
+
+async def test_an_interrupted_turn_is_billed_from_an_estimate_of_what_it_streamed(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    words = " ".join(f"word{i}" for i in range(200))
+    fake.script(Text(words, chunks=200, delay=0.02))
+    chat, _ = chat_for(factory, fake)
+    async with running_worker(worker_config(db, heartbeat_interval=30)) as worker:
+        await wait_until(lambda: _has_parts(db, chat), what="the first streamed part")
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            cur = await conn.execute("SELECT owner_id FROM chatd.chats WHERE id = %s", (chat,))
+            [owner] = await cur.fetchone() or [None]
+            await conn.execute("SELECT chatd.interrupt_chat(%s, %s)", (owner, chat))
+        await wait_until(lambda: _gone(worker, chat), timeout=10, what="the turn to be cancelled")
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT content, input_tokens, output_tokens, total_cost_micros, usage_estimated "
+            "FROM chatd.messages WHERE chat_id = %s AND role = 'assistant'", (chat,))
+        row = await cur.fetchone()
+    assert row is not None
+    content, input_tokens, output_tokens, cost, estimated = row
+    saved = "".join(p["text"] for p in content if p["type"] == "text")
+    assert saved and words.startswith(saved)
+    assert (input_tokens, output_tokens) == (2, -(-len(saved) // 4))  # "hello"; 4 chars a token
+    assert cost == input_tokens * 3 + output_tokens * 15 and estimated is True
+
+
+async def _has_parts(dsn: str, chat: UUID) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT 1 FROM chatd.stream_parts WHERE chat_id = %s", (chat,))
+        return await cur.fetchone() is not None
+
+
+async def _gone(worker: Any, chat: UUID) -> bool:
+    return chat not in worker.turns
+
+
+async def test_a_scheduled_retry_runs_when_due_not_at_the_next_poll(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    set_settings(conn, backoff_base="50 milliseconds", backoff_cap="100 milliseconds")
+    fake.script(HttpError(429, headers={"retry-after": "1"}), Text("retried"))
+    chat, _ = chat_for(factory, fake)
+    # a 30 s poll: only a wake at next_attempt_at can retry within seconds
+    async with running_worker(worker_config(db, poll_interval=30)):
+        await wait_until(lambda: _failed(db, chat), what="the 429 to be recorded")
+        failed_at = time.monotonic()
+        await wait_until(lambda: status_is(db, chat, "waiting"), timeout=10, what="the retry")
+        waited = time.monotonic() - failed_at
+    assert len(fake.requests) == 2
+    assert 0.5 < waited < 2.0, f"retried after {waited:.2f} s for a 1 s retry-after"

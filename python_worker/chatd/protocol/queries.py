@@ -46,8 +46,11 @@ SAVE_INTERRUPTED_TURN: Final = (
     "%(provider_response_id)s, %(runtime_ms)s)"
 )
 
+# due_in: seconds until the retry is due, on the database's clock (the
+# worker wakes then instead of at its next poll)
 RECORD_FAILURE: Final = (
-    "SELECT status, attempt, next_attempt_at "
+    "SELECT status, attempt, next_attempt_at, "
+    "extract(epoch FROM next_attempt_at - clock_timestamp())::float8 AS due_in "
     "FROM chatd.record_failure(%(chat_id)s, %(lease)s, %(error)s, %(retry_after_ms)s)"
 )
 

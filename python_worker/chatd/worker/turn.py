@@ -25,6 +25,7 @@ from chatd.llm import (
     PromptMessage,
     ReasoningDelta,
     TextDelta,
+    estimate_usage,
 )
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
@@ -169,10 +170,16 @@ class TurnRun:
                 await self.flush()
 
     def result(self, finished: Finished | None) -> dict[str, Any]:
+        # A turn cut before the provider's usage (interrupted) is billed from
+        # an estimate: the prompt and what was streamed (messages.usage_estimated).
+        usage = finished or Finished(
+            estimate_usage(self.claim.prompt(), sum(map(len, self.output.text + self.output.reasoning))),
+            None, None,
+        )
         return {
             **self.base,
             "content": Jsonb(self.output.content()),
-            "usage": Jsonb(_usage_json(finished)),
+            "usage": Jsonb(_usage_json(usage)),
             "provider_response_id": finished.response_id if finished else None,
             "runtime_ms": int((time.monotonic() - self.started) * 1000),
             # why the step stopped (messages.finish_reason); NULL when interrupted
@@ -363,7 +370,13 @@ class TurnRun:
                 },
             )
             if rows:
-                status, attempt, next_at = rows[0]
+                status, attempt, next_at, due_in = rows[0]
+                if str(status) == "pending" and due_in is not None:
+                    # wake the claim loop when the retry is due, not at the next poll
+                    # (10 ms late, so acquire_chats surely finds it due)
+                    asyncio.get_running_loop().call_later(
+                        max(0.0, float(due_in)) + 0.01, self.worker.wake.set
+                    )
                 log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
                          error.kind, error.message, status, attempt, next_at)
         except LeaseLost:

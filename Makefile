@@ -14,12 +14,18 @@ APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps test test-python lint migrate db db-stop demo bench clean
+.PHONY: help setup system-deps test test-python test-sdk-floors lint migrate db db-stop demo bench clean
+
+# The oldest SDKs pyproject.toml accepts: `make test-sdk-floors` runs the
+# provider tests against them in a throwaway virtualenv.
+SDK_FLOORS := openai==2.0.0 anthropic==1.0.0
+FLOOR_VENV ?= .venv-sdk-floors
 
 help:
 	@echo "make setup    create $(VENV), install chatd with dev extras, install PostgreSQL test extensions"
 	@echo "make test     setup, then lint + the whole suite (pgTAP, Python, migrations)"
 	@echo "make lint     sqlfluff (migrations/, sql/, tests/sql/), ruff, mypy"
+	@echo "make test-sdk-floors  provider tests against the oldest declared openai/anthropic SDKs"
 	@echo "make migrate  apply migrations to \$$DATABASE_URL"
 	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
 	@echo "make demo     run chatd end to end on a throwaway database and a scripted LLM"
@@ -74,4 +80,9 @@ bench: setup
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .chatd .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) .chatd .pytest_cache .mypy_cache .ruff_cache
+
+test-sdk-floors: system-deps
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q -e '.[dev]' $(SDK_FLOORS)
+	$(FLOOR_VENV)/bin/pytest tests/python/test_providers.py tests/python/test_provider_turns.py -q $(PYTEST_ARGS)

@@ -90,6 +90,8 @@ BEGIN
                 'cache_write_tokens', m.cache_write_tokens,
                 'total_cost_micros', m.total_cost_micros,
                 'runtime_ms', m.runtime_ms,
+                'finish_reason', m.finish_reason,
+                'usage_estimated', m.usage_estimated,
                 'created_by', m.created_by,
                 'created_at', m.created_at
             ) ORDER BY m.id), '[]'::jsonb) AS messages,

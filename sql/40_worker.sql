@@ -14,7 +14,8 @@ AS $$
         'model', m.model,
         'max_output_tokens', m.max_output_tokens,
         'provider', jsonb_build_object(
-            'name', p.name, 'kind', p.kind, 'base_url', p.base_url, 'api_key_env', p.api_key_env
+            'name', p.name, 'kind', p.kind, 'base_url', p.base_url, 'api_key_env', p.api_key_env,
+            'auth_header', p.auth_header, 'stream_usage', coalesce(p.stream_usage, TRUE)
         )
     )
     FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
@@ -394,9 +395,19 @@ $$;
 
 -- Inserts the messages of a finished or interrupted turn: the tool-round
 -- messages first (in order), then the assistant message carrying usage,
--- cost (at the prices of p_chat.model_config_id) and runtime, with the
--- given visibility. Returns the assistant message id.
+-- cost (at the prices of p_chat.model_config_id), runtime and finish
+-- reason, with the given visibility. Returns the assistant message id.
+-- usage {"estimated": true} marks counts the worker estimated
+-- (messages.usage_estimated); they are billed like reported ones.
+-- p_finish_reason: NULL (an interrupted turn) or one of stop, length,
+-- content_filter, tool_calls, other (CD007 otherwise). A finished step
+-- (p_finish_reason given) may have no parts at all (content []): a
+-- reasoning model that spent its whole output budget on hidden reasoning
+-- returns an empty text with 'length', and its usage must still be billed.
 DROP FUNCTION IF EXISTS chatd._insert_turn_messages(chatd.chats, jsonb, jsonb, text, bigint, jsonb);
+DROP FUNCTION IF EXISTS chatd._insert_turn_messages(
+    chatd.chats, jsonb, jsonb, text, bigint, jsonb, chatd.message_visibility
+);
 CREATE OR REPLACE FUNCTION chatd._insert_turn_messages(
     p_chat chatd.chats,
     p_content jsonb,
@@ -404,7 +415,8 @@ CREATE OR REPLACE FUNCTION chatd._insert_turn_messages(
     p_provider_response_id text,
     p_runtime_ms bigint,
     p_tool_messages jsonb,
-    p_visibility chatd.message_visibility DEFAULT 'both'
+    p_visibility chatd.message_visibility DEFAULT 'both',
+    p_finish_reason text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE plpgsql
@@ -421,7 +433,17 @@ DECLARE
     v_tool jsonb;
     v_id bigint;
 BEGIN
-    v_content := chatd._content(p_content);
+    IF p_finish_reason IS NOT NULL
+        AND p_finish_reason NOT IN ('stop', 'length', 'content_filter', 'tool_calls', 'other') THEN
+        RAISE EXCEPTION 'invalid finish_reason % for chat %: expected stop, length, content_filter, tool_calls or other',
+            left(p_finish_reason, 100), p_chat.id
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF p_finish_reason IS NOT NULL AND p_content = '[]'::jsonb THEN
+        v_content := p_content;  -- a finished step with nothing to show
+    ELSE
+        v_content := chatd._content(p_content);
+    END IF;
     IF p_runtime_ms < 0 THEN
         RAISE EXCEPTION 'invalid runtime_ms % for chat %', p_runtime_ms, p_chat.id USING ERRCODE = 'CD007';
     END IF;
@@ -449,13 +471,14 @@ BEGIN
     INSERT INTO chatd.messages (
         chat_id, role, content, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
-        total_cost_micros, runtime_ms, provider_response_id, visibility
+        total_cost_micros, runtime_ms, provider_response_id, visibility, finish_reason, usage_estimated
     )
     VALUES (
         p_chat.id, 'assistant', v_content, p_chat.model_config_id,
         v_input, v_output, v_reasoning, v_cache_read, v_cache_write,
         chatd.message_cost_micros(p_chat.model_config_id, v_input, v_output, v_cache_read, v_cache_write),
-        p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both')
+        p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both'), p_finish_reason,
+        coalesce(v_usage -> 'estimated' = 'true'::jsonb, FALSE)
     )
     RETURNING id INTO v_id;
     RETURN v_id;
@@ -463,9 +486,14 @@ END
 $$;
 
 -- Ends a turn successfully: persists the tool-round messages and the
--- assistant message (usage, cost, runtime), then goes to waiting, or to
--- pending with the queue head promoted to a user message. Returns the
--- assistant message id. The lease is bumped (the turn is over).
+-- assistant message (usage, cost, runtime, finish reason), then goes to
+-- waiting, or to pending with the queue head promoted to a user message.
+-- Returns the assistant message id. The lease is bumped (the turn is over).
+--
+-- A step that the provider's content filter stopped (p_finish_reason
+-- 'content_filter') is stored and billed like any other, but the chat goes
+-- to error with a content_filter ChatError (not retryable) and the queue
+-- stays queued: the user should see why the answer stopped.
 --
 -- Promoting the queue head starts a new turn, so it is an admission of the
 -- chat's owner in the chat's organization (docs/spend-limits.md), counting
@@ -473,6 +501,7 @@ $$;
 -- chat goes to error with a usage_limit ChatError (not retryable) and the
 -- queued messages stay queued. The admission lock is taken after the chat
 -- row, like every admission.
+DROP FUNCTION IF EXISTS chatd.finish_turn(uuid, bigint, jsonb, jsonb, text, bigint, jsonb);
 CREATE OR REPLACE FUNCTION chatd.finish_turn(
     p_chat_id uuid,
     p_lease bigint,
@@ -480,7 +509,8 @@ CREATE OR REPLACE FUNCTION chatd.finish_turn(
     p_usage jsonb DEFAULT '{}',
     p_provider_response_id text DEFAULT NULL,
     p_runtime_ms bigint DEFAULT NULL,
-    p_tool_messages jsonb DEFAULT '[]'
+    p_tool_messages jsonb DEFAULT '[]',
+    p_finish_reason text DEFAULT NULL
 )
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -491,6 +521,7 @@ DECLARE
     v_head chatd.queued_messages;
     v_usage record;
     v_refusal jsonb;
+    v_filtered jsonb;
     v_id bigint;
 BEGIN
     v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'finish_turn');
@@ -511,9 +542,18 @@ BEGIN
     -- the newest message of the committed chat (last_message_id), so a
     -- subscriber that keeps one notification per version misses nothing.
     v_id := chatd._insert_turn_messages(
-        v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, p_tool_messages
+        v_chat, p_content, p_usage, p_provider_response_id, p_runtime_ms, p_tool_messages, 'both', p_finish_reason
     );
-    IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
+    IF p_finish_reason = 'content_filter' THEN
+        SELECT jsonb_build_object(
+            'message', p.name || ' stopped the reply (content filter)',
+            'kind', 'content_filter', 'provider', p.name, 'retryable', FALSE,
+            'detail', 'finish_reason content_filter'
+        ) INTO v_filtered
+        FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id
+        WHERE m.id = v_chat.model_config_id;
+        v_refusal := NULL;
+    ELSIF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
         PERFORM chatd._promote_queue_head(p_chat_id);
     END IF;
 
@@ -529,13 +569,14 @@ BEGIN
         FROM chatd._turn_reset(
             c,
             CASE
+                WHEN v_filtered IS NOT NULL THEN 'error'
                 WHEN v_head.id IS NULL THEN 'waiting'
                 WHEN v_refusal IS NOT NULL THEN 'error'
                 ELSE 'pending'
             END::chatd.chat_status,
             p_bump_lease => TRUE,
-            p_last_error => chatd._usage_limit_error(v_refusal),
-            p_model_config_id => CASE WHEN v_refusal IS NULL THEN v_head.model_config_id END
+            p_last_error => coalesce(v_filtered, chatd._usage_limit_error(v_refusal)),
+            p_model_config_id => CASE WHEN v_filtered IS NULL AND v_refusal IS NULL THEN v_head.model_config_id END
         ) AS r
     )
     WHERE c.id = p_chat_id;
@@ -733,7 +774,7 @@ $$;
 -- Finishes a batch of turns in one statement: one commit, one WAL flush and
 -- one wake-up of every listener for all of them, instead of one per turn.
 -- Each item is {chat_id, lease, content, usage, provider_response_id,
--- runtime_ms} and optionally the turn's last streamed parts {seq, parts}.
+-- runtime_ms, finish_reason} and optionally the turn's last streamed parts {seq, parts}.
 -- Chats are locked in the tree lock order (root first, then id order;
 -- two batches, or a batch and archive_chat, never deadlock each other). A
 -- turn whose lease is lost is reported with message_id NULL and changes
@@ -793,7 +834,8 @@ BEGIN
             END IF;
             message_id := chatd.finish_turn(
                 v_chat_id, v_lease, v_turn -> 'content', coalesce(v_turn -> 'usage', '{}'),
-                v_turn ->> 'provider_response_id', (v_turn ->> 'runtime_ms')::bigint
+                v_turn ->> 'provider_response_id', (v_turn ->> 'runtime_ms')::bigint, '[]',
+                v_turn ->> 'finish_reason'
             );
         END IF;
         RETURN NEXT;

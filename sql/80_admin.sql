@@ -85,12 +85,19 @@ BEGIN
 END
 $$;
 
+-- p_auth_header: how the worker sends the key, 'bearer' or 'x-api-key'
+-- (NULL: what the kind's API documents); CD007 for anything else.
+-- p_stream_usage: FALSE for a Chat Completions server that rejects or
+-- ignores stream_options (usage is then estimated); NULL: TRUE.
+DROP FUNCTION IF EXISTS chatd.admin_upsert_provider(text, chatd.provider_kind, text, text, boolean);
 CREATE OR REPLACE FUNCTION chatd.admin_upsert_provider(
     p_name text,
     p_kind chatd.provider_kind,
     p_base_url text DEFAULT NULL,
     p_api_key_env text DEFAULT NULL,
-    p_enabled boolean DEFAULT TRUE
+    p_enabled boolean DEFAULT TRUE,
+    p_auth_header text DEFAULT NULL,
+    p_stream_usage boolean DEFAULT NULL
 )
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -99,13 +106,19 @@ AS $$
 DECLARE
     v_id uuid;
 BEGIN
-    INSERT INTO chatd.providers AS p (name, kind, base_url, api_key_env, enabled)
-    VALUES (p_name, p_kind, p_base_url, p_api_key_env, coalesce(p_enabled, TRUE))
+    IF p_auth_header IS NOT NULL AND p_auth_header NOT IN ('bearer', 'x-api-key') THEN
+        RAISE EXCEPTION 'invalid auth header %: expected bearer or x-api-key', left(p_auth_header, 100)
+            USING ERRCODE = 'CD007';
+    END IF;
+    INSERT INTO chatd.providers AS p (name, kind, base_url, api_key_env, enabled, auth_header, stream_usage)
+    VALUES (p_name, p_kind, p_base_url, p_api_key_env, coalesce(p_enabled, TRUE), p_auth_header, p_stream_usage)
     ON CONFLICT (name) DO UPDATE
         SET kind = excluded.kind,
             base_url = excluded.base_url,
             api_key_env = excluded.api_key_env,
-            enabled = excluded.enabled
+            enabled = excluded.enabled,
+            auth_header = excluded.auth_header,
+            stream_usage = excluded.stream_usage
     RETURNING p.id INTO v_id;
     RETURN v_id;
 END
@@ -235,7 +248,9 @@ $$;
 
 -- Functions are executable by PUBLIC by default: these must not be.
 REVOKE ALL ON FUNCTION chatd.admin_resolve_identity(text, text, boolean) FROM public;
-REVOKE ALL ON FUNCTION chatd.admin_upsert_provider(text, chatd.provider_kind, text, text, boolean) FROM public;
+REVOKE ALL ON FUNCTION chatd.admin_upsert_provider(
+    text, chatd.provider_kind, text, text, boolean, text, boolean
+) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_upsert_model(
     text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean
 ) FROM public;

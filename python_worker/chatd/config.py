@@ -65,6 +65,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds between streamed-part flushes (publish_parts) of one turn"),
     Option("flush_bytes", "CHATD_FLUSH_BYTES", int, 4096,
            "flush streamed parts early once this many bytes are buffered"),
+    Option("idle_timeout", "CHATD_IDLE_TIMEOUT", float, 60.0,
+           "seconds a provider stream may send nothing between two chunks before the "
+           "turn fails with a retryable timeout"),
     Option("db_timeout", "CHATD_DB_TIMEOUT", float, 5.0,
            "seconds any database call may take before it is abandoned"),
     Option("pool_size", "CHATD_POOL_SIZE", int, 10,
@@ -93,6 +96,7 @@ class WorkerConfig:
     shutdown_grace: float = 30.0
     flush_interval: float = 0.05
     flush_bytes: int = 4096
+    idle_timeout: float = 60.0
     db_timeout: float = 5.0
     pool_size: int = 10
     passive: bool = False
@@ -106,7 +110,7 @@ class WorkerConfig:
         if self.max_chats < 1:
             raise ValueError("max_chats must be at least 1")
         for name in ("poll_interval", "recover_interval", "janitor_interval", "flush_interval",
-                     "db_timeout"):
+                     "db_timeout", "idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.heartbeat_interval is not None and self.heartbeat_interval <= 0:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,10 +21,22 @@ from chatd.llm import (
     StreamEvent,
     TextDelta,
     Usage,
+    anthropic_messages,
+    openai_chat,
     stream_turn,
 )
 from chatd.llm.classify import ChatError, ChatErrorKind, ChatTurnError
-from chatd.testing.fakellm import FakeLLM, FakeUsage, Hang, HttpError, StreamError, Text, Truncate
+from chatd.testing.fakellm import (
+    DOCUMENTED_AUTH,
+    FakeLLM,
+    FakeUsage,
+    Hang,
+    HttpError,
+    Malformed,
+    StreamError,
+    Text,
+    Truncate,
+)
 
 KINDS = ["openai", "openai-compat", "anthropic"]
 KEY_ENV = "CHATD_TEST_LLM_KEY"
@@ -417,3 +431,203 @@ async def test_cancelling_the_consumer_task_closes_the_http_stream(
     assert await asyncio.to_thread(request.disconnected.wait, 10)
     assert not request.completed.is_set()
     assert not any(isinstance(e, Finished) for e in seen)
+
+
+# --------------------------------------------------------------------------- real-endpoint behaviour (issue 19)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_stream_cut_after_the_finish_chunk_before_usage_is_retryable_stream_closed(
+    kind: str, fake: FakeLLM
+) -> None:
+    # OpenAI sends usage (include_usage) in a chunk after the finish_reason one
+    fake.script(Truncate("partial reply", after_finish=True))
+    events, error = await failure(spec_for(kind, fake))
+    assert "".join(texts(events)) == "partial reply"
+    assert (error.kind, error.retryable) == (ChatErrorKind.timeout, True)
+    assert STREAM_CLOSED in error.message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_stall_between_chunks_is_retryable_timeout_naming_the_seconds(
+    kind: str, fake: FakeLLM
+) -> None:
+    fake.script(Truncate("partial reply", after_chunks=1, stall=30))
+    started = time.monotonic()
+    events, error = await failure(spec_for(kind, fake), idle_timeout=0.3)
+    assert texts(events) == ["part"]
+    assert (error.kind, error.retryable) == (ChatErrorKind.timeout, True)
+    assert "no data for 0.3 s" in error.message
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_sdk_clients_get_explicit_connect_and_read_timeouts(kind: str, fake: FakeLLM) -> None:
+    cache = ClientCache(connect_timeout=3.0, read_timeout=0.3)
+    try:
+        fake.script(Truncate("partial reply", after_chunks=1, stall=30))
+        spec = spec_for(kind, fake)
+        client = cache.anthropic(spec, "k") if kind == "anthropic" else cache.openai(spec, "k")
+        assert (client.timeout.connect, client.timeout.read) == (3.0, 0.3)  # type: ignore[union-attr]
+        assert ClientCache().openai(spec, "k").timeout.read != 600  # type: ignore[union-attr]
+        # no chatd idle timeout: the SDK's own read timeout still ends the stall
+        with pytest.raises(ChatTurnError) as info:
+            async for _ in stream_turn(spec, HELLO, startup_timeout=10, clients=cache):
+                pass
+        assert (info.value.error.kind, info.value.error.retryable) == (ChatErrorKind.timeout, True)
+    finally:
+        await cache.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_each_wire_sends_the_auth_header_its_api_documents(kind: str, fake: FakeLLM) -> None:
+    fake.auth.update(DOCUMENTED_AUTH)
+    events = await collect(spec_for(kind, fake))
+    assert isinstance(events[-1], Finished)
+    headers = fake.requests[0].headers
+    if kind == "anthropic":
+        assert headers["x-api-key"] == "sk-test-123" and "authorization" not in headers
+        assert headers["anthropic-version"]
+    else:
+        assert headers["authorization"] == "Bearer sk-test-123" and "x-api-key" not in headers
+
+
+@pytest.mark.parametrize(("kind", "scheme"), [("anthropic", "bearer"), ("openai-compat", "x-api-key")])
+async def test_a_provider_row_can_choose_the_other_auth_header(
+    kind: str, scheme: str, fake: FakeLLM
+) -> None:
+    fake.auth[("anthropic" if kind == "anthropic" else "openai")] = scheme
+    spec = dataclasses.replace(spec_for(kind, fake), auth_header=scheme)
+    events = await collect(spec)
+    assert isinstance(events[-1], Finished)
+    assert sent_key(fake.requests[0].headers) == "sk-test-123"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_fake_refuses_the_wrong_auth_header_with_an_auth_error(
+    kind: str, fake: FakeLLM
+) -> None:
+    other = {"anthropic": "bearer", "openai": "x-api-key"}
+    fake.auth.update(other)
+    _, error = await failure(spec_for(kind, fake))
+    assert (error.kind, error.status_code) == (ChatErrorKind.auth, 401)
+
+
+@pytest.mark.parametrize(
+    ("kind", "finish"), [("openai", "length"), ("openai-compat", "length"), ("anthropic", "max_tokens")]
+)
+async def test_an_empty_reply_that_hit_the_length_limit_finishes_with_its_usage(
+    kind: str, finish: str, fake: FakeLLM
+) -> None:
+    fake.script(Text("", finish_reason=finish, usage=FakeUsage(input_tokens=9, output_tokens=256)))
+    events = await collect(spec_for(kind, fake))
+    assert texts(events) == []
+    done = events[-1]
+    assert isinstance(done, Finished)
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (9, 256)
+    assert done.stop == "length"
+
+
+@pytest.mark.parametrize(
+    ("raw", "stop"),
+    [
+        ("stop", "stop"), ("end_turn", "stop"), ("stop_sequence", "stop"), ("length", "length"),
+        ("max_tokens", "length"), ("content_filter", "content_filter"),
+        ("refusal", "content_filter"), ("tool_calls", "tool_calls"), ("tool_use", "tool_calls"),
+        ("function_call", "tool_calls"), ("eos", "other"), (None, None),
+    ],
+)
+def test_finish_reasons_map_to_one_vocabulary(raw: str | None, stop: str | None) -> None:
+    assert Finished(Usage(), None, raw).stop == stop
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_malformed_chunk_is_a_retryable_transport_fault(kind: str, fake: FakeLLM) -> None:
+    fake.script(Malformed("partial reply", after_chunks=1))
+    events, error = await failure(spec_for(kind, fake))
+    assert texts(events) == ["part"]
+    assert (error.kind, error.retryable) == (ChatErrorKind.timeout, True)
+    assert "malformed" in error.message
+
+
+def test_translators_tolerate_sdk_objects_without_newer_attributes() -> None:
+    """Older SDKs' usage types lack cache_write_tokens, output_tokens_details..."""
+    openai_t = openai_chat.OpenAITranslator(usage_expected=True)
+    chunk = SimpleNamespace(
+        id="c1",
+        usage=SimpleNamespace(prompt_tokens=5, completion_tokens=2),
+        choices=[
+            SimpleNamespace(
+                index=0, delta=SimpleNamespace(content="hi"), finish_reason="stop"
+            )
+        ],
+    )
+    assert openai_t.feed(chunk) == [TextDelta("hi")]  # type: ignore[arg-type]
+    done = openai_t.finished()
+    assert done is not None and done.usage == Usage(input_tokens=5, output_tokens=2)
+    anthropic_t = anthropic_messages.AnthropicTranslator()
+    start = SimpleNamespace(
+        type="message_start",
+        message=SimpleNamespace(id="m1", usage=SimpleNamespace(input_tokens=4, output_tokens=1)),
+    )
+    delta = SimpleNamespace(
+        type="message_delta",
+        delta=SimpleNamespace(stop_reason="end_turn"),
+        usage=SimpleNamespace(output_tokens=3),
+    )
+    for event in (start, delta, SimpleNamespace(type="message_stop")):
+        anthropic_t.feed(event)  # type: ignore[arg-type]
+    done = anthropic_t.finished()
+    assert done is not None and done.usage == Usage(input_tokens=4, output_tokens=3)
+
+
+STREAM_OPTIONS_400 = HttpError(
+    400, "invalid_request_error", "Unrecognized request argument supplied: stream_options"
+)
+
+
+@pytest.mark.parametrize("kind", ["openai", "openai-compat"])
+async def test_a_400_naming_stream_options_falls_back_once_without_them_and_estimates_usage(
+    kind: str, fake: FakeLLM
+) -> None:
+    fake.script(STREAM_OPTIONS_400, Text("abcdefgh", chunks=2), Text("again"))
+    cache = ClientCache()
+    try:
+        events = await collect(spec_for(kind, fake), clients=cache)
+        assert texts(events) == ["abcd", "efgh"]
+        done = events[-1]
+        assert isinstance(done, Finished)
+        # "hello" (5 chars) and "abcdefgh" (8 chars) at 4 characters a token, rounded up
+        assert done.usage == Usage(input_tokens=2, output_tokens=2, estimated=True)
+        assert [("stream_options" in r.body) for r in fake.requests] == [True, False]
+        await collect(spec_for(kind, fake), clients=cache)  # remembered: no second 400
+        assert "stream_options" not in fake.requests[2].body
+    finally:
+        await cache.aclose()
+
+
+async def test_a_400_about_something_else_is_still_a_config_error(fake: FakeLLM) -> None:
+    fake.script(HttpError(400, "invalid_request_error", "max_tokens is too large"))
+    _, error = await failure(spec_for("openai-compat", fake))
+    assert (error.kind, error.retryable) == (ChatErrorKind.config, False)
+    assert len(fake.requests) == 1
+
+
+async def test_a_provider_without_stream_usage_sends_no_stream_options_and_estimates(
+    fake: FakeLLM,
+) -> None:
+    fake.script(Text("abcd", send_usage=False))
+    spec = dataclasses.replace(spec_for("openai-compat", fake), stream_usage=False)
+    events = await collect(spec)
+    assert "stream_options" not in fake.requests[0].body
+    done = events[-1]
+    assert isinstance(done, Finished) and done.usage.estimated
+    assert done.usage.output_tokens == 1
+
+
+async def test_a_server_that_ignores_include_usage_is_stream_closed_when_usage_is_required(
+    fake: FakeLLM,
+) -> None:
+    fake.script(Text("abcd", send_usage=False))
+    _, error = await failure(spec_for("openai-compat", fake))
+    assert (error.kind, error.retryable) == (ChatErrorKind.timeout, True)

@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="API base URL (required for openai-compat, e.g. http://localhost:11434/v1)")
     add.add_argument("--api-key-env", default=None, metavar="VAR",
                      help="NAME of the environment variable holding the API key, e.g. OPENAI_API_KEY")
+    add.add_argument("--auth-header", default=None, choices=["bearer", "x-api-key"],
+                     help="how to send the key: 'Authorization: Bearer' or 'x-api-key' "
+                     "(default: what the kind's API documents; for gateways that want the other)")
+    add.add_argument("--no-stream-usage", action="store_true",
+                     help="Chat Completions server that rejects or ignores stream_options: "
+                     "send none and estimate usage (about 4 characters a token)")
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add_database_argument(add)
     ls = sub.add_parser("list", help="list providers")
@@ -36,12 +42,13 @@ async def _providers(client: Client, args: argparse.Namespace) -> int:
     if args.action == "add":
         rows = await client.fetch(
             queries.UPSERT_PROVIDER,
-            [args.name, args.kind, args.base_url, args.api_key_env, not args.disabled],
+            [args.name, args.kind, args.base_url, args.api_key_env, not args.disabled,
+             args.auth_header, False if args.no_stream_usage else None],
         )
         print(rows[0][0])
         return 0
     rows = await client.fetch(
         queries.LIST_PROVIDERS
     )
-    print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "ID"]))
+    print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "AUTH HEADER", "ID"]))
     return 0

@@ -80,6 +80,10 @@ class Message:
     total_cost_micros: int | None = None
     runtime_ms: int | None = None
     created_at: datetime | None = None
+    # why the model step stopped: stop, length, content_filter, tool_calls,
+    # other; None for non-assistant messages and interrupted turns
+    finish_reason: str | None = None
+    usage_estimated: bool = False  # token counts estimated by chatd, not reported
 
     @property
     def text(self) -> str:
@@ -103,6 +107,8 @@ class Message:
             total_cost_micros=_int_or_none(obj.get("total_cost_micros")),
             runtime_ms=_int_or_none(obj.get("runtime_ms")),
             created_at=_datetime_or_none(obj.get("created_at")),
+            finish_reason=obj["finish_reason"] if isinstance(obj.get("finish_reason"), str) else None,
+            usage_estimated=obj.get("usage_estimated") is True,
         )
 
 

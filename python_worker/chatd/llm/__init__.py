@@ -31,6 +31,7 @@ from chatd.llm.types import (
     StreamEvent,
     TextDelta,
     Usage,
+    estimate_usage,
     resolve_api_key,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "TextDelta",
     "Usage",
     "classify",
+    "estimate_usage",
     "make_error",
     "resolve_api_key",
     "stream_turn",

@@ -9,7 +9,7 @@ from typing import Any, cast
 import anthropic
 from anthropic.types import RawMessageStreamEvent
 
-from chatd.llm.content import file_placeholder, file_source, first, parts, tool_text
+from chatd.llm.content import count_attr, file_placeholder, file_source, first, parts, tool_text
 from chatd.llm.types import (
     ClientCache,
     Finished,
@@ -19,13 +19,18 @@ from chatd.llm.types import (
     StreamEvent,
     TextDelta,
     Usage,
+    auth_headers,
 )
 
 __all__ = ["AnthropicTranslator", "prepare", "to_anthropic_messages"]
 
 
 class AnthropicTranslator:
-    """RawMessageStreamEvent -> events; done at message_stop."""
+    """RawMessageStreamEvent -> events; done at message_stop.
+
+    SDK objects are read with defaults (`getattr`), so an older SDK's types
+    (without `output_tokens_details`, cache counts, ...) cannot break it.
+    """
 
     def __init__(self) -> None:
         self.response_id: str | None = None
@@ -34,37 +39,50 @@ class AnthropicTranslator:
         self.usage = Usage()
 
     def feed(self, event: RawMessageStreamEvent) -> list[StreamEvent]:
-        if event.type == "message_start":
-            u = event.message.usage
-            self.response_id = event.message.id
+        kind = getattr(event, "type", None)
+        if kind == "message_start":
+            message = getattr(event, "message", None)
+            u = getattr(message, "usage", None)
+            self.response_id = getattr(message, "id", None)
             self.usage = Usage(
-                input_tokens=u.input_tokens,
-                output_tokens=u.output_tokens,
-                reasoning_tokens=u.output_tokens_details.thinking_tokens
-                if u.output_tokens_details
-                else None,
-                cache_read_tokens=u.cache_read_input_tokens,
-                cache_write_tokens=u.cache_creation_input_tokens,
+                input_tokens=count_attr(u, "input_tokens"),
+                output_tokens=count_attr(u, "output_tokens"),
+                reasoning_tokens=count_attr(
+                    getattr(u, "output_tokens_details", None), "thinking_tokens"
+                ),
+                cache_read_tokens=count_attr(u, "cache_read_input_tokens"),
+                cache_write_tokens=count_attr(u, "cache_creation_input_tokens"),
             )
-        elif event.type == "content_block_delta":
-            if event.delta.type == "text_delta" and event.delta.text:
-                return [TextDelta(event.delta.text)]
-            if event.delta.type == "thinking_delta" and event.delta.thinking:
-                return [ReasoningDelta(event.delta.thinking)]
-        elif event.type == "message_delta":
+        elif kind == "content_block_delta":
+            delta = getattr(event, "delta", None)
+            delta_type = getattr(delta, "type", None)
+            if delta_type == "text_delta":
+                text = getattr(delta, "text", None)
+                return [TextDelta(text)] if isinstance(text, str) and text else []
+            if delta_type == "thinking_delta":
+                thinking = getattr(delta, "thinking", None)
+                return [ReasoningDelta(thinking)] if isinstance(thinking, str) and thinking else []
+        elif kind == "message_delta":
             # message_delta usage is cumulative; absent fields keep message_start's.
-            d, prev = event.usage, self.usage
-            self.stop_reason = event.delta.stop_reason or self.stop_reason
-            self.usage = Usage(
-                input_tokens=first(d.input_tokens, prev.input_tokens),
-                output_tokens=d.output_tokens,
-                reasoning_tokens=d.output_tokens_details.thinking_tokens
-                if d.output_tokens_details
-                else prev.reasoning_tokens,
-                cache_read_tokens=first(d.cache_read_input_tokens, prev.cache_read_tokens),
-                cache_write_tokens=first(d.cache_creation_input_tokens, prev.cache_write_tokens),
+            d, prev = getattr(event, "usage", None), self.usage
+            self.stop_reason = getattr(getattr(event, "delta", None), "stop_reason", None) or (
+                self.stop_reason
             )
-        elif event.type == "message_stop":
+            self.usage = Usage(
+                input_tokens=first(count_attr(d, "input_tokens"), prev.input_tokens),
+                output_tokens=first(count_attr(d, "output_tokens"), prev.output_tokens),
+                reasoning_tokens=first(
+                    count_attr(getattr(d, "output_tokens_details", None), "thinking_tokens"),
+                    prev.reasoning_tokens,
+                ),
+                cache_read_tokens=first(
+                    count_attr(d, "cache_read_input_tokens"), prev.cache_read_tokens
+                ),
+                cache_write_tokens=first(
+                    count_attr(d, "cache_creation_input_tokens"), prev.cache_write_tokens
+                ),
+            )
+        elif kind == "message_stop":
             self.stopped = True
         return []
 
@@ -72,7 +90,6 @@ class AnthropicTranslator:
         if not self.stopped:
             return None
         return Finished(self.usage, self.response_id, self.stop_reason)
-
 
 
 def to_anthropic_messages(
@@ -125,12 +142,18 @@ def _anthropic_file_block(part: Mapping[str, Any], role: str) -> dict[str, Any]:
 
 
 def prepare(
-    cache: ClientCache, spec: ModelSpec, key: str, messages: Sequence[PromptMessage]
+    cache: ClientCache,
+    spec: ModelSpec,
+    key: str,
+    messages: Sequence[PromptMessage],
+    read_timeout: float,
 ) -> tuple[AnthropicTranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
     translator = AnthropicTranslator()
     client_a = cache.anthropic(spec, key)
     system, conversation = to_anthropic_messages(messages)
+
+    headers = auth_headers(spec.auth_header or "x-api-key", key, anthropic.omit)
 
     async def open_stream() -> Any:
         return await client_a.messages.create(
@@ -138,6 +161,8 @@ def prepare(
             max_tokens=spec.max_output_tokens,
             messages=cast(Any, conversation),
             stream=True,
+            timeout=cache.timeout(anthropic, read_timeout),
+            extra_headers=headers,
             system=system if system else anthropic.omit,
         )
 

@@ -17,6 +17,7 @@ backoff delay.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -227,10 +228,14 @@ def classify(exc: BaseException, provider: str) -> ChatError:
         or _by_text(f"{exc} {provider_message or ''}".lower())
     )
     kind, retryable = decided or (ChatErrorKind.generic, False)
+    message = None
+    if isinstance(exc, json.JSONDecodeError):
+        message = f"{provider}: malformed stream chunk (not JSON): {exc.msg}"
     return make_error(
         kind,
         provider,
         retryable=retryable,
+        message=message,
         status_code=status,
         detail=detail,
         retry_after_ms=retry_after,
@@ -346,6 +351,8 @@ def _by_weak_code(codes: set[str]) -> tuple[ChatErrorKind, bool] | None:
 
 
 def _by_class(exc: BaseException) -> tuple[ChatErrorKind, bool] | None:
+    if isinstance(exc, json.JSONDecodeError):
+        return ChatErrorKind.timeout, True  # a malformed chunk: the transport garbled it
     if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
         return ChatErrorKind.timeout, True  # APITimeoutError is a subclass
     if isinstance(exc, (TimeoutError, ConnectionError)) or _is_transport_error(exc):

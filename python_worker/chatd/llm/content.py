@@ -19,6 +19,12 @@ def first(*values: int | None) -> int | None:
     return next((v for v in values if v is not None), None)
 
 
+def count_attr(obj: object, name: str) -> int | None:
+    """An integer attribute of an SDK object; None when absent or not an int
+    (older SDKs' types lack newer fields: no attribute access may escape)."""
+    value = getattr(obj, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
 
 def parts(content: Sequence[Mapping[str, Any]] | str) -> list[Mapping[str, Any]]:
     if isinstance(content, str):

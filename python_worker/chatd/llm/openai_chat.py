@@ -9,7 +9,7 @@ from typing import Any, cast
 import openai
 from openai.types.chat import ChatCompletionChunk
 
-from chatd.llm.content import file_placeholder, file_source, parts, tool_text
+from chatd.llm.content import count_attr, file_placeholder, file_source, parts, tool_text
 from chatd.llm.types import (
     ClientCache,
     Finished,
@@ -19,61 +19,71 @@ from chatd.llm.types import (
     StreamEvent,
     TextDelta,
     Usage,
+    auth_headers,
 )
 
 __all__ = ["OpenAITranslator", "prepare", "to_openai_messages"]
 
 
 class OpenAITranslator:
-    """ChatCompletionChunk -> events; done once a choice carries a finish_reason."""
+    """ChatCompletionChunk -> events.
 
-    def __init__(self) -> None:
+    Done once a choice carried a `finish_reason` and, when usage was asked
+    for (`stream_options.include_usage`, `usage_expected`), the usage chunk
+    OpenAI sends after it: a stream cut between the two is not a success.
+    SDK objects are read with defaults, so an older SDK's types (without
+    `cache_write_tokens`, `completion_tokens_details`, ...) cannot break it.
+    """
+
+    def __init__(self, *, usage_expected: bool = True) -> None:
         self.response_id: str | None = None
         self.finish_reason: str | None = None
+        self.usage_expected = usage_expected
+        self.usage_seen = False
         self.usage = Usage()
 
     def feed(self, chunk: ChatCompletionChunk) -> list[StreamEvent]:
         events: list[StreamEvent] = []
-        self.response_id = self.response_id or chunk.id or None
-        if chunk.usage is not None:
-            u = chunk.usage
-            cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else None
-            written = (
-                u.prompt_tokens_details.cache_write_tokens if u.prompt_tokens_details else None
-            )
-            reasoning = (
-                u.completion_tokens_details.reasoning_tokens
-                if u.completion_tokens_details
-                else None
-            )
+        self.response_id = self.response_id or getattr(chunk, "id", None) or None
+        u = getattr(chunk, "usage", None)
+        if u is not None:
+            self.usage_seen = True
+            prompt_details = getattr(u, "prompt_tokens_details", None)
+            cached = count_attr(prompt_details, "cached_tokens")
+            written = count_attr(prompt_details, "cache_write_tokens")
+            prompt = count_attr(u, "prompt_tokens")
             self.usage = Usage(
-                input_tokens=max(0, u.prompt_tokens - (cached or 0)),
-                output_tokens=u.completion_tokens,
-                reasoning_tokens=reasoning,
+                input_tokens=None if prompt is None else max(0, prompt - (cached or 0)),
+                output_tokens=count_attr(u, "completion_tokens"),
+                reasoning_tokens=count_attr(
+                    getattr(u, "completion_tokens_details", None), "reasoning_tokens"
+                ),
                 cache_read_tokens=cached,
                 cache_write_tokens=written,
             )
-        for choice in chunk.choices:
-            if choice.index != 0:
+        for choice in getattr(chunk, "choices", None) or ():
+            if getattr(choice, "index", 0) != 0:
                 continue
-            extra = choice.delta.model_extra or {}
+            delta = getattr(choice, "delta", None)
+            extra = getattr(delta, "model_extra", None) or {}
             # OpenAI-compatible servers stream reasoning under one of these names.
             for name in ("reasoning_content", "reasoning"):
                 reasoning_text = extra.get(name)
                 if isinstance(reasoning_text, str) and reasoning_text:
                     events.append(ReasoningDelta(reasoning_text))
                     break
-            if choice.delta.content:
-                events.append(TextDelta(choice.delta.content))
-            if choice.finish_reason is not None:
-                self.finish_reason = choice.finish_reason
+            content = getattr(delta, "content", None)
+            if isinstance(content, str) and content:
+                events.append(TextDelta(content))
+            finish_reason = getattr(choice, "finish_reason", None)
+            if finish_reason is not None:
+                self.finish_reason = str(finish_reason)
         return events
 
     def finished(self) -> Finished | None:
-        if self.finish_reason is None:
+        if self.finish_reason is None or (self.usage_expected and not self.usage_seen):
             return None
         return Finished(self.usage, self.response_id, self.finish_reason)
-
 
 
 def to_openai_messages(messages: Iterable[PromptMessage]) -> list[dict[str, Any]]:
@@ -112,24 +122,47 @@ def to_openai_messages(messages: Iterable[PromptMessage]) -> list[dict[str, Any]
 
 
 def prepare(
-    cache: ClientCache, spec: ModelSpec, key: str, messages: Sequence[PromptMessage]
+    cache: ClientCache,
+    spec: ModelSpec,
+    key: str,
+    messages: Sequence[PromptMessage],
+    read_timeout: float,
 ) -> tuple[OpenAITranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
-    translator = OpenAITranslator()
+    server = (spec.base_url, spec.provider_name)
+    send_options = spec.stream_usage and server not in cache.no_stream_options
+    translator = OpenAITranslator(usage_expected=send_options)
     client_o = cache.openai(spec, key)
     conversation = to_openai_messages(messages)
     # Official OpenAI wants max_completion_tokens; most compatible servers
     # still only know max_tokens.
     official = spec.provider_kind == "openai"
+    headers = auth_headers(spec.auth_header or "bearer", key, openai.omit)
 
-    async def open_stream() -> Any:
+    async def create(with_options: bool) -> Any:
         return await client_o.chat.completions.create(
             model=spec.model,
             messages=cast(Any, conversation),
             stream=True,
-            stream_options={"include_usage": True},
+            timeout=cache.timeout(openai, read_timeout),
+            extra_headers=headers,
+            stream_options={"include_usage": True} if with_options else openai.omit,
             max_completion_tokens=spec.max_output_tokens if official else openai.omit,
             max_tokens=openai.omit if official else spec.max_output_tokens,
         )
+
+    async def open_stream() -> Any:
+        if not send_options:
+            return await create(False)
+        try:
+            return await create(True)
+        except openai.BadRequestError as exc:
+            if "stream_options" not in str(exc):
+                raise
+        # A server that rejects stream_options: once more without it, and
+        # never again on this server; usage is then estimated.
+        cache.no_stream_options.add(server)
+        translator.usage_expected = False
+        return await create(False)
 
     return translator, open_stream

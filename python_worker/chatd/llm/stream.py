@@ -8,10 +8,15 @@ Every failure surfaces as `ChatTurnError` carrying a classified `ChatError`
 Guarantees the worker relies on:
 - SDK retries are off (`max_retries=0`); chatd's SQL owns the retry policy.
 - A stream that ends without the provider's terminal event (OpenAI: a choice
-  with `finish_reason`; Anthropic: `message_stop`) raises a retryable
-  `timeout` and never yields `Finished`.
+  with `finish_reason` and then, as usage is asked for, the usage chunk;
+  Anthropic: `message_stop`) raises a retryable `timeout` ("stream closed")
+  and never yields `Finished`.
 - No first event within `startup_timeout` seconds raises a retryable
-  `startup_timeout`.
+  `startup_timeout`; no event for `idle_timeout` seconds after that a
+  retryable `timeout` ("no data for N s").
+- Every request carries explicit connect and read timeouts (the read one
+  above both chatd timeouts, so those fire first).
+- A chunk that is not valid JSON is a retryable transport fault (`timeout`).
 - Closing or cancelling the iterator closes the HTTP response.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from chatd.llm import anthropic_messages, openai_chat
@@ -30,11 +36,16 @@ from chatd.llm.types import (
     Finished,
     ModelSpec,
     PromptMessage,
+    ReasoningDelta,
     StreamEvent,
+    TextDelta,
+    Usage,
+    estimate_usage,
     resolve_api_key,
 )
 
 __all__ = ["stream_turn"]
+
 
 async def stream_turn(
     spec: ModelSpec,
@@ -66,17 +77,29 @@ async def stream_turn(
     try:
         translator: _Translator[Any]
         open_stream: Callable[[], Awaitable[_SDKStream[Any]]]
+        # the SDK's read timeout is a backstop: chatd's own timeouts fire first
+        read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
         if spec.provider_kind == "anthropic":
-            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages)
+            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read)
         else:
-            translator, open_stream = openai_chat.prepare(cache, spec, key, messages)
+            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read)
+        output_chars = 0
         async for event in _guarded(
             provider, open_stream, translator, startup_timeout, idle_timeout
         ):
+            if isinstance(event, Finished) and _unreported(event.usage):
+                event = replace(event, usage=estimate_usage(messages, output_chars))
+            elif isinstance(event, TextDelta | ReasoningDelta):
+                output_chars += len(event.text)
             yield event
     finally:
         if clients is None:
             await cache.aclose()
+
+
+def _unreported(usage: Usage) -> bool:
+    """The server reported no token counts at all (no usage chunk)."""
+    return usage.input_tokens is None and usage.output_tokens is None
 
 
 # --------------------------------------------------------------------------- streaming core
@@ -119,7 +142,9 @@ async def _guarded(
             else:
                 deadline = None if idle_timeout is None else loop.time() + idle_timeout
             try:
-                chunk = await _bounded(provider, stream.__anext__(), deadline, startup=first)
+                chunk = await _bounded(
+                    provider, stream.__anext__(), deadline, startup=first, idle=idle_timeout or 0
+                )
             except StopAsyncIteration:
                 break
             first = False
@@ -146,7 +171,12 @@ _T = TypeVar("_T")
 
 
 async def _bounded(
-    provider: str, awaitable: Awaitable[_T], deadline: float | None, *, startup: bool
+    provider: str,
+    awaitable: Awaitable[_T],
+    deadline: float | None,
+    *,
+    startup: bool,
+    idle: float = 0.0,
 ) -> _T:
     """Await with an optional deadline; convert failures to ChatTurnError.
 
@@ -162,16 +192,11 @@ async def _bounded(
         if not timeout.expired():
             raise ChatTurnError(classify(exc, provider)) from exc
         if startup:
-            kind, what = ChatErrorKind.startup_timeout, "no response started within"
+            kind, what = ChatErrorKind.startup_timeout, "no response started within the timeout"
         else:
-            kind, what = ChatErrorKind.timeout, "stream stalled: no data for"
+            kind, what = ChatErrorKind.timeout, f"stream stalled: no data for {idle:g} s"
         raise ChatTurnError(
-            make_error(
-                kind,
-                provider,
-                retryable=True,
-                message=f"{provider}: {what} the timeout",
-            )
+            make_error(kind, provider, retryable=True, message=f"{provider}: {what}")
         ) from exc
     except Exception as exc:  # every SDK / transport failure is classified
         raise ChatTurnError(classify(exc, provider)) from exc

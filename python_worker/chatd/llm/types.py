@@ -17,8 +17,10 @@ __all__ = [
     "DUMMY_API_KEY",
     "PROVIDER_KINDS",
     "STREAM_CLOSED",
+    "AUTH_HEADERS",
     "ClientCache",
     "Finished",
+    "auth_headers",
     "ModelSpec",
     "PromptMessage",
     "ProviderKind",
@@ -26,6 +28,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "Usage",
+    "estimate_usage",
     "resolve_api_key",
 ]
 
@@ -38,6 +41,26 @@ DUMMY_API_KEY = "chatd-no-key"
 
 STREAM_CLOSED = "stream closed before the response completed"
 
+#: How a provider row may send its key (`providers.auth_header`): `bearer`
+#: (`Authorization: Bearer K`, what OpenAI documents) or `x-api-key`
+#: (`x-api-key: K`, what Anthropic documents). NULL: the wire's documented one.
+AUTH_HEADERS: tuple[str, ...] = ("bearer", "x-api-key")
+
+#: Why a step stopped, in one vocabulary for every wire (`messages.finish_reason`).
+_STOPS: dict[str, str] = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -49,6 +72,10 @@ class ModelSpec:
     api_key_env: str | None
     model: str
     max_output_tokens: int
+    auth_header: str | None = None  # AUTH_HEADERS; None: the wire's documented header
+    # Chat Completions: send stream_options.include_usage and wait for the
+    # usage chunk (providers.stream_usage); False: estimate usage instead
+    stream_usage: bool = True
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,24 @@ class Usage:
     reasoning_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    estimated: bool = False  # counted by chatd (see estimate_usage), not reported
+
+
+def estimate_usage(messages: Sequence[PromptMessage], output_chars: int) -> Usage:
+    """Usage for a server that reports none: about 4 characters per token
+    (OpenAI's rule of thumb for English text), rounded up, for the prompt's
+    text and the streamed output; marked `estimated`."""
+    prompt_chars = 0
+    for message in messages:
+        if isinstance(message.content, str):
+            prompt_chars += len(message.content)
+            continue
+        for part in message.content:
+            text = part.get("text") if isinstance(part, Mapping) else None
+            prompt_chars += len(text) if isinstance(text, str) else 0
+    return Usage(
+        input_tokens=-(-prompt_chars // 4), output_tokens=-(-output_chars // 4), estimated=True
+    )
 
 
 @dataclass(frozen=True)
@@ -96,7 +141,15 @@ class Finished:
 
     usage: Usage
     response_id: str | None
-    finish_reason: str | None
+    finish_reason: str | None  # as the provider sent it
+
+    @property
+    def stop(self) -> str | None:
+        """`finish_reason` in chatd's vocabulary: stop, length, content_filter,
+        tool_calls, or other (what `messages.finish_reason` stores)."""
+        if self.finish_reason is None:
+            return None
+        return _STOPS.get(self.finish_reason.lower(), "other")
 
 
 StreamEvent = TextDelta | ReasoningDelta | Finished
@@ -130,33 +183,70 @@ def resolve_api_key(spec: ModelSpec) -> str:
     return key
 
 
-class ClientCache:
-    """SDK clients reused across turns, one per (kind, base_url, api_key).
+def auth_headers(scheme: str, api_key: str, omit: Any) -> dict[str, Any]:
+    """Per-request headers that send the key as `scheme` (AUTH_HEADERS) and
+    drop (`omit`) the other way the SDK would send it."""
+    if scheme == "x-api-key":
+        return {"X-Api-Key": api_key, "Authorization": omit}
+    return {"Authorization": f"Bearer {api_key}", "X-Api-Key": omit}
 
+
+class ClientCache:
+    """SDK clients reused across turns, one per (kind, base_url, auth header, api_key).
+
+    Every client has explicit timeouts (the SDKs' default read timeout is
+    600 s): `connect_timeout` to open a connection, `read_timeout` between
+    two reads of a response (`chatd.llm.stream_turn` raises it per request to
+    cover its own startup and idle timeouts, which stay the ones that fire).
     Belongs to one event loop; call `aclose()` on shutdown.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        #: (base_url, provider name) of servers that refused stream_options
+        self.no_stream_options: set[tuple[str | None, str]] = set()
         self._clients: dict[
-            tuple[str, str | None, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
+            tuple[str, str | None, str, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
         ] = {}
 
+    def timeout(self, sdk: Any, read: float | None = None) -> Any:
+        """The `sdk` module's own Timeout (the SDKs may ship different HTTP
+        libraries): connect, read (`read` or the cache's), write and pool."""
+        return sdk.Timeout(
+            max(30.0, self.connect_timeout),
+            connect=self.connect_timeout,
+            read=self.read_timeout if read is None else read,
+        )
+
     def openai(self, spec: ModelSpec, api_key: str) -> openai.AsyncOpenAI:
-        """An AsyncOpenAI client for `spec` (retries off)."""
-        key = ("openai", spec.base_url, api_key)
+        """An AsyncOpenAI client for `spec` (retries off; bearer token unless the row says)."""
+        scheme = spec.auth_header or "bearer"
+        key = ("openai", spec.base_url, scheme, api_key)
         client = self._clients.get(key)
         if not isinstance(client, openai.AsyncOpenAI):
-            client = openai.AsyncOpenAI(api_key=api_key, base_url=spec.base_url, max_retries=0)
+            client = openai.AsyncOpenAI(
+                api_key=api_key,
+                base_url=spec.base_url,
+                max_retries=0,
+                timeout=self.timeout(openai),
+            )
             self._clients[key] = client
         return client
 
     def anthropic(self, spec: ModelSpec, api_key: str) -> anthropic.AsyncAnthropic:
-        """An AsyncAnthropic client for `spec` (retries off)."""
-        key = ("anthropic", spec.base_url, api_key)
+        """An AsyncAnthropic client for `spec` (retries off; `x-api-key` and
+        `anthropic-version`, as the Anthropic API documents, unless the row
+        says `bearer`)."""
+        scheme = spec.auth_header or "x-api-key"
+        key = ("anthropic", spec.base_url, scheme, api_key)
         client = self._clients.get(key)
         if not isinstance(client, anthropic.AsyncAnthropic):
             client = anthropic.AsyncAnthropic(
-                api_key=api_key, base_url=spec.base_url, max_retries=0
+                api_key=api_key,
+                base_url=spec.base_url,
+                max_retries=0,
+                timeout=self.timeout(anthropic),
             )
             self._clients[key] = client
         return client

@@ -34,7 +34,7 @@ PUBLISH_PARTS: Final = "SELECT chatd.publish_parts(%(chat_id)s, %(lease)s, %(seq
 
 FINISH_TURN: Final = (
     "SELECT chatd.finish_turn(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
-    "%(provider_response_id)s, %(runtime_ms)s)"
+    "%(provider_response_id)s, %(runtime_ms)s, p_finish_reason => %(finish_reason)s)"
 )
 
 # A batch of finished turns, each with its last streamed parts, in one
@@ -46,8 +46,11 @@ SAVE_INTERRUPTED_TURN: Final = (
     "%(provider_response_id)s, %(runtime_ms)s)"
 )
 
+# due_in: seconds until the retry is due, on the database's clock (the
+# worker wakes then instead of at its next poll)
 RECORD_FAILURE: Final = (
-    "SELECT status, attempt, next_attempt_at "
+    "SELECT status, attempt, next_attempt_at, "
+    "extract(epoch FROM next_attempt_at - clock_timestamp())::float8 AS due_in "
     "FROM chatd.record_failure(%(chat_id)s, %(lease)s, %(error)s, %(retry_after_ms)s)"
 )
 
@@ -120,11 +123,11 @@ LIST_MODELS: Final = (
     "ORDER BY p.name, m.model"
 )
 
-UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s)"
+UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s, %s)"
 
 LIST_PROVIDERS: Final = (
     "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
-    "p.enabled, p.id FROM chatd.providers AS p ORDER BY p.name"
+    "p.enabled, coalesce(p.auth_header, ''), p.id FROM chatd.providers AS p ORDER BY p.name"
 )
 
 # the demo seeds its organization, user, provider and default model

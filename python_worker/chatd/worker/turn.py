@@ -25,6 +25,7 @@ from chatd.llm import (
     PromptMessage,
     ReasoningDelta,
     TextDelta,
+    estimate_usage,
 )
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
@@ -71,6 +72,8 @@ class Claim:
             api_key_env=provider.get("api_key_env"),
             model=self.model["model"],
             max_output_tokens=int(self.model["max_output_tokens"]),
+            auth_header=provider.get("auth_header"),
+            stream_usage=provider.get("stream_usage") is not False,
         )
 
     def prompt(self) -> list[PromptMessage]:
@@ -104,7 +107,7 @@ class _Output:
         return parts
 
 
-def _usage_json(finished: Finished | None) -> dict[str, int]:
+def _usage_json(finished: Finished | None) -> dict[str, Any]:
     if finished is None:
         return {}
     usage = finished.usage
@@ -115,7 +118,10 @@ def _usage_json(finished: Finished | None) -> dict[str, int]:
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
-    return {k: v for k, v in values.items() if v is not None}
+    counts: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    if usage.estimated:
+        counts["estimated"] = True  # messages.usage_estimated
+    return counts
 
 
 class TurnRun:
@@ -164,12 +170,20 @@ class TurnRun:
                 await self.flush()
 
     def result(self, finished: Finished | None) -> dict[str, Any]:
+        # A turn cut before the provider's usage (interrupted) is billed from
+        # an estimate: the prompt and what was streamed (messages.usage_estimated).
+        usage = finished or Finished(
+            estimate_usage(self.claim.prompt(), sum(map(len, self.output.text + self.output.reasoning))),
+            None, None,
+        )
         return {
             **self.base,
             "content": Jsonb(self.output.content()),
-            "usage": Jsonb(_usage_json(finished)),
+            "usage": Jsonb(_usage_json(usage)),
             "provider_response_id": finished.response_id if finished else None,
             "runtime_ms": int((time.monotonic() - self.started) * 1000),
+            # why the step stopped (messages.finish_reason); NULL when interrupted
+            "finish_reason": (finished.stop or "other") if finished else None,
         }
 
     async def stream(self) -> None:
@@ -179,7 +193,7 @@ class TurnRun:
         try:
             async for event in worker.stream(
                 claim.spec(), claim.prompt(), startup_timeout=worker.startup_timeout,
-                clients=worker.clients,
+                idle_timeout=config.idle_timeout, clients=worker.clients,
             ):
                 if isinstance(event, TextDelta):
                     output.add("text", event.text)
@@ -293,6 +307,7 @@ class TurnRun:
             "usage": final["usage"].obj,
             "provider_response_id": final["provider_response_id"],
             "runtime_ms": final["runtime_ms"],
+            "finish_reason": final["finish_reason"],
         }
         if parts:
             item.update(seq=self.seq, parts=parts)
@@ -355,7 +370,13 @@ class TurnRun:
                 },
             )
             if rows:
-                status, attempt, next_at = rows[0]
+                status, attempt, next_at, due_in = rows[0]
+                if str(status) == "pending" and due_in is not None:
+                    # wake the claim loop when the retry is due, not at the next poll
+                    # (10 ms late, so acquire_chats surely finds it due)
+                    asyncio.get_running_loop().call_later(
+                        max(0.0, float(due_in)) + 0.01, self.worker.wake.set
+                    )
                 log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
                          error.kind, error.message, status, attempt, next_at)
         except LeaseLost:

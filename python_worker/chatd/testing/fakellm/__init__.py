@@ -37,21 +37,37 @@ Directive grammar (space-separated tokens inside `[[fake: ...]]`):
     reasoning=WORDS     stream reasoning text first (underscores become spaces)
     truncate[=K]        end the stream after K text chunks (default 1) without
                         the terminal event
+    truncate=finish     send the whole reply and the finish chunk (OpenAI's
+                        `finish_reason` choice, Anthropic's `message_delta`),
+                        then end before the usage chunk / `message_stop`
     abort               with truncate: drop the connection instead
+    stall=S             with truncate: hold the connection silent S seconds first
+    finish=REASON       the finish reason (`length`, `content_filter`, ...;
+                        Anthropic `max_tokens`, `refusal`, ...)
+    no-usage            no OpenAI usage chunk even when `include_usage` asks
+    malformed[=K]       after K text chunks, a data line that is not JSON
+    reply=              (empty) an empty reply
     hang=S              wait S seconds before sending anything (the reply or NNN)
     times=N             only the first N requests carrying this exact user
                         message obey the directive; later ones get the echo
 
 For another process: `POST /_fake/script` with
 `{"match": "...", "responses": [{"type": "text", "text": "hi"}, ...]}`
-(types: text, error, truncate, hang, stream_error; fields as the classes below),
-`POST /_fake/reset`, `GET /_fake/requests`.
+(types: text, error, truncate, hang, stream_error, malformed; fields as the
+classes in `script`), `POST /_fake/reset`, `GET /_fake/requests`.
+
+Auth checks: `FakeLLM(auth=DOCUMENTED_AUTH)` (or `fake.auth["anthropic"] =
+"bearer"` for a gateway) makes a wire answer 401 unless the request carries
+the named header: `bearer` (`Authorization: Bearer K`, no `x-api-key`) or
+`x-api-key` (no `Authorization`); Anthropic requests also need
+`anthropic-version`. Without `auth` every request is accepted.
 """
 from chatd.testing.fakellm.script import (
     FakeResponse,
     FakeUsage,
     Hang,
     HttpError,
+    Malformed,
     RecordedRequest,
     StreamError,
     Text,
@@ -60,14 +76,16 @@ from chatd.testing.fakellm.script import (
     response_to_json,
     script_remote,
 )
-from chatd.testing.fakellm.server import FakeLLM, run_forever
+from chatd.testing.fakellm.server import DOCUMENTED_AUTH, FakeLLM, run_forever
 
 __all__ = [
+    "DOCUMENTED_AUTH",
     "FakeLLM",
     "FakeResponse",
     "FakeUsage",
     "Hang",
     "HttpError",
+    "Malformed",
     "RecordedRequest",
     "StreamError",
     "Text",

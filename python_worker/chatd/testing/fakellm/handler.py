@@ -17,6 +17,7 @@ from chatd.testing.fakellm.script import (
     FakeUsage,
     Hang,
     HttpError,
+    Malformed,
     RecordedRequest,
     StreamError,
     Text,
@@ -113,6 +114,11 @@ class Handler(BaseHTTPRequestHandler):
         seq, response = self.server.fake._record(request)
         rid = f"chatcmpl-fake-{seq}" if api == "openai" else f"msg_fake_{seq}"
         model = str(body.get("model") or "fake-model")
+        refusal = auth_refusal(api, request.headers, self.server.fake.auth.get(api))
+        if refusal is not None:
+            request.completed.set()
+            self._json(401, error_object(api, 401, None, refusal), rid=rid)
+            return
 
         if isinstance(response, Hang):
             if self.server.fake._stopping.wait(response.seconds):
@@ -136,12 +142,12 @@ class Handler(BaseHTTPRequestHandler):
         if api == "openai":
             options = body.get("stream_options")
             include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
-            wire = OpenAIWire(rid, model, include_usage)
+            wire = OpenAIWire(rid, model, include_usage and plan.send_usage)
         else:
             wire = AnthropicWire(rid, model, plan.totals)
 
         if not request.stream:
-            if plan.cut is not None or plan.stream_error is not None:
+            if plan.cut is not None or plan.stream_error is not None or plan.malformed:
                 # A non-streaming reply cannot be half-sent politely: drop the connection.
                 self.close_connection = True
                 return
@@ -177,7 +183,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         if stream_error is not None:
             ok = self._frames(request, wire.error(stream_error.error_type, stream_error.message))
+        elif plan.malformed:
+            head = b"event: content_block_delta\n" if isinstance(wire, AnthropicWire) else b""
+            ok = self._frames(request, [head + b'data: {"id": "' + rid.encode() + b'", "choi\n\n'])
         elif cut is not None:
+            if plan.after_finish:
+                # the finish chunk, then nothing: no usage chunk / message_stop
+                ok = self._frames(request, wire.finish(plan.totals, plan.finish)[:1])
+            if not ok or not self._pause(plan.stall):
+                return
             if plan.abort:
                 self.close_connection = True  # no terminating chunk: the client sees EOF
                 return
@@ -236,6 +250,27 @@ class Handler(BaseHTTPRequestHandler):
         return seconds <= 0 or not self.server.fake._stopping.wait(seconds)
 
 
+def auth_refusal(api: str, headers: Mapping[str, str], scheme: str | None) -> str | None:
+    """Why a request fails the wire's auth check, or None. `scheme`: None
+    (accept anything), 'x-api-key' (the Anthropic API: `x-api-key` and
+    `anthropic-version`, no bearer token) or 'bearer' (`Authorization: Bearer`)."""
+    if scheme is None:
+        return None
+    bearer = headers.get("authorization", "")
+    if scheme == "x-api-key":
+        if not headers.get("x-api-key"):
+            return "fakellm: missing x-api-key header" + (" (got Authorization)" if bearer else "")
+        if bearer:
+            return "fakellm: x-api-key and Authorization both sent"
+    elif not bearer.startswith("Bearer ") or not bearer.removeprefix("Bearer ").strip():
+        return "fakellm: missing Authorization: Bearer header"
+    elif headers.get("x-api-key"):
+        return "fakellm: Authorization and x-api-key both sent"
+    if api == "anthropic" and not headers.get("anthropic-version"):
+        return "fakellm: missing anthropic-version header"
+    return None
+
+
 @dataclass
 class _Plan:
     """What to send for one scripted response (Text, Truncate or StreamError)."""
@@ -246,6 +281,10 @@ class _Plan:
     delay: float = 0.0
     cut: int | None = None
     abort: bool = False
+    stall: float = 0.0
+    after_finish: bool = False
+    malformed: bool = False
+    send_usage: bool = True
     stream_error: StreamError | None = None
     usage: FakeUsage = field(default_factory=FakeUsage)
     finish: str | None = None
@@ -262,9 +301,16 @@ class _Plan:
                 response.delay,
             )
             plan.usage, plan.finish = response.usage or plan.usage, response.finish_reason
+            plan.send_usage = response.send_usage
         elif isinstance(response, Truncate):
             plan.text, plan.chunks, plan.delay = response.text, response.chunks, response.delay
             plan.cut, plan.abort = response.after_chunks, response.abort
+            plan.stall, plan.after_finish = response.stall, response.after_finish
+            if response.after_finish:
+                plan.cut = len(plan.text) + 1  # every text piece goes out
+        elif isinstance(response, Malformed):
+            plan.text, plan.chunks, plan.malformed = response.text, response.chunks, True
+            plan.cut = response.after_chunks
         else:
             plan.text, plan.chunks, plan.stream_error = response.text, response.chunks, response
         usage, text, reasoning = plan.usage, plan.text, plan.reasoning

@@ -34,6 +34,7 @@ class Text:
     usage: FakeUsage | None = None
     reasoning: str = ""
     finish_reason: str | None = None  # default: 'stop' (OpenAI) / 'end_turn' (Anthropic)
+    send_usage: bool = True  # False: no OpenAI usage chunk even when include_usage asked for one
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class Truncate:
     """A stream cut after `after_chunks` of `chunks` text pieces, without the terminal event.
 
     The body ends cleanly unless `abort`, which drops the connection instead.
+    `stall` seconds of silence (connection held open) come before the cut.
+    `after_finish`: the whole text and the finish chunk are sent (OpenAI: the
+    choice with `finish_reason`; Anthropic: `message_delta`), the cut comes
+    before the usage chunk and `[DONE]` (OpenAI) or `message_stop` (Anthropic).
     """
 
     text: str = "partial reply"
@@ -64,6 +69,18 @@ class Truncate:
     chunks: int = 4
     delay: float = 0.0
     abort: bool = False
+    stall: float = 0.0
+    after_finish: bool = False
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A stream that starts fine, then sends a data line that is not JSON
+    (`data: {"id": ...` cut short) after `after_chunks` text pieces, then ends."""
+
+    text: str = "partial reply"
+    after_chunks: int = 1
+    chunks: int = 4
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ class StreamError:
     chunks: int = 4
 
 
-FakeResponse = Text | HttpError | Truncate | Hang | StreamError
+FakeResponse = Text | HttpError | Truncate | Hang | StreamError | Malformed
 
 _RESPONSE_TYPES: dict[str, type[Any]] = {
     "text": Text,
@@ -94,6 +111,7 @@ _RESPONSE_TYPES: dict[str, type[Any]] = {
     "truncate": Truncate,
     "hang": Hang,
     "stream_error": StreamError,
+    "malformed": Malformed,
 }
 
 
@@ -181,8 +199,28 @@ class RecordedRequest:
 # --------------------------------------------------------------------------- the server
 
 
-
 DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
+
+
+_TOKENS = frozenset(
+    {
+        "error",
+        "retry-after",
+        "retry-after-ms",
+        "chunks",
+        "delay",
+        "reply",
+        "reasoning",
+        "truncate",
+        "abort",
+        "hang",
+        "times",
+        "stall",
+        "finish",
+        "no-usage",
+        "malformed",
+    }
+)
 
 
 def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
@@ -194,24 +232,12 @@ def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
             status = int(token)
             continue
         name, _, value = token.partition("=")
-        if name not in {
-            "error",
-            "retry-after",
-            "retry-after-ms",
-            "chunks",
-            "delay",
-            "reply",
-            "reasoning",
-            "truncate",
-            "abort",
-            "hang",
-            "times",
-        }:
+        if name not in _TOKENS:
             raise ValueError(f"unknown directive token {token!r}")
         opts[name] = value
     try:
         times = int(opts["times"]) if "times" in opts else None
-        text = opts["reply"].replace("_", " ") if opts.get("reply") else echo
+        text = opts["reply"].replace("_", " ") if "reply" in opts else echo
         chunks = int(opts.get("chunks") or 3)
         delay = float(opts.get("delay") or 0)
         response: FakeResponse
@@ -220,18 +246,31 @@ def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
             response = HttpError(status, opts.get("error") or None, headers=headers)
         elif opts.get("error"):
             response = StreamError(opts["error"], text=text, chunks=max(chunks, 2))
+        elif "malformed" in opts:
+            after = int(opts["malformed"] or 1)
+            response = Malformed(text, after_chunks=after, chunks=max(chunks, after + 1))
         elif "truncate" in opts:
-            after = int(opts["truncate"] or 1)
+            finish = opts["truncate"] == "finish"
+            after = len(text) if finish else int(opts["truncate"] or 1)
             response = Truncate(
                 text,
                 after_chunks=after,
-                chunks=max(chunks, after + 1),
+                chunks=chunks if finish else max(chunks, after + 1),
                 delay=delay,
                 abort="abort" in opts,
+                stall=float(opts.get("stall") or 0),
+                after_finish=finish,
             )
         else:
             reasoning = opts.get("reasoning", "").replace("_", " ")
-            response = Text(text, chunks=chunks, delay=delay, reasoning=reasoning)
+            response = Text(
+                text,
+                chunks=chunks,
+                delay=delay,
+                reasoning=reasoning,
+                finish_reason=opts.get("finish") or None,
+                send_usage="no-usage" not in opts,
+            )
         if opts.get("hang"):
             if not isinstance(response, Text | HttpError):
                 raise ValueError("hang combines only with a text reply or an HTTP status")

@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
@@ -21,11 +22,21 @@ from chatd.testing.fakellm.script import (
     parse_directive,
 )
 
+#: The auth headers the real APIs document: OpenAI a bearer token, Anthropic
+#: `x-api-key` (plus `anthropic-version`).
+DOCUMENTED_AUTH: Mapping[str, str] = {"openai": "bearer", "anthropic": "x-api-key"}
+
 
 class FakeLLM:
     """The fake server; `with FakeLLM() as fake:` starts it on 127.0.0.1, a free port."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, auth: Mapping[str, str] | None = None
+    ) -> None:
+        #: auth header each wire requires ('openai' / 'anthropic' -> 'bearer' or
+        #: 'x-api-key'); a wire not named accepts any request. `DOCUMENTED_AUTH`
+        #: is what the real APIs document. Refusals are 401s in the wire's format.
+        self.auth: dict[str, str] = dict(auth or {})
         self._host = host
         self._port = port
         self._lock = threading.Lock()

@@ -30,6 +30,7 @@ from chatd.client import Client
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
 from chatd.testing.fakellm import FakeLLM, Text
+from chatd.worker import Worker
 
 
 @pytest.fixture
@@ -212,3 +213,71 @@ async def test_a_storm_of_llm_faults_over_200_chats_leaves_nothing_running(
             assert await messages(db, chat, "assistant") == []
     stuck = conn.execute("SELECT count(*) FROM chatd.chats WHERE status IN ('running', 'pending')").fetchone()
     assert stuck == (0,)
+
+
+def _with_statement_timeout(dsn: str, ms: int) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, options=f"-c statement_timeout={ms}")
+
+
+async def _retries(worker: Any, at_least: int) -> bool:
+    return bool(worker.metrics.counters["chatd_worker_write_retries_total"] >= at_least)
+
+
+async def test_a_turn_whose_result_cannot_be_written_keeps_retrying_and_completes_once_when_it_can(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("written after the lock", chunks=10, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    config = worker_config(
+        db, database_url=_with_statement_timeout(as_role(db, "worker"), 300), heartbeat_interval=0.2
+    )
+    async with running_worker(config) as worker:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        with psycopg.connect(db) as locker:
+            locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            # more failed writes than the old four attempts: the worker keeps trying
+            await wait_until(lambda: _retries(worker, 5), what="five failed attempts to write the result")
+            assert chat in worker.turns, "the turn is still the worker's: its heartbeat reports the chat"
+            locker.rollback()
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the result to be written")
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == "written after the lock"
+    assert len(fake.requests) == 1, "the turn was never re-run"
+
+
+async def test_a_turn_whose_result_cannot_be_written_until_shutdown_is_released_not_left_running(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("never written", chunks=10, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    config = worker_config(
+        db, database_url=_with_statement_timeout(as_role(db, "worker"), 300), shutdown_grace=0.5
+    )
+    worker = Worker(config)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        lease = (await chat_row(db, chat))["lease"]
+        with psycopg.connect(db) as locker:
+            locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            await wait_until(lambda: _retries(worker, 2), what="the result's writes to fail")
+            worker.stop()
+
+            async def turn_cancelled() -> bool:
+                return chat not in worker.turns
+
+            await wait_until(turn_cancelled, what="the grace to end and the turn to be cancelled")
+            locker.rollback()  # now release_chats can take the row
+        await asyncio.wait_for(task, timeout=30)
+    finally:
+        worker.stop()
+        if not task.done():
+            task.cancel()
+    row = await chat_row(db, chat)
+    assert row["status"] == "pending", "released for another worker, not left running"
+    assert row["lease"] == lease + 1 and row["worker_id"] is None
+    assert await messages(db, chat, "assistant") == []

@@ -37,6 +37,14 @@ __all__ = ["Claim", "Turn", "TurnRun"]
 
 log = logging.getLogger("chatd.worker")
 
+#: Longest wait between two attempts to write a turn's result.
+WRITE_RETRY_CAP = 5.0
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, never empty (a TimeoutError's str is)."""
+    return str(exc).strip() or repr(exc)
+
 
 @dataclass
 class Turn:
@@ -151,7 +159,7 @@ class TurnRun:
             except (psycopg.Error, TimeoutError) as exc:
                 # keep the parts for the next flush; the final message is what counts
                 output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
-                log.warning("publish_parts failed for chat %s: %s", claim.chat_id, exc)
+                log.warning("publish_parts failed for chat %s: %s", claim.chat_id, reason(exc))
                 return
             self.seq += 1
             self.worker.metrics.inc("chatd_worker_part_flushes_total")
@@ -307,13 +315,17 @@ class TurnRun:
         return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
-        """finish_turn, retried on transient database errors. A retry that
-        finds the turn gone (lease lost) means an earlier attempt committed or
-        the turn was taken away: either way there is nothing left to write."""
-        for attempt in range(4):
+        """finish_turn, retried with capped backoff on transient database
+        errors for as long as it takes: the turn stays in ``worker.turns``
+        meanwhile, so the heartbeat keeps reporting (and fencing) the chat; a
+        shutdown cancels it after the grace and releases the chat. A retry
+        that finds the turn gone (lease lost) means an earlier attempt
+        committed or the turn was taken away: nothing left to write."""
+        failures = 0
+        while True:
             try:
                 await self.worker._fetch(query, params)
-                return
+                break
             except psycopg.Error as exc:
                 if exc.sqlstate == names.INVALID_INPUT:
                     # the same reply would be refused again: fail the turn for good
@@ -327,11 +339,21 @@ class TurnRun:
                     return
                 if exc.sqlstate is not None and not isinstance(exc, psycopg.OperationalError):
                     raise
-                log.warning("finish_turn for chat %s failed (attempt %d): %s", claim.chat_id, attempt + 1, exc)
-            except TimeoutError:
-                log.warning("finish_turn for chat %s timed out (attempt %d)", claim.chat_id, attempt + 1)
-            await asyncio.sleep(0.2 * 2**attempt)
-        log.error("chat %s: could not write the turn's result; stale recovery will re-run it", claim.chat_id)
+                failures = await self._write_failed("finish_turn", claim, failures, exc)
+            except TimeoutError as exc:
+                failures = await self._write_failed("finish_turn", claim, failures, exc)
+        if failures:
+            log.info("chat %s: finish_turn written after %d failed attempt(s)", claim.chat_id, failures)
+
+    async def _write_failed(self, what: str, claim: Claim, failures: int, exc: BaseException) -> int:
+        """Counts and logs one failed write (a warning for the first of a row,
+        then debug), sleeps the capped backoff and returns the new count."""
+        self.worker.metrics.inc("chatd_worker_write_retries_total")
+        (log.warning if failures == 0 else log.debug)(
+            "%s for chat %s failed, retrying until it is written: %s", what, claim.chat_id, reason(exc)
+        )
+        await asyncio.sleep(min(0.2 * 2**failures, WRITE_RETRY_CAP))
+        return failures + 1
 
     async def _save_interrupted(self, params: Mapping[str, Any], claim: Claim) -> None:
         # Shielded: a shutdown cancelling the turn again must not cut the save short.
@@ -344,28 +366,42 @@ class TurnRun:
             log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
 
     async def _record_failure(self, claim: Claim, error: ChatError, *, fallback: bool = False) -> None:
+        """record_failure, retried like finish_turn on transient errors (the
+        chat stays reported by the heartbeat meanwhile)."""
         if not fallback:
             self.worker.metrics.inc("chatd_worker_turn_failures_total")
-        try:
-            rows = await self.worker._fetch(
-                queries.RECORD_FAILURE,
-                {
-                    "chat_id": claim.chat_id, "lease": claim.lease,
-                    "error": Jsonb(error.to_json()), "retry_after_ms": error.retry_after_ms,
-                },
-            )
-            if rows:
-                status, attempt, next_at = rows[0]
-                log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
-                         error.kind, error.message, status, attempt, next_at)
-        except LeaseLost:
-            log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
-        except (psycopg.Error, TimeoutError) as exc:
-            log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, exc)
-            if isinstance(exc, psycopg.Error) and exc.sqlstate == names.INVALID_INPUT and not fallback:
-                # chatd refused the ChatError (CD007): record a minimal valid one
-                # instead, so the chat never stays running under a live worker
-                await self._record_failure(claim, ChatError(
-                    error.message[:500] or "turn failed", ChatErrorKind.generic, None, bool(error.retryable),
-                    detail=f"chatd refused the original error: {exc.diag.message_primary or exc}"[:2000],
-                ), fallback=True)
+        failures = 0
+        while True:
+            try:
+                rows = await self.worker._fetch(
+                    queries.RECORD_FAILURE,
+                    {
+                        "chat_id": claim.chat_id, "lease": claim.lease,
+                        "error": Jsonb(error.to_json()), "retry_after_ms": error.retry_after_ms,
+                    },
+                )
+                if rows:
+                    status, attempt, next_at = rows[0]
+                    log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
+                             error.kind, error.message, status, attempt, next_at)
+                return
+            except LeaseLost:
+                log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
+                return
+            except psycopg.Error as exc:
+                if exc.sqlstate is None or isinstance(exc, psycopg.OperationalError):
+                    failures = await self._write_failed("record_failure", claim, failures, exc)
+                    continue
+                log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, reason(exc))
+                if exc.sqlstate == names.INVALID_INPUT and not fallback:
+                    # chatd refused the ChatError (CD007): record a minimal valid one
+                    # instead, so the chat never stays running under a live worker
+                    await self._record_failure(claim, ChatError(
+                        error.message[:500] or "turn failed", ChatErrorKind.generic, None, bool(error.retryable),
+                        detail=f"chatd refused the original error: {exc.diag.message_primary or exc}"[:2000],
+                    ), fallback=True)
+                # anything else: the heartbeat stops reporting the chat once this
+                # turn ends, and chatd.heartbeat releases it (docs/state-machine.md)
+                return
+            except TimeoutError as exc:
+                failures = await self._write_failed("record_failure", claim, failures, exc)

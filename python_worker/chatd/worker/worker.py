@@ -229,14 +229,30 @@ class Worker:
             turn.task.cancel()
         await asyncio.gather(*(t.task for t in left if t.task), return_exceptions=True)
         if left:
+            await self._release([t.chat_id for t in left])
+
+    async def _release(self, chat_ids: list[UUID]) -> None:
+        """release_chats, retried for up to ``db_timeout`` (a turn cancelled
+        while its result could not be written is released as soon as the
+        database lets it); then stale recovery takes what is left."""
+        deadline = time.monotonic() + self.config.db_timeout
+        delay = 0.1
+        while True:
             try:
                 await self._fetch(
-                    queries.RELEASE_CHATS,
-                    {"worker_id": self.config.worker_id, "chat_ids": [t.chat_id for t in left]},
+                    queries.RELEASE_CHATS, {"worker_id": self.config.worker_id, "chat_ids": chat_ids}
                 )
-                log.info("released %d unfinished turn(s)", len(left))
+                log.info("released %d unfinished turn(s)", len(chat_ids))
+                return
             except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-                log.warning("could not release %d turn(s); stale recovery will: %s", len(left), exc)
+                if time.monotonic() + delay >= deadline or not isinstance(
+                    exc, (psycopg.OperationalError, TimeoutError)
+                ):
+                    log.warning("could not release %d turn(s); stale recovery will: %s",
+                                len(chat_ids), str(exc).strip() or repr(exc))
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -26,7 +26,7 @@ from worker_support import (
 )
 
 from chatd import migrate
-from chatd.client import Client
+from chatd.client import Client, MessageEvent, StatusEvent
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
 from chatd.testing.fakellm import FakeLLM, Text
@@ -281,3 +281,56 @@ async def test_a_turn_whose_result_cannot_be_written_until_shutdown_is_released_
     assert row["status"] == "pending", "released for another worker, not left running"
     assert row["lease"] == lease + 1 and row["worker_id"] is None
     assert await messages(db, chat, "assistant") == []
+
+
+async def test_a_subscriber_whose_re_read_fails_at_the_final_message_still_gets_it(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    chat = factory.chat(owner, org=org, text="question")
+    async with await Client.connect(as_role(db, "app"), timeout=0.5) as client:
+        async with client.subscribe(owner, chat) as sub:
+            async def until_status(status: str) -> list[Any]:
+                events: list[Any] = []
+                async with asyncio.timeout(30):
+                    async for event in sub:
+                        events.append(event)
+                        if isinstance(event, StatusEvent) and event.status == status:
+                            return events
+                raise AssertionError(f"subscription ended early: {events}")
+
+            await until_status("pending")
+            [(lease,)] = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 1)").fetchall()
+            await until_status("running")
+            collector = asyncio.create_task(until_status("waiting"))
+            with psycopg.connect(db) as finisher, psycopg.connect(db) as locker:
+                finisher.execute(
+                    "SELECT chatd.finish_turn(%s, %s, %s, '{}')",
+                    (chat, lease, Jsonb([{"type": "text", "text": "the final answer"}])),
+                )
+                # queued behind the finish: granted the moment it commits, so
+                # every re-read its notification triggers waits and times out
+                locking = asyncio.create_task(asyncio.to_thread(
+                    locker.execute, "LOCK TABLE chatd.chats IN ACCESS EXCLUSIVE MODE"
+                ))
+                locker_pid = locker.info.backend_pid
+
+                async def lock_queued() -> bool:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", (locker_pid,)
+                    ).fetchone()
+                    return bool(row and row[0])
+
+                await wait_until(lock_queued, what="the table lock to queue behind the finish")
+                finisher.commit()  # the final notification
+                await locking
+
+                async def failed_twice() -> bool:
+                    return sub.refresh_failures >= 2
+
+                await wait_until(failed_twice, what="the re-reads to fail")
+                locker.rollback()  # no notification follows: only the retry timer can catch up
+            events = await collector
+    finals = [e.message.text for e in events if isinstance(e, MessageEvent)]
+    assert finals == ["the final answer"]

@@ -64,6 +64,9 @@ class Client:
             max_size=max_size,
             kwargs={"autocommit": True, "application_name": application_name},
             open=False,
+            # a connection handed out is checked first: after a server
+            # restart the pool replaces dead ones instead of failing calls
+            check=AsyncConnectionPool.check_connection,
         )
         self._subs: dict[str, set[Subscription]] = {}
         self._parts_reader = PartsReader(self)

@@ -38,3 +38,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # the SDKs' HTTP clients log every request at info
     for noisy in ("httpx", "httpx2", "openai", "anthropic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # psycopg_pool warns once per failed connection attempt (dozens per
+    # restart); the worker's and listener's outage lines say it once each
+    if level.lower() != "debug":
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

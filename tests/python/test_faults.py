@@ -4,6 +4,7 @@ database, a stalled database and a storm of LLM failures."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
@@ -96,9 +97,10 @@ def private_cluster() -> Iterator[tuple[LocalCluster, str]]:
 
 
 async def test_every_chat_completes_once_after_postgres_restarts_mid_stream(
-    private_cluster: tuple[LocalCluster, str], fake: FakeLLM
+    private_cluster: tuple[LocalCluster, str], fake: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster, dsn = private_cluster
+    caplog.set_level(logging.WARNING)
     with psycopg.connect(dsn, autocommit=True) as conn:
         factory = Factory(conn)
         org = factory.org()
@@ -117,6 +119,9 @@ async def test_every_chat_completes_once_after_postgres_restarts_mid_stream(
     for chat in chats:
         assert len(await messages(dsn, chat, "assistant")) == 1, "one answer per chat: none lost, none twice"
     assert len(fake.requests) == 8, "no turn had to be re-run"
+    # chatd's own lines (`chatd worker` also silences psycopg.pool's per-attempt ones)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("chatd")]
+    assert len(warnings) <= 3, f"one line per outage (calls, listener), not one per call: {warnings}"
 
 
 async def test_a_stalled_database_makes_control_path_calls_time_out_not_hang(
@@ -334,3 +339,27 @@ async def test_a_subscriber_whose_re_read_fails_at_the_final_message_still_gets_
             events = await collector
     finals = [e.message.text for e in events if isinstance(e, MessageEvent)]
     assert finals == ["the final answer"]
+
+
+async def test_the_janitor_runs_on_its_own_interval_not_the_recovery_interval(db: str) -> None:
+    async with running_worker(worker_config(db, recover_interval=60.0, janitor_interval=0.1)) as worker:
+        async def janitor_ran_thrice() -> bool:
+            return bool(worker.metrics.counters["chatd_worker_janitor_runs_total"] >= 3)
+
+        await wait_until(janitor_ran_thrice, timeout=10, what="three janitor runs within one recovery interval")
+
+
+async def test_normal_finishes_log_no_cancellation_lines(
+    db: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    model = compat_model(factory, fake)
+    fake.script(*[Text(f"answer {i}", chunks=2) for i in range(30)])
+    caplog.set_level(logging.INFO, logger="chatd")
+    async with running_worker(worker_config(db, heartbeat_interval=0.05, max_chats=30)):
+        chats = [factory.chat(owner, org=org, model=model, text=f"q{i}") for i in range(30)]
+        for chat in chats:
+            await wait_until(lambda c=chat: status_is(db, c, "waiting"), what="every chat to finish")
+    noisy = [r.getMessage() for r in caplog.records if "cancel" in r.getMessage()]
+    assert noisy == [], "a turn that finished normally is not reported as cancelled"

@@ -21,7 +21,13 @@ SELECT
     chatd_test.claim((SELECT t.other FROM t), 'w-other') AS other;
 -- claimed an hour ago (chats.heartbeat_at is the claim time)
 UPDATE chatd.chats SET heartbeat_at = now() - interval '1 hour'
-WHERE id IN (SELECT t.orphan FROM t UNION ALL SELECT t.reported FROM t UNION ALL SELECT t.other FROM t);
+WHERE id IN (
+        SELECT t.orphan FROM t
+        UNION ALL
+        SELECT t.reported FROM t
+        UNION ALL
+        SELECT t.other FROM t
+    );
 SELECT chatd_test.claim((SELECT t.fresh FROM t), 'wo') AS fresh_lease \gset
 
 SELECT is_empty(
@@ -33,16 +39,25 @@ SELECT is_empty(
 );
 SELECT is(chatd_test.status((SELECT t.orphan FROM t)), 'pending', 'an unreported chat claimed long ago is released');
 SELECT is(
-    (SELECT c.lease FROM chatd.chats AS c WHERE c.id = (SELECT t.orphan FROM t)),
+    (
+        SELECT c.lease FROM chatd.chats AS c
+        WHERE c.id = (SELECT t.orphan FROM t)
+    ),
     (SELECT l.orphan + 1 FROM l),
     'its lease is bumped'
 );
 SELECT is(
-    (SELECT c.worker_id FROM chatd.chats AS c WHERE c.id = (SELECT t.orphan FROM t)), NULL,
+    (
+        SELECT c.worker_id FROM chatd.chats AS c
+        WHERE c.id = (SELECT t.orphan FROM t)
+    ), NULL,
     'it has no worker any more'
 );
 SELECT ok(
-    (SELECT c.next_attempt_at <= now() FROM chatd.chats AS c WHERE c.id = (SELECT t.orphan FROM t)),
+    (
+        SELECT c.next_attempt_at <= now() FROM chatd.chats AS c
+        WHERE c.id = (SELECT t.orphan FROM t)
+    ),
     'it is due now'
 );
 SELECT is(chatd_test.status((SELECT t.reported FROM t)), 'running', 'a reported chat stays running');

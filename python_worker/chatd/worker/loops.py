@@ -15,7 +15,7 @@ import psycopg
 
 from chatd.protocol import queries
 from chatd.protocol.errors import LeaseLost
-from chatd.worker.turn import Claim
+from chatd.worker.turn import Claim, log_failure
 
 if TYPE_CHECKING:
     from chatd.worker.worker import Worker
@@ -38,7 +38,7 @@ async def claim_loop(worker: Worker) -> None:
                 failures = 0
             except (psycopg.Error, TimeoutError) as exc:
                 failures += 1
-                log.warning("claim failed: %s", exc)
+                log_failure("claim", exc)
                 await worker.sleep_unless_stopping(min(0.1 * 2**failures, 5.0))
                 continue
             for row in rows:
@@ -64,8 +64,9 @@ async def heartbeat_once(worker: Worker) -> None:
     )
     worker.metrics.inc("chatd_worker_heartbeats_total")
     for (chat_id,) in rows:
-        log.info("chat %s is no longer ours: cancelling its turn", chat_id)
-        worker._cancel_lost(chat_id)
+        # a turn writing its own result is reported too: nothing to cancel or log
+        if worker._cancel_lost(chat_id):
+            log.info("chat %s is no longer ours: cancelled its turn", chat_id)
 
 
 async def heartbeat_loop(worker: Worker) -> None:
@@ -74,21 +75,30 @@ async def heartbeat_loop(worker: Worker) -> None:
         try:
             await heartbeat_once(worker)
         except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-            log.warning("heartbeat failed: %s", exc)
+            log_failure("heartbeat", exc)
 
 
 async def maintenance_loop(worker: Worker) -> None:
-    next_janitor = 0.0
+    """recover_stale_chats() every recover_interval and janitor() every
+    janitor_interval, each on its own schedule."""
+    next_recover = next_janitor = 0.0
     while not worker.stopping.is_set():
-        try:
-            rows = await worker._fetch(queries.RECOVER_STALE_CHATS, {})
-            recovered = rows[0][0] if rows else 0
-            if recovered:
-                log.info("recovered %d stale chat(s)", recovered)
-                worker.metrics.inc("chatd_worker_recovered_total", recovered)
-            if time.monotonic() >= next_janitor:
+        now = time.monotonic()
+        if now >= next_recover:
+            next_recover = now + worker.config.recover_interval
+            try:
+                rows = await worker._fetch(queries.RECOVER_STALE_CHATS, {})
+                recovered = rows[0][0] if rows else 0
+                if recovered:
+                    log.info("recovered %d stale chat(s)", recovered)
+                    worker.metrics.inc("chatd_worker_recovered_total", recovered)
+            except (psycopg.Error, TimeoutError) as exc:
+                log_failure("recover_stale_chats", exc)
+        if now >= next_janitor:
+            next_janitor = now + worker.config.janitor_interval
+            try:
                 await worker._fetch(queries.JANITOR, {})
-                next_janitor = time.monotonic() + worker.config.janitor_interval
-        except (psycopg.Error, TimeoutError) as exc:
-            log.warning("maintenance failed: %s", exc)
-        await worker.sleep_unless_stopping(worker.config.recover_interval)
+                worker.metrics.inc("chatd_worker_janitor_runs_total")
+            except (psycopg.Error, TimeoutError) as exc:
+                log_failure("janitor", exc)
+        await worker.sleep_unless_stopping(max(min(next_recover, next_janitor) - time.monotonic(), 0.0))

@@ -46,6 +46,13 @@ def reason(exc: BaseException) -> str:
     return str(exc).strip() or repr(exc)
 
 
+def log_failure(what: str, exc: BaseException) -> None:
+    """A failed database call: a debug line when transient (the worker's
+    Outage logs the outage once), a warning otherwise."""
+    transient = isinstance(exc, (psycopg.OperationalError, TimeoutError))
+    (log.debug if transient else log.warning)("%s failed: %s", what, reason(exc))
+
+
 @dataclass
 class Turn:
     chat_id: UUID
@@ -159,7 +166,7 @@ class TurnRun:
             except (psycopg.Error, TimeoutError) as exc:
                 # keep the parts for the next flush; the final message is what counts
                 output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
-                log.warning("publish_parts failed for chat %s: %s", claim.chat_id, reason(exc))
+                log_failure(f"publish_parts for chat {claim.chat_id}", exc)
                 return
             self.seq += 1
             self.worker.metrics.inc("chatd_worker_part_flushes_total")
@@ -349,9 +356,7 @@ class TurnRun:
         """Counts and logs one failed write (a warning for the first of a row,
         then debug), sleeps the capped backoff and returns the new count."""
         self.worker.metrics.inc("chatd_worker_write_retries_total")
-        (log.warning if failures == 0 else log.debug)(
-            "%s for chat %s failed, retrying until it is written: %s", what, claim.chat_id, reason(exc)
-        )
+        log.debug("%s for chat %s failed, retrying until it is written: %s", what, claim.chat_id, reason(exc))
         await asyncio.sleep(min(0.2 * 2**failures, WRITE_RETRY_CAP))
         return failures + 1
 

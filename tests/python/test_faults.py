@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +37,7 @@ from chatd.client import Client, MessageEvent, StatusEvent
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
 from chatd.testing.fakellm import FakeLLM, Text
+from chatd.testing.harness import TEST_LOGIN_ROLES, TEST_ROLE_PASSWORD
 from chatd.worker import Worker
 
 
@@ -363,3 +370,92 @@ async def test_normal_finishes_log_no_cancellation_lines(
             await wait_until(lambda c=chat: status_is(db, c, "waiting"), what="every chat to finish")
     noisy = [r.getMessage() for r in caplog.records if "cancel" in r.getMessage()]
     assert noisy == [], "a turn that finished normally is not reported as cancelled"
+
+
+@pytest.fixture
+def pgbouncer(db: str) -> Iterator[str]:
+    """A real PgBouncer (pool_mode = transaction, 3 server connections per
+    user) in front of this test's database; yields its DSN. Fails loudly when
+    the binary is missing (`make setup` installs Debian's pgbouncer)."""
+    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    if binary is None:
+        pytest.fail("pgbouncer is not installed: run `make setup` (Debian package pgbouncer)")
+    server = psycopg.conninfo.conninfo_to_dict(db)
+    port = _free_port()
+    users = [str(server.get("user") or "postgres"), *TEST_LOGIN_ROLES.values()]
+    with tempfile.TemporaryDirectory(prefix="chatd-pgbouncer-") as tmp:
+        home = Path(tmp)
+        os.chmod(home, 0o755)  # readable by the postgres user pgbouncer runs as under root
+        (home / "users.txt").write_text("".join(f'"{u}" "{TEST_ROLE_PASSWORD}"\n' for u in users))
+        (home / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={server.get('host', '127.0.0.1')} port={server['port']}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {home / 'users.txt'}\n"
+            "pool_mode = transaction\ndefault_pool_size = 3\nmax_client_conn = 500\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+        )
+        command = [binary, str(home / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root
+            command[1:1] = ["-u", "postgres"]
+        with open(home / "pgbouncer.log", "wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        dsn = psycopg.conninfo.make_conninfo(db, host="127.0.0.1", port=port)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    psycopg.connect(dsn, connect_timeout=2).close()
+                    break
+                except psycopg.OperationalError as exc:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log_text = (home / "pgbouncer.log").read_text()
+                        raise AssertionError(f"pgbouncer did not start: {log_text}") from exc
+                    time.sleep(0.05)
+            yield dsn
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_seen_without_prepared_statements(
+    pgbouncer: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    org = factory.org()
+    owner = factory.user(org=org)
+    model = compat_model(factory, fake)
+    count = 30
+    fake.script(*[Text(" ".join([f"answer{i}"] * 12), chunks=6, delay=0.01) for i in range(count)])
+    chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
+
+    async def final_message(client: Client, chat: UUID) -> str:
+        async with client.subscribe(owner, chat) as sub:
+            async with asyncio.timeout(90):
+                async for event in sub:
+                    if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                        return event.message.text
+        raise AssertionError("subscription ended early")
+
+    async with await Client.connect(as_role(pgbouncer, "app"), poll_interval=0.2, max_size=4) as client:
+        seen = [asyncio.create_task(final_message(client, chat)) for chat in chats]
+        config = worker_config(pgbouncer, poll_only=True, max_chats=10, pool_size=4, db_timeout=10.0)
+        async with running_worker(config):
+            texts = await asyncio.gather(*seen)
+            for chat in chats:
+                await wait_until(lambda c=chat: status_is(pgbouncer, c, "waiting"), what="every chat to finish")
+    assert sorted(texts) == sorted(" ".join([f"answer{i}"] * 12) for i in range(count)), \
+        "the client saw every final message"
+    for chat in chats:
+        assert len(await messages(pgbouncer, chat, "assistant")) == 1, "every chat answered once"
+    assert len(fake.requests) == count
+    errors = [r.getMessage() for r in caplog.records if "prepared statement" in r.getMessage()]
+    assert errors == [], errors
+    assert not [r for r in caplog.records if "batched finish failed" in r.getMessage()]

@@ -151,9 +151,12 @@ class Subscription:
         """The next queued item; while the subscription is stale (a re-read
         failed), a retry after a capped backoff if nothing comes first, so a
         final message is never missed for want of another notification."""
-        if not self._stale:
+        poll = self._client.poll_interval
+        if not self._stale and poll is None:
             return await self._queue.get()
-        delay = min(0.1 * 2 ** max(self._failures - 1, 0), RETRY_CAP)
+        delay = min(0.1 * 2 ** max(self._failures - 1, 0), RETRY_CAP) if self._stale else 0.0
+        if poll is not None:  # polling mode: a re-read at least every poll interval
+            delay = max(delay, poll)
         try:
             async with asyncio.timeout(delay):
                 return await self._queue.get()

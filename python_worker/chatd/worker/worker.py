@@ -200,7 +200,12 @@ class Worker:
             self.config.database_url,
             min_size=1,
             max_size=self.config.pool_size,
-            kwargs={"autocommit": True, "application_name": f"chatd-worker {self.config.worker_id}"},
+            kwargs={
+                "autocommit": True, "application_name": f"chatd-worker {self.config.worker_id}",
+                # PgBouncer in transaction mode (what --poll-only is for) hands
+                # each transaction any server connection: no server-side prepares
+                **({"prepare_threshold": None} if self.config.poll_only else {}),
+            },
             open=False,
             # 0: a failed background reconnect is not retried on a timer; the
             # next call that needs a connection starts a new attempt, and its

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from chatd.logs import log_failure
 from chatd.protocol import queries
 from chatd.protocol.errors import LeaseLost
-from chatd.worker.turn import Claim, log_failure
+from chatd.worker.turn import Claim
 
 if TYPE_CHECKING:
     from chatd.worker.worker import Worker
@@ -38,7 +39,7 @@ async def claim_loop(worker: Worker) -> None:
                 failures = 0
             except (psycopg.Error, TimeoutError) as exc:
                 failures += 1
-                log_failure("claim", exc)
+                log_failure(log, "claim", exc)
                 await worker.sleep_unless_stopping(min(0.1 * 2**failures, 5.0))
                 continue
             for row in rows:
@@ -75,7 +76,7 @@ async def heartbeat_loop(worker: Worker) -> None:
         try:
             await heartbeat_once(worker)
         except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-            log_failure("heartbeat", exc)
+            log_failure(log, "heartbeat", exc)
 
 
 async def maintenance_loop(worker: Worker) -> None:
@@ -93,12 +94,12 @@ async def maintenance_loop(worker: Worker) -> None:
                     log.info("recovered %d stale chat(s)", recovered)
                     worker.metrics.inc("chatd_worker_recovered_total", recovered)
             except (psycopg.Error, TimeoutError) as exc:
-                log_failure("recover_stale_chats", exc)
+                log_failure(log, "recover_stale_chats", exc)
         if now >= next_janitor:
             next_janitor = now + worker.config.janitor_interval
             try:
                 await worker._fetch(queries.JANITOR, {})
                 worker.metrics.inc("chatd_worker_janitor_runs_total")
             except (psycopg.Error, TimeoutError) as exc:
-                log_failure("janitor", exc)
+                log_failure(log, "janitor", exc)
         await worker.sleep_unless_stopping(max(min(next_recover, next_janitor) - time.monotonic(), 0.0))

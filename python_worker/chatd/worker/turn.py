@@ -26,6 +26,7 @@ from chatd.llm import (
     ReasoningDelta,
     TextDelta,
 )
+from chatd.logs import log_failure, reason
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import BatchFailed
@@ -39,18 +40,6 @@ log = logging.getLogger("chatd.worker")
 
 #: Longest wait between two attempts to write a turn's result.
 WRITE_RETRY_CAP = 5.0
-
-
-def reason(exc: BaseException) -> str:
-    """What went wrong, never empty (a TimeoutError's str is)."""
-    return str(exc).strip() or repr(exc)
-
-
-def log_failure(what: str, exc: BaseException) -> None:
-    """A failed database call: a debug line when transient (the worker's
-    Outage logs the outage once), a warning otherwise."""
-    transient = isinstance(exc, (psycopg.OperationalError, TimeoutError))
-    (log.debug if transient else log.warning)("%s failed: %s", what, reason(exc))
 
 
 @dataclass
@@ -166,7 +155,7 @@ class TurnRun:
             except (psycopg.Error, TimeoutError) as exc:
                 # keep the parts for the next flush; the final message is what counts
                 output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
-                log_failure(f"publish_parts for chat {claim.chat_id}", exc)
+                log_failure(log, f"publish_parts for chat {claim.chat_id}", exc)
                 return
             self.seq += 1
             self.worker.metrics.inc("chatd_worker_part_flushes_total")
@@ -322,12 +311,10 @@ class TurnRun:
         return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
-        """finish_turn, retried with capped backoff on transient database
-        errors for as long as it takes: the turn stays in ``worker.turns``
-        meanwhile, so the heartbeat keeps reporting (and fencing) the chat; a
-        shutdown cancels it after the grace and releases the chat. A retry
-        that finds the turn gone (lease lost) means an earlier attempt
-        committed or the turn was taken away: nothing left to write."""
+        """finish_turn, retried with capped backoff on transient errors as
+        long as it takes: the turn stays in ``worker.turns``, so the heartbeat
+        keeps reporting the chat; a shutdown cancels it after the grace and
+        releases the chat. A lost lease on a retry: nothing left to write."""
         failures = 0
         while True:
             try:

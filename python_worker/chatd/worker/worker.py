@@ -36,12 +36,13 @@ from psycopg_pool import AsyncConnectionPool
 from chatd.config import WorkerConfig
 from chatd.listener import Listener
 from chatd.llm import ClientCache, stream_turn
+from chatd.logs import log_failure, reason
 from chatd.metrics import Metrics, serve_metrics
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import FinishBatcher
 from chatd.worker.loops import claim_loop, heartbeat_loop, heartbeat_once, maintenance_loop
-from chatd.worker.turn import Claim, Turn, TurnRun, log_failure, reason
+from chatd.worker.turn import Claim, Turn, TurnRun
 
 __all__ = ["StreamFn", "Worker", "WorkerFatal"]
 
@@ -342,7 +343,7 @@ class Worker:
             try:
                 await heartbeat_once(self)
             except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-                log_failure("heartbeat after reconnect", exc)
+                log_failure(log, "heartbeat after reconnect", exc)
         self.ready.set()
 
     def _on_notification(self, channel: str, payload: str) -> None:

@@ -459,3 +459,21 @@ async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_s
     errors = [r.getMessage() for r in caplog.records if "prepared statement" in r.getMessage()]
     assert errors == [], errors
     assert not [r for r in caplog.records if "batched finish failed" in r.getMessage()]
+
+
+async def test_a_running_chat_its_live_idle_worker_does_not_run_is_released_and_answered(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    conn.execute("UPDATE chatd.settings SET heartbeat_interval = '200 ms', stale_after = '1 second'")
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("answered after all"))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    # the worker's earlier life claimed the chat and lost its turn without a trace
+    with psycopg.connect(as_role(db, "worker"), autocommit=True) as worker_conn:
+        worker_conn.execute("SELECT chatd.acquire_chats('test-worker', 1)")
+    conn.execute("UPDATE chatd.chats SET heartbeat_at = now() - interval '1 minute' WHERE id = %s", (chat,))
+    async with running_worker(worker_config(db, heartbeat_interval=0.2, recover_interval=60.0)):
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the orphan to be released and answered")
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == "answered after all"

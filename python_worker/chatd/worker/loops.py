@@ -53,8 +53,8 @@ async def claim_loop(worker: Worker) -> None:
 
 async def heartbeat_once(worker: Worker) -> None:
     turns = [t for t in worker.turns.values() if t.task and not t.task.done()]
-    if not turns:
-        return
+    if not turns and worker.config.passive:
+        return  # an idle worker heartbeats too: chatd.heartbeat releases its orphans
     rows = await worker._fetch(
         queries.HEARTBEAT,
         {

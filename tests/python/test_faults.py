@@ -477,3 +477,41 @@ async def test_a_running_chat_its_live_idle_worker_does_not_run_is_released_and_
         await wait_until(lambda: status_is(db, chat, "waiting"), what="the orphan to be released and answered")
     [assistant] = await messages(db, chat, "assistant")
     assert text_of(assistant["content"]) == "answered after all"
+
+
+@pytest.mark.skip(reason=(
+    "open (issue 12 item 2 remainder): in about 1 run of 3, 3-36 of 50 subscribers stay at 'running' "
+    "though the chat is waiting: not stale, queue empty, listener reconnected and LISTENing on their "
+    "channels; neither the resync re-read nor the final notification reached them. Not yet diagnosed."
+))
+async def test_fifty_subscribers_see_every_final_message_across_a_postgres_restart(
+    private_cluster: tuple[LocalCluster, str], fake: FakeLLM
+) -> None:
+    cluster, dsn = private_cluster
+    count = 50
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        factory = Factory(conn)
+        org = factory.org()
+        owner = factory.user(org=org)
+        model = compat_model(factory, fake)
+        fake.script(*[Text(" ".join([f"final{i}"] * 20), chunks=20, delay=0.05) for i in range(count)])
+        chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
+
+    async def final_message(client: Client, chat: UUID) -> str:
+        async with client.subscribe(owner, chat) as sub:
+            async with asyncio.timeout(40):
+                async for event in sub:
+                    if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                        return event.message.text
+        raise AssertionError("subscription ended early")
+
+    async with await Client.connect(as_role(dsn, "app"), timeout=1.0, max_size=8) as client:
+        seen = [asyncio.create_task(final_message(client, chat)) for chat in chats]
+        async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
+            for chat in chats:
+                await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
+            await asyncio.to_thread(cluster.restart)  # the answers land around the restart
+            texts = await asyncio.gather(*seen)
+    assert sorted(texts) == sorted(" ".join([f"final{i}"] * 20) for i in range(count)), "no final message missed"
+    for chat in chats:
+        assert len(await messages(dsn, chat, "assistant")) == 1

@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PG_MAJOR ?= 15
-APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl
+APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -33,7 +33,8 @@ help:
 
 setup: system-deps $(STAMP)
 
-# The test suite needs pgTAP, plpgsql_check and pg_prove next to the server.
+# The test suite needs pgTAP, plpgsql_check and pg_prove next to the server, and
+# pgbouncer (the transaction-pooling test in tests/python/test_faults.py starts one).
 system-deps:
 	@missing=""; \
 	for pkg in $(APT_PACKAGES); do \

@@ -284,7 +284,12 @@ $$;
 -- update, whatever the number of chats it runs; no chat row is written).
 -- Returns the given chats it no longer owns under the given lease (the
 -- worker cancels those turns), read by primary key. Heartbeats bump no
--- version and notify nothing.
+-- version and notify nothing, except for the safety net: a running chat of
+-- this worker that the heartbeat does not report, claimed longer than
+-- settings.stale_after ago, is a chat the worker no longer runs (its turn
+-- ended without writing a result); it goes back to pending, due now, lease
+-- bumped, as release_chats does. SKIP LOCKED: a busy row waits for the next
+-- heartbeat.
 CREATE OR REPLACE FUNCTION chatd.heartbeat(p_worker_id text, p_chat_ids uuid[], p_leases bigint[])
 RETURNS TABLE (chat_id uuid)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -296,6 +301,18 @@ BEGIN
             USING ERRCODE = 'CD007';
     END IF;
     PERFORM chatd._worker_alive(p_worker_id);
+    WITH orphans AS (
+        SELECT c.id FROM chatd.chats AS c
+        WHERE c.status = 'running' AND c.worker_id = p_worker_id
+            AND c.heartbeat_at < now() - (SELECT s.stale_after FROM chatd.settings AS s)
+            AND c.id <> ALL (coalesce(p_chat_ids, '{}'))
+        ORDER BY c.id
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE chatd.chats AS c
+    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, lease = c.lease + 1, next_attempt_at = now()
+    FROM orphans
+    WHERE c.id = orphans.id AND c.status = 'running' AND c.worker_id = p_worker_id;
     -- A new statement, so a new snapshot: a recovery this heartbeat waited
     -- for (on the worker row) is visible, and its chats are reported lost.
     RETURN QUERY

@@ -5,9 +5,12 @@
 -- worker's row in chatd.workers is older than settings.stale_after, or the
 -- worker has no row and the chat was claimed (chats.heartbeat_at) longer
 -- than stale_after ago (claimed before migration 0004, or the row was
--- deleted). A stale chat goes back to pending (due now) with recoveries + 1,
--- or, when the current turn was already recovered settings.max_recoveries
--- times, to error with a ChatError of kind timeout. The lease is bumped, so
+-- deleted). A stale chat goes back to pending (due now), or, when the
+-- current turn had streamed (a stream part under its lease) and was already
+-- recovered settings.max_recoveries times, to error with a ChatError of kind
+-- timeout. Only recoveries of turns that had streamed count (recoveries + 1):
+-- a worker killed before the model answered says nothing about the turn, so
+-- repeated kills or restarts never fail a healthy turn. The lease is bumped, so
 -- the lost worker, should it still be alive, can write nothing. Returns how
 -- many chats moved.
 --
@@ -47,10 +50,20 @@ BEGIN
         ORDER BY c.heartbeat_at, c.id
         FOR UPDATE SKIP LOCKED
     ),
-    stale AS (
+    stale_ids AS (
         SELECT of_stale_workers.id FROM of_stale_workers
         UNION
         SELECT without_worker.id FROM without_worker
+    ),
+    stale AS (
+        SELECT
+            stale_ids.id,
+            EXISTS (
+                SELECT 1 FROM chatd.stream_parts AS p
+                INNER JOIN chatd.chats AS sc ON sc.id = p.chat_id AND sc.lease = p.lease
+                WHERE p.chat_id = stale_ids.id
+            ) AS streamed
+        FROM stale_ids
     )
     UPDATE chatd.chats AS c
     SET (
@@ -64,12 +77,12 @@ BEGIN
         FROM chatd._turn_reset(
             c,
             CASE
-                WHEN c.recoveries >= v_settings.max_recoveries THEN 'error'
+                WHEN stale.streamed AND c.recoveries >= v_settings.max_recoveries THEN 'error'
                 ELSE 'pending'
             END::chatd.chat_status,
             p_bump_lease => TRUE,
             p_last_error => CASE
-                WHEN c.recoveries >= v_settings.max_recoveries THEN jsonb_build_object(
+                WHEN stale.streamed AND c.recoveries >= v_settings.max_recoveries THEN jsonb_build_object(
                     'message', format(
                         'chat %s: worker %s stopped sending heartbeats; the turn was recovered %s times, giving up',
                         c.id, c.worker_id, c.recoveries
@@ -83,7 +96,7 @@ BEGIN
                 )
                 ELSE c.last_error
             END,
-            p_attempt => c.attempt, p_recoveries => c.recoveries + 1, p_retry_state => c.retry_state
+            p_attempt => c.attempt, p_recoveries => c.recoveries + stale.streamed::integer, p_retry_state => c.retry_state
         ) AS r
     )
     FROM stale

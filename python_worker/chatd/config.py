@@ -75,7 +75,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("passive", "CHATD_PASSIVE", _bool, False,
            "run heartbeat, recovery and janitor, but claim no chats"),
     Option("poll_only", "CHATD_POLL_ONLY", _bool, False,
-           "no LISTEN connection (for PgBouncer in transaction mode); poll only"),
+           "no LISTEN connection and no server-side prepared statements (for PgBouncer in transaction mode); poll only"),
     Option("log_level", "CHATD_LOG_LEVEL", str, "info", "debug, info, warning or error"),
     Option("log_format", "CHATD_LOG_FORMAT", str, "text", "text or json (one object per line)"),
     Option("metrics_port", "CHATD_METRICS_PORT", int, None,

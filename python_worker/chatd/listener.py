@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
@@ -86,6 +87,7 @@ class Listener:
     async def run(self) -> None:
         """Listen until ``stop()``, reconnecting whenever the connection is lost."""
         delay = 0.05
+        lost_since: float | None = None
         while not self._stop.is_set():
             try:
                 async with asyncio.timeout(max(self.command_timeout, 10.0)):
@@ -98,14 +100,22 @@ class Listener:
                 async with conn:
                     self.connection = conn
                     self.generation += 1
+                    if lost_since is not None:  # one line per outage, one per recovery
+                        log.info("%s: listening again after %.1fs", self.application_name,
+                                 time.monotonic() - lost_since)
+                        lost_since = None
                     delay = 0.05  # a successful connection resets the backoff
                     await self._serve(conn)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if self._stop.is_set():
                     return
                 self.reconnects += 1
-                log.warning("%s: connection lost, reconnecting in %.2fs: %s",
-                            self.application_name, delay, exc)
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    log.warning("%s: connection lost, reconnecting with backoff: %s",
+                                self.application_name, str(exc).strip() or repr(exc))
+                else:
+                    log.debug("%s: reconnect failed, next in %.2fs: %s", self.application_name, delay, exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stop.wait()

@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+import psycopg
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -38,3 +40,19 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # the SDKs' HTTP clients log every request at info
     for noisy in ("httpx", "httpx2", "openai", "anthropic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # psycopg_pool warns once per failed connection attempt (dozens per
+    # restart); the worker's and listener's outage lines say it once each
+    if level.lower() != "debug":
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, never empty (a TimeoutError's str is)."""
+    return str(exc).strip() or repr(exc)
+
+
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """A failed database call: a debug line when transient (connection
+    error, timeout; the worker's Outage logs the outage once), else a warning."""
+    transient = isinstance(exc, (psycopg.OperationalError, TimeoutError))
+    (logger.debug if transient else logger.warning)("%s failed: %s", what, reason(exc))

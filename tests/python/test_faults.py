@@ -4,10 +4,17 @@ database, a stalled database and a storm of LLM failures."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -26,10 +33,12 @@ from worker_support import (
 )
 
 from chatd import migrate
-from chatd.client import Client
+from chatd.client import Client, MessageEvent, StatusEvent
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
 from chatd.testing.fakellm import FakeLLM, Text
+from chatd.testing.harness import TEST_LOGIN_ROLES, TEST_ROLE_PASSWORD
+from chatd.worker import Worker
 
 
 @pytest.fixture
@@ -95,9 +104,10 @@ def private_cluster() -> Iterator[tuple[LocalCluster, str]]:
 
 
 async def test_every_chat_completes_once_after_postgres_restarts_mid_stream(
-    private_cluster: tuple[LocalCluster, str], fake: FakeLLM
+    private_cluster: tuple[LocalCluster, str], fake: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster, dsn = private_cluster
+    caplog.set_level(logging.WARNING)
     with psycopg.connect(dsn, autocommit=True) as conn:
         factory = Factory(conn)
         org = factory.org()
@@ -116,6 +126,9 @@ async def test_every_chat_completes_once_after_postgres_restarts_mid_stream(
     for chat in chats:
         assert len(await messages(dsn, chat, "assistant")) == 1, "one answer per chat: none lost, none twice"
     assert len(fake.requests) == 8, "no turn had to be re-run"
+    # chatd's own lines (`chatd worker` also silences psycopg.pool's per-attempt ones)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("chatd")]
+    assert len(warnings) <= 3, f"one line per outage (calls, listener), not one per call: {warnings}"
 
 
 async def test_a_stalled_database_makes_control_path_calls_time_out_not_hang(
@@ -212,3 +225,293 @@ async def test_a_storm_of_llm_faults_over_200_chats_leaves_nothing_running(
             assert await messages(db, chat, "assistant") == []
     stuck = conn.execute("SELECT count(*) FROM chatd.chats WHERE status IN ('running', 'pending')").fetchone()
     assert stuck == (0,)
+
+
+def _with_statement_timeout(dsn: str, ms: int) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, options=f"-c statement_timeout={ms}")
+
+
+async def _retries(worker: Any, at_least: int) -> bool:
+    return bool(worker.metrics.counters["chatd_worker_write_retries_total"] >= at_least)
+
+
+async def test_a_turn_whose_result_cannot_be_written_keeps_retrying_and_completes_once_when_it_can(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("written after the lock", chunks=10, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    config = worker_config(
+        db, database_url=_with_statement_timeout(as_role(db, "worker"), 300), heartbeat_interval=0.2
+    )
+    async with running_worker(config) as worker:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        with psycopg.connect(db) as locker:
+            locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            # more failed writes than the old four attempts: the worker keeps trying
+            await wait_until(lambda: _retries(worker, 5), what="five failed attempts to write the result")
+            assert chat in worker.turns, "the turn is still the worker's: its heartbeat reports the chat"
+            locker.rollback()
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the result to be written")
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == "written after the lock"
+    assert len(fake.requests) == 1, "the turn was never re-run"
+
+
+async def test_a_turn_whose_result_cannot_be_written_until_shutdown_is_released_not_left_running(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("never written", chunks=10, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    config = worker_config(
+        db, database_url=_with_statement_timeout(as_role(db, "worker"), 300), shutdown_grace=0.5
+    )
+    worker = Worker(config)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        lease = (await chat_row(db, chat))["lease"]
+        with psycopg.connect(db) as locker:
+            locker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            await wait_until(lambda: _retries(worker, 2), what="the result's writes to fail")
+            worker.stop()
+
+            async def turn_cancelled() -> bool:
+                return chat not in worker.turns
+
+            await wait_until(turn_cancelled, what="the grace to end and the turn to be cancelled")
+            locker.rollback()  # now release_chats can take the row
+        await asyncio.wait_for(task, timeout=30)
+    finally:
+        worker.stop()
+        if not task.done():
+            task.cancel()
+    row = await chat_row(db, chat)
+    assert row["status"] == "pending", "released for another worker, not left running"
+    assert row["lease"] == lease + 1 and row["worker_id"] is None
+    assert await messages(db, chat, "assistant") == []
+
+
+async def test_a_subscriber_whose_re_read_fails_at_the_final_message_still_gets_it(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    chat = factory.chat(owner, org=org, text="question")
+    async with await Client.connect(as_role(db, "app"), timeout=0.5) as client:
+        async with client.subscribe(owner, chat) as sub:
+            async def until_status(status: str) -> list[Any]:
+                events: list[Any] = []
+                async with asyncio.timeout(30):
+                    async for event in sub:
+                        events.append(event)
+                        if isinstance(event, StatusEvent) and event.status == status:
+                            return events
+                raise AssertionError(f"subscription ended early: {events}")
+
+            await until_status("pending")
+            [(lease,)] = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 1)").fetchall()
+            await until_status("running")
+            collector = asyncio.create_task(until_status("waiting"))
+            with psycopg.connect(db) as finisher, psycopg.connect(db) as locker:
+                finisher.execute(
+                    "SELECT chatd.finish_turn(%s, %s, %s, '{}')",
+                    (chat, lease, Jsonb([{"type": "text", "text": "the final answer"}])),
+                )
+                # queued behind the finish: granted the moment it commits, so
+                # every re-read its notification triggers waits and times out
+                locking = asyncio.create_task(asyncio.to_thread(
+                    locker.execute, "LOCK TABLE chatd.chats IN ACCESS EXCLUSIVE MODE"
+                ))
+                locker_pid = locker.info.backend_pid
+
+                async def lock_queued() -> bool:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", (locker_pid,)
+                    ).fetchone()
+                    return bool(row and row[0])
+
+                await wait_until(lock_queued, what="the table lock to queue behind the finish")
+                finisher.commit()  # the final notification
+                await locking
+
+                async def failed_twice() -> bool:
+                    return sub.refresh_failures >= 2
+
+                await wait_until(failed_twice, what="the re-reads to fail")
+                locker.rollback()  # no notification follows: only the retry timer can catch up
+            events = await collector
+    finals = [e.message.text for e in events if isinstance(e, MessageEvent)]
+    assert finals == ["the final answer"]
+
+
+async def test_the_janitor_runs_on_its_own_interval_not_the_recovery_interval(db: str) -> None:
+    async with running_worker(worker_config(db, recover_interval=60.0, janitor_interval=0.1)) as worker:
+        async def janitor_ran_thrice() -> bool:
+            return bool(worker.metrics.counters["chatd_worker_janitor_runs_total"] >= 3)
+
+        await wait_until(janitor_ran_thrice, timeout=10, what="three janitor runs within one recovery interval")
+
+
+async def test_normal_finishes_log_no_cancellation_lines(
+    db: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    model = compat_model(factory, fake)
+    fake.script(*[Text(f"answer {i}", chunks=2) for i in range(30)])
+    caplog.set_level(logging.INFO, logger="chatd")
+    async with running_worker(worker_config(db, heartbeat_interval=0.05, max_chats=30)):
+        chats = [factory.chat(owner, org=org, model=model, text=f"q{i}") for i in range(30)]
+        for chat in chats:
+            await wait_until(lambda c=chat: status_is(db, c, "waiting"), what="every chat to finish")
+    noisy = [r.getMessage() for r in caplog.records if "cancel" in r.getMessage()]
+    assert noisy == [], "a turn that finished normally is not reported as cancelled"
+
+
+@pytest.fixture
+def pgbouncer(db: str) -> Iterator[str]:
+    """A real PgBouncer (pool_mode = transaction, 3 server connections per
+    user) in front of this test's database; yields its DSN. Fails loudly when
+    the binary is missing (`make setup` installs Debian's pgbouncer)."""
+    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    if binary is None:
+        pytest.fail("pgbouncer is not installed: run `make setup` (Debian package pgbouncer)")
+    server = psycopg.conninfo.conninfo_to_dict(db)
+    port = _free_port()
+    users = [str(server.get("user") or "postgres"), *TEST_LOGIN_ROLES.values()]
+    with tempfile.TemporaryDirectory(prefix="chatd-pgbouncer-") as tmp:
+        home = Path(tmp)
+        os.chmod(home, 0o755)  # readable by the postgres user pgbouncer runs as under root
+        (home / "users.txt").write_text("".join(f'"{u}" "{TEST_ROLE_PASSWORD}"\n' for u in users))
+        (home / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={server.get('host', '127.0.0.1')} port={server['port']}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {home / 'users.txt'}\n"
+            "pool_mode = transaction\ndefault_pool_size = 3\nmax_client_conn = 500\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+        )
+        command = [binary, str(home / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root
+            command[1:1] = ["-u", "postgres"]
+        with open(home / "pgbouncer.log", "wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        dsn = psycopg.conninfo.make_conninfo(db, host="127.0.0.1", port=port)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    psycopg.connect(dsn, connect_timeout=2).close()
+                    break
+                except psycopg.OperationalError as exc:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log_text = (home / "pgbouncer.log").read_text()
+                        raise AssertionError(f"pgbouncer did not start: {log_text}") from exc
+                    time.sleep(0.05)
+            yield dsn
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_seen_without_prepared_statements(
+    pgbouncer: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    org = factory.org()
+    owner = factory.user(org=org)
+    model = compat_model(factory, fake)
+    count = 30
+    fake.script(*[Text(" ".join([f"answer{i}"] * 12), chunks=6, delay=0.01) for i in range(count)])
+    chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
+
+    async def final_message(client: Client, chat: UUID) -> str:
+        async with client.subscribe(owner, chat) as sub:
+            async with asyncio.timeout(90):
+                async for event in sub:
+                    if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                        return event.message.text
+        raise AssertionError("subscription ended early")
+
+    async with await Client.connect(as_role(pgbouncer, "app"), poll_interval=0.2, max_size=4) as client:
+        seen = [asyncio.create_task(final_message(client, chat)) for chat in chats]
+        config = worker_config(pgbouncer, poll_only=True, max_chats=10, pool_size=4, db_timeout=10.0)
+        async with running_worker(config):
+            texts = await asyncio.gather(*seen)
+            for chat in chats:
+                await wait_until(lambda c=chat: status_is(pgbouncer, c, "waiting"), what="every chat to finish")
+    assert sorted(texts) == sorted(" ".join([f"answer{i}"] * 12) for i in range(count)), \
+        "the client saw every final message"
+    for chat in chats:
+        assert len(await messages(pgbouncer, chat, "assistant")) == 1, "every chat answered once"
+    assert len(fake.requests) == count
+    errors = [r.getMessage() for r in caplog.records if "prepared statement" in r.getMessage()]
+    assert errors == [], errors
+    assert not [r for r in caplog.records if "batched finish failed" in r.getMessage()]
+
+
+async def test_a_running_chat_its_live_idle_worker_does_not_run_is_released_and_answered(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    conn.execute("UPDATE chatd.settings SET heartbeat_interval = '200 ms', stale_after = '1 second'")
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text("answered after all"))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    # the worker's earlier life claimed the chat and lost its turn without a trace
+    with psycopg.connect(as_role(db, "worker"), autocommit=True) as worker_conn:
+        worker_conn.execute("SELECT chatd.acquire_chats('test-worker', 1)")
+    conn.execute("UPDATE chatd.chats SET heartbeat_at = now() - interval '1 minute' WHERE id = %s", (chat,))
+    async with running_worker(worker_config(db, heartbeat_interval=0.2, recover_interval=60.0)):
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the orphan to be released and answered")
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == "answered after all"
+
+
+@pytest.mark.skip(reason=(
+    "open (issue 12 item 2 remainder): in about 1 run of 3, 3-36 of 50 subscribers stay at 'running' "
+    "though the chat is waiting: not stale, queue empty, listener reconnected and LISTENing on their "
+    "channels; neither the resync re-read nor the final notification reached them. Not yet diagnosed."
+))
+async def test_fifty_subscribers_see_every_final_message_across_a_postgres_restart(
+    private_cluster: tuple[LocalCluster, str], fake: FakeLLM
+) -> None:
+    cluster, dsn = private_cluster
+    count = 50
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        factory = Factory(conn)
+        org = factory.org()
+        owner = factory.user(org=org)
+        model = compat_model(factory, fake)
+        fake.script(*[Text(" ".join([f"final{i}"] * 20), chunks=20, delay=0.05) for i in range(count)])
+        chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
+
+    async def final_message(client: Client, chat: UUID) -> str:
+        async with client.subscribe(owner, chat) as sub:
+            async with asyncio.timeout(40):
+                async for event in sub:
+                    if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                        return event.message.text
+        raise AssertionError("subscription ended early")
+
+    async with await Client.connect(as_role(dsn, "app"), timeout=1.0, max_size=8) as client:
+        seen = [asyncio.create_task(final_message(client, chat)) for chat in chats]
+        async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
+            for chat in chats:
+                await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
+            await asyncio.to_thread(cluster.restart)  # the answers land around the restart
+            texts = await asyncio.gather(*seen)
+    assert sorted(texts) == sorted(" ".join([f"final{i}"] * 20) for i in range(count)), "no final message missed"
+    for chat in chats:
+        assert len(await messages(dsn, chat, "assistant")) == 1

@@ -368,9 +368,18 @@ DELETE FROM chatd.workers
 WHERE id IN ('w-gone', 'w-gone-new');
 UPDATE chatd.chats SET heartbeat_at = now() - interval '1 hour'
 WHERE id = (SELECT st.no_row FROM st);
-CREATE FUNCTION pg_temp.stale_cycle() RETURNS integer LANGUAGE sql AS $$
-    SELECT chatd_test.make_stale('w-stale');
-    SELECT chatd.recover_stale_chats();
+CREATE FUNCTION pg_temp.stale_cycle() RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_recovered integer;
+BEGIN
+    -- the turn streamed before its worker went silent: the recovery counts
+    PERFORM chatd.publish_parts(c.id, c.lease, 0, '[{"type": "text", "text": "x"}]')
+    FROM chatd.chats AS c WHERE c.id = (SELECT st.chat FROM st);
+    PERFORM chatd_test.make_stale('w-stale');
+    v_recovered := chatd.recover_stale_chats();
+    DELETE FROM chatd.stream_parts AS p WHERE p.chat_id = (SELECT st.chat FROM st);
+    RETURN v_recovered;
+END
 $$;
 SELECT is(
     pg_temp.stale_cycle(), 2,

@@ -53,8 +53,15 @@ class Client:
         max_size: int = 10,
         application_name: str = "chatd-client",
         listen_poll: float = 0.1,
+        poll_interval: float | None = None,
     ) -> None:
+        """``poll_interval``: no LISTEN and no server-side prepared statements
+        (for PgBouncer in transaction mode); each subscription re-reads its
+        chat every ``poll_interval`` seconds instead of waiting for hints."""
+        if poll_interval is not None and poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
         self.dsn = dsn
+        self.poll_interval = poll_interval
         self.timeout = timeout
         self.application_name = application_name
         self.listen_poll = listen_poll
@@ -62,8 +69,14 @@ class Client:
             dsn,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True, "application_name": application_name},
+            kwargs={
+                "autocommit": True, "application_name": application_name,
+                **({"prepare_threshold": None} if poll_interval is not None else {}),
+            },
             open=False,
+            # a connection handed out is checked first: after a server
+            # restart the pool replaces dead ones instead of failing calls
+            check=AsyncConnectionPool.check_connection,
         )
         self._subs: dict[str, set[Subscription]] = {}
         self._parts_reader = PartsReader(self)
@@ -326,6 +339,10 @@ class Client:
     async def _register(self, sub: Subscription) -> None:
         channel = chat_channel(sub.chat_id)
         self._subs.setdefault(channel, set()).add(sub)
+        if self.poll_interval is not None:  # polling: nothing to arm
+            if not sub._armed.done():
+                sub._armed.set_result(None)
+            return
         self._ensure_listener()
         self._listener.listen(channel)
         async with asyncio.timeout(self.timeout):

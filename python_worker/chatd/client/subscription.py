@@ -45,10 +45,18 @@ class _Closed:
     """Queue marker: the client is closing."""
 
 
+class _Retry:
+    """Internal marker: a stale subscription's retry timer fired; re-read."""
+
+
 _RESYNC: Final = _Resync()
 _CLOSED: Final = _Closed()
+_RETRY: Final = _Retry()
 
-_Item: TypeAlias = Mapping[str, Any] | _Resync | _Closed
+#: Longest wait between two re-reads of a stale subscription.
+RETRY_CAP: Final = 5.0
+
+_Item: TypeAlias = Mapping[str, Any] | _Resync | _Closed | _Retry
 
 _TRANSIENT: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
@@ -77,7 +85,8 @@ class Subscription:
         self._after = after_message_id or 0
         self._emitted: list[int] = []  # ids of the live messages emitted
         self._full = False
-        self.refresh_failures = 0
+        self.refresh_failures = 0  # every failed re-read (a counter)
+        self._failures = 0  # failed re-reads in a row (the retry backoff)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -119,7 +128,7 @@ class Subscription:
             while True:
                 # Everything already delivered, as one batch: the
                 # notifications of one transaction arrive together.
-                batch = [await self._queue.get()]
+                batch = [await self._next()]
                 while not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 if any(self._is_edit(item) for item in batch):
@@ -128,7 +137,7 @@ class Subscription:
                     if isinstance(item, _Closed):
                         return
                     events = (
-                        await self._refresh() if isinstance(item, _Resync)
+                        await self._refresh() if isinstance(item, (_Resync, _Retry))
                         else await self._on_hint(item)
                     )
                     for event in events:
@@ -137,6 +146,30 @@ class Subscription:
                             return
         finally:
             client._unregister(self)
+
+    async def _next(self) -> _Item:
+        """The next queued item; while the subscription is stale (a re-read
+        failed), a retry after a capped backoff if nothing comes first, so a
+        final message is never missed for want of another notification."""
+        poll = self._client.poll_interval
+        if not self._stale and poll is None:
+            return await self._queue.get()
+        delay = min(0.1 * 2 ** max(self._failures - 1, 0), RETRY_CAP) if self._stale else 0.0
+        if poll is not None:  # polling mode: a re-read at least every poll interval
+            delay = max(delay, poll)
+        try:
+            async with asyncio.timeout(delay):
+                return await self._queue.get()
+        except TimeoutError:
+            return _RETRY
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._stale = True
+        self.refresh_failures += 1
+        self._failures += 1
+        if self._failures == 1:  # one line per outage, not per retry
+            log.warning("chat %s: %s failed, retrying until it succeeds: %s",
+                        self.chat_id, what, str(exc).strip() or repr(exc))
 
     async def _on_hint(self, hint: Mapping[str, Any]) -> list[Event]:
         kind = hint.get("kind")
@@ -185,9 +218,7 @@ class Subscription:
         except Forbidden:
             raise
         except (*_TRANSIENT, psycopg.Error) as exc:
-            self._stale = True
-            self.refresh_failures += 1
-            log.warning("chat %s: reading parts failed, will retry on the next hint: %s", self.chat_id, exc)
+            self._failed("reading parts", exc)
             return []
         events: list[Event] = []
         for batch in batches:
@@ -207,12 +238,13 @@ class Subscription:
         except Forbidden:
             raise
         except (*_TRANSIENT, psycopg.Error) as exc:
-            # Keep the subscription: the next hint or reconnect retries.
-            self._stale = True
-            self.refresh_failures += 1
-            log.warning("chat %s: refresh failed, will retry on the next hint: %s", self.chat_id, exc)
+            # Keep the subscription: the retry timer, a hint or a reconnect re-reads.
+            self._failed("refresh", exc)
             return []
+        if self._failures:
+            log.info("chat %s: refreshed after %d failed attempt(s)", self.chat_id, self._failures)
         self._stale = False
+        self._failures = 0
         events: list[Event] = []
         if full:
             self._full = False

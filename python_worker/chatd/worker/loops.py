@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from chatd.logs import log_failure
 from chatd.protocol import queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.turn import Claim
@@ -38,7 +39,7 @@ async def claim_loop(worker: Worker) -> None:
                 failures = 0
             except (psycopg.Error, TimeoutError) as exc:
                 failures += 1
-                log.warning("claim failed: %s", exc)
+                log_failure(log, "claim", exc)
                 await worker.sleep_unless_stopping(min(0.1 * 2**failures, 5.0))
                 continue
             for row in rows:
@@ -52,8 +53,8 @@ async def claim_loop(worker: Worker) -> None:
 
 async def heartbeat_once(worker: Worker) -> None:
     turns = [t for t in worker.turns.values() if t.task and not t.task.done()]
-    if not turns:
-        return
+    if not turns and worker.config.passive:
+        return  # an idle worker heartbeats too: chatd.heartbeat releases its orphans
     rows = await worker._fetch(
         queries.HEARTBEAT,
         {
@@ -64,8 +65,9 @@ async def heartbeat_once(worker: Worker) -> None:
     )
     worker.metrics.inc("chatd_worker_heartbeats_total")
     for (chat_id,) in rows:
-        log.info("chat %s is no longer ours: cancelling its turn", chat_id)
-        worker._cancel_lost(chat_id)
+        # a turn writing its own result is reported too: nothing to cancel or log
+        if worker._cancel_lost(chat_id):
+            log.info("chat %s is no longer ours: cancelled its turn", chat_id)
 
 
 async def heartbeat_loop(worker: Worker) -> None:
@@ -74,21 +76,30 @@ async def heartbeat_loop(worker: Worker) -> None:
         try:
             await heartbeat_once(worker)
         except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-            log.warning("heartbeat failed: %s", exc)
+            log_failure(log, "heartbeat", exc)
 
 
 async def maintenance_loop(worker: Worker) -> None:
-    next_janitor = 0.0
+    """recover_stale_chats() every recover_interval and janitor() every
+    janitor_interval, each on its own schedule."""
+    next_recover = next_janitor = 0.0
     while not worker.stopping.is_set():
-        try:
-            rows = await worker._fetch(queries.RECOVER_STALE_CHATS, {})
-            recovered = rows[0][0] if rows else 0
-            if recovered:
-                log.info("recovered %d stale chat(s)", recovered)
-                worker.metrics.inc("chatd_worker_recovered_total", recovered)
-            if time.monotonic() >= next_janitor:
+        now = time.monotonic()
+        if now >= next_recover:
+            next_recover = now + worker.config.recover_interval
+            try:
+                rows = await worker._fetch(queries.RECOVER_STALE_CHATS, {})
+                recovered = rows[0][0] if rows else 0
+                if recovered:
+                    log.info("recovered %d stale chat(s)", recovered)
+                    worker.metrics.inc("chatd_worker_recovered_total", recovered)
+            except (psycopg.Error, TimeoutError) as exc:
+                log_failure(log, "recover_stale_chats", exc)
+        if now >= next_janitor:
+            next_janitor = now + worker.config.janitor_interval
+            try:
                 await worker._fetch(queries.JANITOR, {})
-                next_janitor = time.monotonic() + worker.config.janitor_interval
-        except (psycopg.Error, TimeoutError) as exc:
-            log.warning("maintenance failed: %s", exc)
-        await worker.sleep_unless_stopping(worker.config.recover_interval)
+                worker.metrics.inc("chatd_worker_janitor_runs_total")
+            except (psycopg.Error, TimeoutError) as exc:
+                log_failure(log, "janitor", exc)
+        await worker.sleep_unless_stopping(max(min(next_recover, next_janitor) - time.monotonic(), 0.0))

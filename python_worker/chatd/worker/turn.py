@@ -5,7 +5,6 @@ writes its result back (finish, failure, or the partial message)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -27,9 +26,11 @@ from chatd.llm import (
     TextDelta,
     estimate_usage,
 )
+from chatd.logs import log_failure, reason
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import BatchFailed
+from chatd.worker.history import load_history
 
 if TYPE_CHECKING:
     from chatd.worker.worker import Worker
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["Claim", "Turn", "TurnRun"]
 
 log = logging.getLogger("chatd.worker")
+
+#: Longest wait between two attempts to write a turn's result.
+WRITE_RETRY_CAP = 5.0
 
 
 @dataclass
@@ -157,7 +161,7 @@ class TurnRun:
             except (psycopg.Error, TimeoutError) as exc:
                 # keep the parts for the next flush; the final message is what counts
                 output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
-                log.warning("publish_parts failed for chat %s: %s", claim.chat_id, exc)
+                log_failure(log, f"publish_parts for chat {claim.chat_id}", exc)
                 return
             self.seq += 1
             self.worker.metrics.inc("chatd_worker_part_flushes_total")
@@ -212,7 +216,7 @@ class TurnRun:
         turn, claim, output = self.turn, self.claim, self.output
         try:
             if not claim.history_complete:
-                await self._load_history()
+                await load_history(self.worker, claim)
             await self.stream()
             finished = self.finished
             if finished is None:  # a stream adapter must raise instead; never save as success
@@ -251,45 +255,6 @@ class TurnRun:
                 claim.spec().provider_name, True,
             ))
 
-    async def _load_history(self) -> None:
-        """Reads the rest of the history after acquire_chats' first page,
-        page by page (turn_history). A history over the worker's
-        max_history_bytes, or one chatd cannot return, fails this turn for
-        good (kind config); other chats are not affected. A lost lease raises
-        LeaseLost."""
-        worker, claim = self.worker, self.claim
-        messages = list(claim.messages)
-        loaded = sum(len(json.dumps(m.get("content"))) for m in messages)
-        provider = claim.spec().provider_name
-        while True:
-            after = int(messages[-1]["id"]) if messages else 0
-            try:
-                rows = await worker._fetch(queries.TURN_HISTORY, {
-                    "worker_id": worker.config.worker_id, "chat_id": claim.chat_id, "lease": claim.lease,
-                    "after_id": after, "limit": worker.history_page,
-                })
-            except (psycopg.OperationalError, TimeoutError) as exc:
-                raise ChatTurnError(ChatError(
-                    f"could not read the chat history: {exc}"[:500], ChatErrorKind.generic, provider, True,
-                )) from exc
-            except psycopg.Error as exc:
-                raise ChatTurnError(ChatError(
-                    f"chatd could not return the chat history: {exc.diag.message_primary or exc}"[:500],
-                    ChatErrorKind.config, provider, False,
-                )) from exc
-            if not rows:
-                claim.messages, claim.history_complete = messages, True
-                return
-            for message_id, role, content, size in rows:
-                loaded += int(size)
-                if loaded > worker.max_history_bytes:
-                    raise ChatTurnError(ChatError(
-                        f"the chat history is larger than this worker's limit of {worker.max_history_bytes} "
-                        "bytes: start a new chat or edit an earlier message",
-                        ChatErrorKind.config, provider, False,
-                    ))
-                messages.append({"id": message_id, "role": role, "content": content})
-
     async def _publish_and_finish(self, final: Mapping[str, Any]) -> bool:
         """The last streamed parts and finish_turn, batched with the other
         turns finishing now (FinishBatcher): one statement and one commit for
@@ -322,13 +287,15 @@ class TurnRun:
         return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
-        """finish_turn, retried on transient database errors. A retry that
-        finds the turn gone (lease lost) means an earlier attempt committed or
-        the turn was taken away: either way there is nothing left to write."""
-        for attempt in range(4):
+        """finish_turn, retried with capped backoff on transient errors as
+        long as it takes: the turn stays in ``worker.turns``, so the heartbeat
+        keeps reporting the chat; a shutdown cancels it after the grace and
+        releases the chat. A lost lease on a retry: nothing left to write."""
+        failures = 0
+        while True:
             try:
                 await self.worker._fetch(query, params)
-                return
+                break
             except psycopg.Error as exc:
                 if exc.sqlstate == names.INVALID_INPUT:
                     # the same reply would be refused again: fail the turn for good
@@ -342,11 +309,19 @@ class TurnRun:
                     return
                 if exc.sqlstate is not None and not isinstance(exc, psycopg.OperationalError):
                     raise
-                log.warning("finish_turn for chat %s failed (attempt %d): %s", claim.chat_id, attempt + 1, exc)
-            except TimeoutError:
-                log.warning("finish_turn for chat %s timed out (attempt %d)", claim.chat_id, attempt + 1)
-            await asyncio.sleep(0.2 * 2**attempt)
-        log.error("chat %s: could not write the turn's result; stale recovery will re-run it", claim.chat_id)
+                failures = await self._write_failed("finish_turn", claim, failures, exc)
+            except TimeoutError as exc:
+                failures = await self._write_failed("finish_turn", claim, failures, exc)
+        if failures:
+            log.info("chat %s: finish_turn written after %d failed attempt(s)", claim.chat_id, failures)
+
+    async def _write_failed(self, what: str, claim: Claim, failures: int, exc: BaseException) -> int:
+        """Counts and logs one failed write (a warning for the first of a row,
+        then debug), sleeps the capped backoff and returns the new count."""
+        self.worker.metrics.inc("chatd_worker_write_retries_total")
+        log.debug("%s for chat %s failed, retrying until it is written: %s", what, claim.chat_id, reason(exc))
+        await asyncio.sleep(min(0.2 * 2**failures, WRITE_RETRY_CAP))
+        return failures + 1
 
     async def _save_interrupted(self, params: Mapping[str, Any], claim: Claim) -> None:
         # Shielded: a shutdown cancelling the turn again must not cut the save short.
@@ -359,34 +334,48 @@ class TurnRun:
             log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
 
     async def _record_failure(self, claim: Claim, error: ChatError, *, fallback: bool = False) -> None:
+        """record_failure, retried like finish_turn on transient errors (the
+        chat stays reported by the heartbeat meanwhile)."""
         if not fallback:
             self.worker.metrics.inc("chatd_worker_turn_failures_total")
-        try:
-            rows = await self.worker._fetch(
-                queries.RECORD_FAILURE,
-                {
-                    "chat_id": claim.chat_id, "lease": claim.lease,
-                    "error": Jsonb(error.to_json()), "retry_after_ms": error.retry_after_ms,
-                },
-            )
-            if rows:
-                status, attempt, next_at, due_in = rows[0]
-                if str(status) == "pending" and due_in is not None:
-                    # wake the claim loop when the retry is due, not at the next poll
-                    # (10 ms late, so acquire_chats surely finds it due)
-                    asyncio.get_running_loop().call_later(
-                        max(0.0, float(due_in)) + 0.01, self.worker.wake.set
-                    )
-                log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
-                         error.kind, error.message, status, attempt, next_at)
-        except LeaseLost:
-            log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
-        except (psycopg.Error, TimeoutError) as exc:
-            log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, exc)
-            if isinstance(exc, psycopg.Error) and exc.sqlstate == names.INVALID_INPUT and not fallback:
-                # chatd refused the ChatError (CD007): record a minimal valid one
-                # instead, so the chat never stays running under a live worker
-                await self._record_failure(claim, ChatError(
-                    error.message[:500] or "turn failed", ChatErrorKind.generic, None, bool(error.retryable),
-                    detail=f"chatd refused the original error: {exc.diag.message_primary or exc}"[:2000],
-                ), fallback=True)
+        failures = 0
+        while True:
+            try:
+                rows = await self.worker._fetch(
+                    queries.RECORD_FAILURE,
+                    {
+                        "chat_id": claim.chat_id, "lease": claim.lease,
+                        "error": Jsonb(error.to_json()), "retry_after_ms": error.retry_after_ms,
+                    },
+                )
+                if rows:
+                    status, attempt, next_at, due_in = rows[0]
+                    if str(status) == "pending" and due_in is not None:
+                        # wake the claim loop when the retry is due, not at the next
+                        # poll (10 ms late, so acquire_chats surely finds it due)
+                        asyncio.get_running_loop().call_later(
+                            max(0.0, float(due_in)) + 0.01, self.worker.wake.set
+                        )
+                    log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
+                             error.kind, error.message, status, attempt, next_at)
+                return
+            except LeaseLost:
+                log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)
+                return
+            except psycopg.Error as exc:
+                if exc.sqlstate is None or isinstance(exc, psycopg.OperationalError):
+                    failures = await self._write_failed("record_failure", claim, failures, exc)
+                    continue
+                log.error("chat %s: could not record failure %s: %s", claim.chat_id, error.kind, reason(exc))
+                if exc.sqlstate == names.INVALID_INPUT and not fallback:
+                    # chatd refused the ChatError (CD007): record a minimal valid one
+                    # instead, so the chat never stays running under a live worker
+                    await self._record_failure(claim, ChatError(
+                        error.message[:500] or "turn failed", ChatErrorKind.generic, None, bool(error.retryable),
+                        detail=f"chatd refused the original error: {exc.diag.message_primary or exc}"[:2000],
+                    ), fallback=True)
+                # anything else: the heartbeat stops reporting the chat once this
+                # turn ends, and chatd.heartbeat releases it (docs/state-machine.md)
+                return
+            except TimeoutError as exc:
+                failures = await self._write_failed("record_failure", claim, failures, exc)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from chatd.config import WorkerConfig
 from chatd.listener import Listener
 from chatd.llm import ClientCache, stream_turn
+from chatd.logs import log_failure, reason
 from chatd.metrics import Metrics, serve_metrics
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
@@ -60,6 +62,33 @@ StreamFn = Callable[..., Any]
 
 class WorkerFatal(RuntimeError):
     """A condition the worker cannot recover from by retrying."""
+
+
+class Outage:
+    """Transient database failures (connection errors, timeouts, cancelled
+    statements), logged as one WARNING when they start and one INFO when a
+    call succeeds again; each failing call itself is a debug line."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, query: str, exc: BaseException) -> None:
+        self.failures += 1
+        match = re.search(r"chatd\.(\w+)", query)
+        what = match.group(1) if match else "a statement"
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("database calls failing (%s: %s); retrying quietly until they succeed",
+                        what, reason(exc))
+        else:
+            log.debug("%s failed: %s", what, reason(exc))
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.info("database calls succeed again after %.1fs (%d failed)",
+                     time.monotonic() - self.since, self.failures)
+            self.since, self.failures = None, 0
 
 
 class Worker:
@@ -91,6 +120,7 @@ class Worker:
         self.history_page = 100
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
         self._last_heal = 0.0
+        self.outage = Outage()
 
     # ------------------------------------------------------------------ db
 
@@ -108,16 +138,20 @@ class Worker:
             async with asyncio.timeout(deadline or self.config.db_timeout):
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(query, params)
-                    return await cursor.fetchall() if cursor.description else []
-        except psycopg.OperationalError:
+                    rows = await cursor.fetchall() if cursor.description else []
+            self.outage.ok()
+            return rows
+        except psycopg.OperationalError as exc:
+            self.outage.failed(query, exc)
             self._heal_pool()
             raise
         except psycopg.Error as exc:
             if exc.sqlstate == names.LEASE_LOST:
                 raise LeaseLost(str(exc)) from exc
             raise
-        except TimeoutError:
+        except TimeoutError as exc:
             self.metrics.inc("chatd_worker_db_timeouts_total")
+            self.outage.failed(query, exc)
             raise
 
     def _heal_pool(self) -> None:
@@ -167,9 +201,17 @@ class Worker:
             self.config.database_url,
             min_size=1,
             max_size=self.config.pool_size,
-            kwargs={"autocommit": True, "application_name": f"chatd-worker {self.config.worker_id}"},
+            kwargs={
+                "autocommit": True, "application_name": f"chatd-worker {self.config.worker_id}",
+                # PgBouncer in transaction mode (what --poll-only is for) hands
+                # each transaction any server connection: no server-side prepares
+                **({"prepare_threshold": None} if self.config.poll_only else {}),
+            },
             open=False,
-            reconnect_timeout=0,  # keep trying; failures surface as per-call timeouts
+            # 0: a failed background reconnect is not retried on a timer; the
+            # next call that needs a connection starts a new attempt, and its
+            # failure surfaces as that call's error or timeout
+            reconnect_timeout=0,
         )
         await self._pool.open(wait=True, timeout=30)
 
@@ -229,14 +271,30 @@ class Worker:
             turn.task.cancel()
         await asyncio.gather(*(t.task for t in left if t.task), return_exceptions=True)
         if left:
+            await self._release([t.chat_id for t in left])
+
+    async def _release(self, chat_ids: list[UUID]) -> None:
+        """release_chats, retried for up to ``db_timeout`` (a turn cancelled
+        while its result could not be written is released as soon as the
+        database lets it); then stale recovery takes what is left."""
+        deadline = time.monotonic() + self.config.db_timeout
+        delay = 0.1
+        while True:
             try:
                 await self._fetch(
-                    queries.RELEASE_CHATS,
-                    {"worker_id": self.config.worker_id, "chat_ids": [t.chat_id for t in left]},
+                    queries.RELEASE_CHATS, {"worker_id": self.config.worker_id, "chat_ids": chat_ids}
                 )
-                log.info("released %d unfinished turn(s)", len(left))
+                log.info("released %d unfinished turn(s)", len(chat_ids))
+                return
             except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-                log.warning("could not release %d turn(s); stale recovery will: %s", len(left), exc)
+                if time.monotonic() + delay >= deadline or not isinstance(
+                    exc, (psycopg.OperationalError, TimeoutError)
+                ):
+                    log.warning("could not release %d turn(s); stale recovery will: %s",
+                                len(chat_ids), str(exc).strip() or repr(exc))
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -261,12 +319,16 @@ class Worker:
                 self.listener.unlisten(names.chat_channel(turn.chat_id))
         self.wake.set()
 
-    def _cancel_lost(self, chat_id: UUID, lease: int | None = None) -> None:
+    def _cancel_lost(self, chat_id: UUID, lease: int | None = None) -> bool:
+        """Cancels the turn SQL says is no longer ours; False when there is
+        nothing to cancel (already ending, or writing its own result)."""
         turn = self.turns.get(chat_id)
         if (turn and turn.task and not turn.task.done() and turn.cancel_reason is None
                 and not turn.finishing and (lease is None or lease == turn.lease)):
             turn.cancel_reason = "lost"
             turn.task.cancel()
+            return True
+        return False
 
     async def _on_listening(self, _channels: frozenset[str], generation: int) -> None:
         """After the listener (re)connected: NOTIFY is not durable, so rescan
@@ -281,7 +343,7 @@ class Worker:
             try:
                 await heartbeat_once(self)
             except (psycopg.Error, TimeoutError, LeaseLost) as exc:
-                log.warning("heartbeat after reconnect failed: %s", exc)
+                log_failure(log, "heartbeat after reconnect", exc)
         self.ready.set()
 
     def _on_notification(self, channel: str, payload: str) -> None:
@@ -302,5 +364,6 @@ class Worker:
         # turn of this chat (a smaller lease) may arrive after this worker
         # claimed the chat again, and must not cancel the new turn.
         if lease > turn.lease or (lease == turn.lease and status != "running"):
-            log.info("chat %s left running (%s, lease %d): cancelling its turn", chat_id, status, lease)
-            self._cancel_lost(chat_id, turn.lease)
+            # the turn's own finish notifies too: that one cancels (and logs) nothing
+            if self._cancel_lost(chat_id, turn.lease):
+                log.info("chat %s left running (%s, lease %d): cancelled its turn", chat_id, status, lease)

@@ -425,6 +425,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _final_message(client: Client, owner: UUID, chat: UUID, timeout: float) -> str:
+    """The text of the first assistant message a subscription to chat emits."""
+    async with client.subscribe(owner, chat) as sub:
+        async with asyncio.timeout(timeout):
+            async for event in sub:
+                if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                    return event.message.text
+    raise AssertionError("subscription ended early")
+
+
 async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_seen_without_prepared_statements(
     pgbouncer: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -436,16 +446,8 @@ async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_s
     fake.script(*[Text(" ".join([f"answer{i}"] * 12), chunks=6, delay=0.01) for i in range(count)])
     chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
 
-    async def final_message(client: Client, chat: UUID) -> str:
-        async with client.subscribe(owner, chat) as sub:
-            async with asyncio.timeout(90):
-                async for event in sub:
-                    if isinstance(event, MessageEvent) and event.message.role == "assistant":
-                        return event.message.text
-        raise AssertionError("subscription ended early")
-
     async with await Client.connect(as_role(pgbouncer, "app"), poll_interval=0.2, max_size=4) as client:
-        seen = [asyncio.create_task(final_message(client, chat)) for chat in chats]
+        seen = [asyncio.create_task(_final_message(client, owner, chat, 90)) for chat in chats]
         config = worker_config(pgbouncer, poll_only=True, max_chats=10, pool_size=4, db_timeout=10.0)
         async with running_worker(config):
             texts = await asyncio.gather(*seen)
@@ -497,16 +499,8 @@ async def test_fifty_subscribers_see_every_final_message_across_a_postgres_resta
         fake.script(*[Text(" ".join([f"final{i}"] * 20), chunks=20, delay=0.05) for i in range(count)])
         chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
 
-    async def final_message(client: Client, chat: UUID) -> str:
-        async with client.subscribe(owner, chat) as sub:
-            async with asyncio.timeout(40):
-                async for event in sub:
-                    if isinstance(event, MessageEvent) and event.message.role == "assistant":
-                        return event.message.text
-        raise AssertionError("subscription ended early")
-
     async with await Client.connect(as_role(dsn, "app"), timeout=1.0, max_size=8) as client:
-        seen = [asyncio.create_task(final_message(client, chat)) for chat in chats]
+        seen = [asyncio.create_task(_final_message(client, owner, chat, 40)) for chat in chats]
         async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
             for chat in chats:
                 await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")

@@ -254,14 +254,18 @@ def _hold_row(conn: psycopg.Connection[Any], chat: uuid.UUID) -> None:
     conn.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
 
 
-def test_creating_a_sub_agent_chat_racing_archive_of_its_tree_never_deadlocks(db: str, factory: Factory) -> None:
-    # create_chat (child of P) queued on P first, archive_chat(root) second, both
-    # behind a third transaction holding P: once P is free, the creation got
-    # P first. Locking the parent before the root (the foreign key) deadlocked
-    # with archive (root, then the subtree): 40P01.
+def _create_sub_agent_while_tree_call_waits(
+    db: str, factory: Factory, tree_call: str, child_state: str
+) -> list[tuple[int, tuple[Any, ...] | None]]:
+    """Five times: create_chat (child of P) queued on P first (it holds the
+    root), then tree_call(owner, root) queued second, both behind a third
+    transaction holding P. Once P is free the creation commits first. Returns,
+    per round, what tree_call returned and child_state (a SELECT list) of the
+    new child."""
     owner = factory.user(factory.org())
     model = factory.model_config(is_default=True)
-    with _connect(db) as creator, _connect(db) as archiver, _connect(db) as holder, \
+    rounds: list[tuple[int, tuple[Any, ...] | None]] = []
+    with _connect(db) as creator, _connect(db) as tree_op, _connect(db) as holder, \
             _connect(db, autocommit=True) as observer:
         for _ in range(5):
             root = factory.chat(owner, model=model)
@@ -274,18 +278,28 @@ def test_creating_a_sub_agent_chat_racing_archive_of_its_tree_never_deadlocks(db
                 creator.commit(),
             ))
             _wait_until_blocked(observer, creator.info.backend_pid)
-            archive = _Background(lambda root=root: (
-                archiver.execute("SELECT chatd.archive_chat(%s, %s)", (owner, root)).fetchone(),
-                archiver.commit(),
+            tree = _Background(lambda root=root: (
+                tree_op.execute(f"SELECT chatd.{tree_call}(%s, %s)", (owner, root)).fetchone(),
+                tree_op.commit(),
             ))
-            _wait_until_blocked(observer, archiver.info.backend_pid)
+            _wait_until_blocked(observer, tree_op.info.backend_pid)
             holder.commit()
             child = create.join()[0][0]
-            assert archive.join()[0][0] == 3, "the archive waited for the creation and archived the new child too"
-            archived = observer.execute(
-                "SELECT archived FROM chatd.chats WHERE id = %s", (child,)
-            ).fetchone()
-            assert archived == (True,)
+            count = tree.join()[0][0]
+            rounds.append((count, observer.execute(
+                f"SELECT {child_state} FROM chatd.chats WHERE id = %s", (child,)
+            ).fetchone()))
+    return rounds
+
+
+def test_creating_a_sub_agent_chat_racing_archive_of_its_tree_never_deadlocks(db: str, factory: Factory) -> None:
+    # create_chat (child of P) queued on P first, archive_chat(root) second, both
+    # behind a third transaction holding P: once P is free, the creation got
+    # P first. Locking the parent before the root (the foreign key) deadlocked
+    # with archive (root, then the subtree): 40P01.
+    for count, archived in _create_sub_agent_while_tree_call_waits(db, factory, "archive_chat", "archived"):
+        assert count == 3, "the archive waited for the creation and archived the new child too"
+        assert archived == (True,)
 
 
 def test_finish_turns_racing_archive_of_the_tree_never_deadlocks(db: str, factory: Factory) -> None:
@@ -330,33 +344,11 @@ def test_a_sub_agent_chat_created_while_its_tree_is_deleted_is_deleted_too(db: s
     # delete_chat(root) queued on the root: once P is free the creation
     # commits, and the deletion, locking in the tree lock order, sees and
     # deletes the new child too. Nothing deadlocks.
-    owner = factory.user(factory.org())
-    model = factory.model_config(is_default=True)
-    with _connect(db) as creator, _connect(db) as deleter, _connect(db) as holder, \
-            _connect(db, autocommit=True) as observer:
-        for _ in range(5):
-            root = factory.chat(owner, model=model)
-            parent = factory.chat(owner, model=model, parent=root)
-            _hold_row(holder, parent)
-            create = _Background(lambda parent=parent: (
-                creator.execute(
-                    "SELECT chatd.create_chat(%s, NULL, '\"sub-task\"', p_parent_chat_id => %s)", (owner, parent)
-                ).fetchone(),
-                creator.commit(),
-            ))
-            _wait_until_blocked(observer, creator.info.backend_pid)
-            delete = _Background(lambda root=root: (
-                deleter.execute("SELECT chatd.delete_chat(%s, %s)", (owner, root)).fetchone(),
-                deleter.commit(),
-            ))
-            _wait_until_blocked(observer, deleter.info.backend_pid)
-            holder.commit()
-            child = create.join()[0][0]
-            assert delete.join()[0][0] == 3, "the deletion waited for the creation and deleted the new child too"
-            row = observer.execute(
-                "SELECT deleted_at IS NOT NULL, archived FROM chatd.chats WHERE id = %s", (child,)
-            ).fetchone()
-            assert row == (True, True)
+    for count, row in _create_sub_agent_while_tree_call_waits(
+        db, factory, "delete_chat", "deleted_at IS NOT NULL, archived"
+    ):
+        assert count == 3, "the deletion waited for the creation and deleted the new child too"
+        assert row == (True, True)
 
 
 def test_creating_a_sub_agent_chat_under_a_tree_being_deleted_fails_as_not_found(

@@ -13,9 +13,11 @@ AS $$
         'model_config_id', m.id,
         'model', m.model,
         'max_output_tokens', m.max_output_tokens,
+        'thinking_budget_tokens', m.thinking_budget_tokens,
         'provider', jsonb_build_object(
             'name', p.name, 'kind', p.kind, 'base_url', p.base_url, 'api_key_env', p.api_key_env,
-            'auth_header', p.auth_header, 'stream_usage', coalesce(p.stream_usage, TRUE)
+            'auth_header', p.auth_header, 'stream_usage', coalesce(p.stream_usage, TRUE),
+            'api', coalesce(p.api, CASE WHEN p.kind = 'anthropic' THEN 'messages' ELSE 'chat_completions' END)
         )
     )
     FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id

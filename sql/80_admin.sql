@@ -89,7 +89,13 @@ $$;
 -- (NULL: what the kind's API documents); CD007 for anything else.
 -- p_stream_usage: FALSE for a Chat Completions server that rejects or
 -- ignores stream_options (usage is then estimated); NULL: TRUE.
+-- p_api: the HTTP API ('chat_completions' or 'responses' for the OpenAI
+-- kinds, 'messages' for anthropic; NULL: the kind's default); CD007 for
+-- anything else or an API of the other kind.
 DROP FUNCTION IF EXISTS chatd.admin_upsert_provider(text, chatd.provider_kind, text, text, boolean);
+DROP FUNCTION IF EXISTS chatd.admin_upsert_provider(
+    text, chatd.provider_kind, text, text, boolean, text, boolean
+);
 CREATE OR REPLACE FUNCTION chatd.admin_upsert_provider(
     p_name text,
     p_kind chatd.provider_kind,
@@ -97,7 +103,8 @@ CREATE OR REPLACE FUNCTION chatd.admin_upsert_provider(
     p_api_key_env text DEFAULT NULL,
     p_enabled boolean DEFAULT TRUE,
     p_auth_header text DEFAULT NULL,
-    p_stream_usage boolean DEFAULT NULL
+    p_stream_usage boolean DEFAULT NULL,
+    p_api text DEFAULT NULL
 )
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -110,20 +117,39 @@ BEGIN
         RAISE EXCEPTION 'invalid auth header %: expected bearer or x-api-key', left(p_auth_header, 100)
             USING ERRCODE = 'CD007';
     END IF;
-    INSERT INTO chatd.providers AS p (name, kind, base_url, api_key_env, enabled, auth_header, stream_usage)
-    VALUES (p_name, p_kind, p_base_url, p_api_key_env, coalesce(p_enabled, TRUE), p_auth_header, p_stream_usage)
+    IF p_api IS NOT NULL AND p_api NOT IN ('chat_completions', 'responses', 'messages') THEN
+        RAISE EXCEPTION 'invalid api %: expected chat_completions, responses or messages', left(p_api, 100)
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF p_api IS NOT NULL AND (p_kind = 'anthropic') <> (p_api = 'messages') THEN
+        RAISE EXCEPTION 'invalid api % for provider kind %: %', p_api, p_kind,
+            CASE WHEN p_kind = 'anthropic' THEN 'anthropic speaks messages'
+                ELSE 'an OpenAI kind speaks chat_completions or responses' END
+            USING ERRCODE = 'CD007';
+    END IF;
+    INSERT INTO chatd.providers AS p (name, kind, base_url, api_key_env, enabled, auth_header, stream_usage, api)
+    VALUES (
+        p_name, p_kind, p_base_url, p_api_key_env, coalesce(p_enabled, TRUE), p_auth_header, p_stream_usage, p_api
+    )
     ON CONFLICT (name) DO UPDATE
         SET kind = excluded.kind,
             base_url = excluded.base_url,
             api_key_env = excluded.api_key_env,
             enabled = excluded.enabled,
             auth_header = excluded.auth_header,
-            stream_usage = excluded.stream_usage
+            stream_usage = excluded.stream_usage,
+            api = excluded.api
     RETURNING p.id INTO v_id;
     RETURN v_id;
 END
 $$;
 
+-- p_thinking_budget_tokens: Anthropic extended thinking (NULL: off); CD007
+-- unless the provider is anthropic, the budget at least 1024 (the
+-- Messages API's minimum) and below p_max_output_tokens.
+DROP FUNCTION IF EXISTS chatd.admin_upsert_model(
+    text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean
+);
 CREATE OR REPLACE FUNCTION chatd.admin_upsert_model(
     p_provider text,
     p_model text,
@@ -135,7 +161,8 @@ CREATE OR REPLACE FUNCTION chatd.admin_upsert_model(
     p_cache_read_price numeric DEFAULT NULL,
     p_cache_write_price numeric DEFAULT NULL,
     p_is_default boolean DEFAULT FALSE,
-    p_enabled boolean DEFAULT TRUE
+    p_enabled boolean DEFAULT TRUE,
+    p_thinking_budget_tokens integer DEFAULT NULL
 )
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -143,15 +170,32 @@ SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
     v_provider uuid;
+    v_kind chatd.provider_kind;
     v_id uuid;
 BEGIN
     IF chatd._admin_is_uuid(p_provider) THEN
-        SELECT p.id INTO v_provider FROM chatd.providers AS p WHERE p.id = p_provider::uuid;
+        SELECT p.id, p.kind INTO v_provider, v_kind FROM chatd.providers AS p WHERE p.id = p_provider::uuid;
     ELSE
-        SELECT p.id INTO v_provider FROM chatd.providers AS p WHERE p.name = p_provider;
+        SELECT p.id, p.kind INTO v_provider, v_kind FROM chatd.providers AS p WHERE p.name = p_provider;
     END IF;
     IF v_provider IS NULL THEN
         RAISE EXCEPTION 'invalid provider: % not found', p_provider USING ERRCODE = 'CD007';
+    END IF;
+    IF p_thinking_budget_tokens IS NOT NULL THEN
+        IF v_kind <> 'anthropic' THEN
+            RAISE EXCEPTION 'invalid thinking budget: extended thinking is for anthropic providers, % is %',
+                p_provider, v_kind
+                USING ERRCODE = 'CD007';
+        END IF;
+        IF p_thinking_budget_tokens < 1024 THEN
+            RAISE EXCEPTION 'invalid thinking budget %: at least 1024 tokens', p_thinking_budget_tokens
+                USING ERRCODE = 'CD007';
+        END IF;
+        IF p_thinking_budget_tokens >= p_max_output_tokens THEN
+            RAISE EXCEPTION 'invalid thinking budget %: must be below max_output_tokens (%)',
+                p_thinking_budget_tokens, p_max_output_tokens
+                USING ERRCODE = 'CD007';
+        END IF;
     END IF;
     IF coalesce(p_is_default, FALSE) THEN
         UPDATE chatd.model_configs AS m SET is_default = FALSE
@@ -160,12 +204,12 @@ BEGIN
     INSERT INTO chatd.model_configs AS m (
         provider_id, model, display_name, context_limit, max_output_tokens,
         input_price_per_mtok, output_price_per_mtok,
-        cache_read_price_per_mtok, cache_write_price_per_mtok, is_default, enabled
+        cache_read_price_per_mtok, cache_write_price_per_mtok, is_default, enabled, thinking_budget_tokens
     )
     VALUES (
         v_provider, p_model, coalesce(p_display_name, p_model), p_context_limit, p_max_output_tokens,
         p_input_price, p_output_price, p_cache_read_price, p_cache_write_price,
-        coalesce(p_is_default, FALSE), coalesce(p_enabled, TRUE)
+        coalesce(p_is_default, FALSE), coalesce(p_enabled, TRUE), p_thinking_budget_tokens
     )
     ON CONFLICT (provider_id, model) DO UPDATE
         SET display_name = excluded.display_name,
@@ -176,7 +220,8 @@ BEGIN
             cache_read_price_per_mtok = excluded.cache_read_price_per_mtok,
             cache_write_price_per_mtok = excluded.cache_write_price_per_mtok,
             is_default = excluded.is_default,
-            enabled = excluded.enabled
+            enabled = excluded.enabled,
+            thinking_budget_tokens = excluded.thinking_budget_tokens
     RETURNING m.id INTO v_id;
     RETURN v_id;
 END
@@ -249,10 +294,10 @@ $$;
 -- Functions are executable by PUBLIC by default: these must not be.
 REVOKE ALL ON FUNCTION chatd.admin_resolve_identity(text, text, boolean) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_upsert_provider(
-    text, chatd.provider_kind, text, text, boolean, text, boolean
+    text, chatd.provider_kind, text, text, boolean, text, boolean, text
 ) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_upsert_model(
-    text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean
+    text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean, integer
 ) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_set_usage_limits(boolean, bigint, chatd.spend_period, boolean) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_set_user_limit(text, bigint) FROM public;

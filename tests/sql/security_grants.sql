@@ -94,8 +94,8 @@ INSERT INTO expected_fn (signature, audience) VALUES
 -- owner only: administration, for the CLI run by a member of chatd_owner (sql/80_admin.sql)
 ('chatd._admin_is_uuid(text)', 'owner'),
 ('chatd.admin_resolve_identity(text,text,boolean)', 'owner'),
-('chatd.admin_upsert_provider(text,chatd.provider_kind,text,text,boolean,text,boolean)', 'owner'),
-('chatd.admin_upsert_model(text,text,text,integer,integer,numeric,numeric,numeric,numeric,boolean,boolean)', 'owner'),
+('chatd.admin_upsert_provider(text,chatd.provider_kind,text,text,boolean,text,boolean,text)', 'owner'),
+('chatd.admin_upsert_model(text,text,text,integer,integer,numeric,numeric,numeric,numeric,boolean,boolean,integer)', 'owner'),
 ('chatd.admin_set_usage_limits(boolean,bigint,chatd.spend_period,boolean)', 'owner'),
 ('chatd.admin_set_user_limit(text,bigint)', 'owner'),
 ('chatd.admin_set_group_limit(text,text,bigint)', 'owner');

@@ -114,7 +114,7 @@ SELECT
         p_provider => chatd.admin_upsert_provider('gw', 'anthropic', NULL, NULL, TRUE, 'bearer', FALSE)
     ) AS model;
 SELECT is(
-    (chatd._model_json((SELECT gw.model FROM gw)) -> 'provider') - ARRAY['name', 'base_url', 'api_key_env'],
+    (chatd._model_json((SELECT gw.model FROM gw)) -> 'provider') - ARRAY['name', 'base_url', 'api_key_env', 'api'],
     '{"kind": "anthropic", "auth_header": "bearer", "stream_usage": false}'::jsonb,
     'the provider row''s auth header and stream usage reach the worker'
 );

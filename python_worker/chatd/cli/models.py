@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for bucket in ("input", "output", "cache-read", "cache-write"):
         add.add_argument(f"--{bucket}-price", type=Decimal, default=None, metavar="USD",
                          help=f"USD per million {bucket.replace('-', ' ')} tokens (default: unpriced)")
+    add.add_argument("--thinking-budget", type=int, default=None, metavar="TOKENS",
+                     help="Anthropic extended thinking with this token budget (at least 1024, "
+                     "below --max-output-tokens; default: off)")
     add.add_argument("--default", action="store_true", help="make it the default model")
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add_database_argument(add)
@@ -42,7 +45,7 @@ async def _models(client: Client, args: argparse.Namespace) -> int:
             queries.UPSERT_MODEL,
             [args.provider, args.model, args.display_name, args.context_limit,
              args.max_output_tokens, args.input_price, args.output_price, args.cache_read_price,
-             args.cache_write_price, args.default, not args.disabled],
+             args.cache_write_price, args.default, not args.disabled, args.thinking_budget],
         )
         print(rows[0][0])
         return 0

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--no-stream-usage", action="store_true",
                      help="Chat Completions server that rejects or ignores stream_options: "
                      "send none and estimate usage (about 4 characters a token)")
+    add.add_argument("--api", default=None, choices=["chat_completions", "responses", "messages"],
+                     help="the HTTP API: chat_completions or responses (OpenAI Responses API) for "
+                     "the OpenAI kinds, messages for anthropic (default: chat_completions / messages)")
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add_database_argument(add)
     ls = sub.add_parser("list", help="list providers")
@@ -43,12 +46,12 @@ async def _providers(client: Client, args: argparse.Namespace) -> int:
         rows = await client.fetch(
             queries.UPSERT_PROVIDER,
             [args.name, args.kind, args.base_url, args.api_key_env, not args.disabled,
-             args.auth_header, False if args.no_stream_usage else None],
+             args.auth_header, False if args.no_stream_usage else None, args.api],
         )
         print(rows[0][0])
         return 0
     rows = await client.fetch(
         queries.LIST_PROVIDERS
     )
-    print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "AUTH HEADER", "ID"]))
+    print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "AUTH HEADER", "API", "ID"]))
     return 0

@@ -3,7 +3,8 @@
 * `chatd.llm.stream`: `stream_turn`, the timeouts and guarantees the worker
   relies on;
 * one module per provider wire: `openai_chat` (OpenAI Chat Completions and
-  compatible servers), `anthropic_messages` (Anthropic Messages); a new
+  compatible servers), `openai_responses` (the OpenAI Responses API),
+  `anthropic_messages` (Anthropic Messages); a new
   provider is a new module with a translator and a prompt mapping;
 * `chatd.llm.content`: prompt parts shared by the wires;
 * `chatd.llm.types`: model spec, prompt, stream events, API key, SDK clients;
@@ -20,6 +21,7 @@ from chatd.llm.openai_chat import to_openai_messages
 from chatd.llm.stream import stream_turn
 from chatd.llm.types import (
     DUMMY_API_KEY,
+    PROVIDER_APIS,
     PROVIDER_KINDS,
     STREAM_CLOSED,
     ClientCache,
@@ -37,6 +39,7 @@ from chatd.llm.types import (
 
 __all__ = [
     "DUMMY_API_KEY",
+    "PROVIDER_APIS",
     "PROVIDER_KINDS",
     "STREAM_CLOSED",
     "ChatError",

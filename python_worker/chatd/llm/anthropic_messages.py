@@ -164,6 +164,17 @@ def prepare(
             timeout=cache.timeout(anthropic, read_timeout),
             extra_headers=headers,
             system=system if system else anthropic.omit,
+            thinking=thinking(spec),
         )
 
     return translator, open_stream
+
+
+def thinking(spec: ModelSpec) -> Any:
+    """The `thinking` parameter: extended thinking with the model config's
+    budget (`model_configs.thinking_budget_tokens`, below `max_tokens`, as the
+    Messages API requires; checked when the model is configured), or omitted.
+    Its `thinking_delta`s stream as reasoning parts (`AnthropicTranslator`)."""
+    if spec.thinking_budget_tokens is None:
+        return anthropic.omit
+    return {"type": "enabled", "budget_tokens": spec.thinking_budget_tokens}

@@ -9,7 +9,8 @@ Guarantees the worker relies on:
 - SDK retries are off (`max_retries=0`); chatd's SQL owns the retry policy.
 - A stream that ends without the provider's terminal event (OpenAI: a choice
   with `finish_reason` and then, as usage is asked for, the usage chunk;
-  Anthropic: `message_stop`) raises a retryable `timeout` ("stream closed")
+  Responses API: `response.completed` or `response.incomplete`; Anthropic:
+  `message_stop`) raises a retryable `timeout` ("stream closed")
   and never yields `Finished`.
 - No first event within `startup_timeout` seconds raises a retryable
   `startup_timeout`; no event for `idle_timeout` seconds after that a
@@ -27,9 +28,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
-from chatd.llm import anthropic_messages, openai_chat
+from chatd.llm import anthropic_messages, openai_chat, openai_responses
 from chatd.llm.classify import ChatErrorKind, ChatTurnError, classify, make_error
 from chatd.llm.types import (
+    PROVIDER_APIS,
     PROVIDER_KINDS,
     STREAM_CLOSED,
     ClientCache,
@@ -72,6 +74,15 @@ async def stream_turn(
                 message=f"unknown provider kind {spec.provider_kind!r}",
             )
         )
+    if spec.wire not in PROVIDER_APIS[spec.provider_kind]:
+        raise ChatTurnError(
+            make_error(
+                ChatErrorKind.config,
+                provider,
+                retryable=False,
+                message=f"provider kind {spec.provider_kind!r} does not speak the API {spec.wire!r}",
+            )
+        )
     key = api_key or resolve_api_key(spec)
     cache = clients or ClientCache()
     try:
@@ -79,8 +90,10 @@ async def stream_turn(
         open_stream: Callable[[], Awaitable[_SDKStream[Any]]]
         # the SDK's read timeout is a backstop: chatd's own timeouts fire first
         read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
-        if spec.provider_kind == "anthropic":
+        if spec.wire == "messages":
             translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read)
+        elif spec.wire == "responses":
+            translator, open_stream = openai_responses.prepare(cache, spec, key, messages, read)
         else:
             translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read)
         output_chars = 0

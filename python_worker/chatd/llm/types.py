@@ -15,6 +15,7 @@ from chatd.llm.classify import ChatErrorKind, ChatTurnError, make_error
 
 __all__ = [
     "DUMMY_API_KEY",
+    "PROVIDER_APIS",
     "PROVIDER_KINDS",
     "STREAM_CLOSED",
     "AUTH_HEADERS",
@@ -34,6 +35,13 @@ __all__ = [
 
 ProviderKind = Literal["openai", "openai-compat", "anthropic"]
 PROVIDER_KINDS: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
+#: The HTTP APIs a provider row may speak (`providers.api`): Chat Completions
+#: and the Responses API for the OpenAI kinds, Messages for anthropic.
+PROVIDER_APIS: dict[str, tuple[str, ...]] = {
+    "openai": ("chat_completions", "responses"),
+    "openai-compat": ("chat_completions", "responses"),
+    "anthropic": ("messages",),
+}
 
 #: Key sent to OpenAI-compatible servers configured without an API key env var
 #: (local vLLM, Ollama, llama.cpp accept anything).
@@ -49,10 +57,12 @@ AUTH_HEADERS: tuple[str, ...] = ("bearer", "x-api-key")
 #: Why a step stopped, in one vocabulary for every wire (`messages.finish_reason`).
 _STOPS: dict[str, str] = {
     "stop": "stop",
+    "completed": "stop",  # the Responses API's response.completed
     "end_turn": "stop",
     "stop_sequence": "stop",
     "length": "length",
     "max_tokens": "length",
+    "max_output_tokens": "length",
     "model_context_window_exceeded": "length",
     "content_filter": "content_filter",
     "refusal": "content_filter",
@@ -76,6 +86,17 @@ class ModelSpec:
     # Chat Completions: send stream_options.include_usage and wait for the
     # usage chunk (providers.stream_usage); False: estimate usage instead
     stream_usage: bool = True
+    # the HTTP API (providers.api, PROVIDER_APIS); None: the kind's default
+    api: str | None = None
+    # Anthropic extended thinking budget (model_configs.thinking_budget_tokens); None: off
+    thinking_budget_tokens: int | None = None
+
+    @property
+    def wire(self) -> str:
+        """The API this spec speaks: `api`, or the kind's default."""
+        if self.api:
+            return self.api
+        return "messages" if self.provider_kind == "anthropic" else "chat_completions"
 
 
 @dataclass(frozen=True)
@@ -206,6 +227,8 @@ class ClientCache:
         self.read_timeout = read_timeout
         #: (base_url, provider name) of servers that refused stream_options
         self.no_stream_options: set[tuple[str | None, str]] = set()
+        #: (base_url, provider name, model) that refused Responses reasoning summaries
+        self.no_reasoning_summary: set[tuple[str | None, str, str]] = set()
         self._clients: dict[
             tuple[str, str | None, str, str], openai.AsyncOpenAI | anthropic.AsyncAnthropic
         ] = {}

@@ -113,7 +113,7 @@ SET_USER_LIMIT: Final = "SELECT chatd.admin_set_user_limit(%s, %s)"
 
 SET_GROUP_LIMIT: Final = "SELECT chatd.admin_set_group_limit(%s, %s, %s)"
 
-UPSERT_MODEL: Final = "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+UPSERT_MODEL: Final = "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 LIST_MODELS: Final = (
     "SELECT p.name, m.model, m.display_name, "
@@ -123,11 +123,13 @@ LIST_MODELS: Final = (
     "ORDER BY p.name, m.model"
 )
 
-UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s, %s)"
+UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 LIST_PROVIDERS: Final = (
     "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
-    "p.enabled, coalesce(p.auth_header, ''), p.id FROM chatd.providers AS p ORDER BY p.name"
+    "p.enabled, coalesce(p.auth_header, ''), "
+    "coalesce(p.api, CASE WHEN p.kind = 'anthropic' THEN 'messages' ELSE 'chat_completions' END), "
+    "p.id FROM chatd.providers AS p ORDER BY p.name"
 )
 
 # the demo seeds its organization, user, provider and default model

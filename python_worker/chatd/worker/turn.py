@@ -78,6 +78,8 @@ class Claim:
             max_output_tokens=int(self.model["max_output_tokens"]),
             auth_header=provider.get("auth_header"),
             stream_usage=provider.get("stream_usage") is not False,
+            api=provider.get("api"),
+            thinking_budget_tokens=self.model.get("thinking_budget_tokens"),
         )
 
     def prompt(self) -> list[PromptMessage]:

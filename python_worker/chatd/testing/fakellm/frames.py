@@ -74,6 +74,19 @@ class Totals:
             "completion_tokens_details": {"reasoning_tokens": self.reasoning},
         }
 
+    def responses(self) -> dict[str, Any]:
+        prompt = self.input + self.cache_read  # input_tokens include cached ones
+        return {
+            "input_tokens": prompt,
+            "input_tokens_details": {
+                "cached_tokens": self.cache_read,
+                "cache_write_tokens": self.cache_write,
+            },
+            "output_tokens": self.output,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning},
+            "total_tokens": prompt + self.output,
+        }
+
     def anthropic(self, output: int | None = None) -> dict[str, Any]:
         return {
             "input_tokens": self.input,

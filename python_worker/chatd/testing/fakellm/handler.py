@@ -7,11 +7,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from chatd.testing.fakellm.anthropic_wire import AnthropicWire
 from chatd.testing.fakellm.frames import Totals, error_object
 from chatd.testing.fakellm.openai_wire import OpenAIWire
+from chatd.testing.fakellm.responses_wire import ResponsesWire
 from chatd.testing.fakellm.script import (
     DIRECTIVE,
     FakeUsage,
@@ -75,6 +76,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"ok": True})
         elif path in ("/v1/chat/completions", "/chat/completions"):
             self._completion("openai", body)
+        elif path in ("/v1/responses", "/responses"):
+            self._completion("responses", body)
         elif path in ("/v1/messages", "/messages"):
             self._completion("anthropic", body)
         else:
@@ -100,24 +103,30 @@ class Handler(BaseHTTPRequestHandler):
     def _completion(self, api: str, body: Any) -> None:
         if not isinstance(body, dict):
             body = {}
-        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        messages, system = _conversation(api, body)
         request = RecordedRequest(
             api=api,
             path=self.path,
             model=body.get("model"),
-            messages=cast(list[Any], messages),
-            system=body.get("system"),
+            messages=messages,
+            system=system,
             stream=bool(body.get("stream")),
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
         )
         seq, response = self.server.fake._record(request)
-        rid = f"chatcmpl-fake-{seq}" if api == "openai" else f"msg_fake_{seq}"
+        rid = {"openai": "chatcmpl-fake-", "responses": "resp_fake_"}.get(api, "msg_fake_") + str(seq)
         model = str(body.get("model") or "fake-model")
-        refusal = auth_refusal(api, request.headers, self.server.fake.auth.get(api))
+        family = "anthropic" if api == "anthropic" else "openai"  # error format, auth
+        refusal = auth_refusal(family, request.headers, self.server.fake.auth.get(family))
         if refusal is not None:
             request.completed.set()
-            self._json(401, error_object(api, 401, None, refusal), rid=rid)
+            self._json(401, error_object(family, 401, None, refusal), rid=rid)
+            return
+        invalid = thinking_refusal(body) if api == "anthropic" else None
+        if invalid is not None:
+            request.completed.set()
+            self._json(400, error_object(family, 400, "invalid_request_error", invalid), rid=rid)
             return
 
         if isinstance(response, Hang):
@@ -131,15 +140,17 @@ class Handler(BaseHTTPRequestHandler):
             payload = (
                 response.body
                 if response.body is not None
-                else error_object(api, response.status, response.error_type, response.message)
+                else error_object(family, response.status, response.error_type, response.message)
             )
             request.completed.set()
             self._json(response.status, payload, response.headers, rid)
             return
 
-        plan = _Plan.of(response, messages, body.get("system"))
-        wire: OpenAIWire | AnthropicWire
-        if api == "openai":
+        plan = _Plan.of(response, messages, system)
+        wire: OpenAIWire | AnthropicWire | ResponsesWire
+        if api == "responses":
+            wire = ResponsesWire(rid, model, plan.send_usage)
+        elif api == "openai":
             options = body.get("stream_options")
             include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
             wire = OpenAIWire(rid, model, include_usage and plan.send_usage)
@@ -157,7 +168,11 @@ class Handler(BaseHTTPRequestHandler):
         self._stream(request, rid, wire, plan)
 
     def _stream(
-        self, request: RecordedRequest, rid: str, wire: OpenAIWire | AnthropicWire, plan: _Plan
+        self,
+        request: RecordedRequest,
+        rid: str,
+        wire: OpenAIWire | AnthropicWire | ResponsesWire,
+        plan: _Plan,
     ) -> None:
         """Send the planned reply as server-sent events, at the scripted pace."""
         cut, stream_error, chunks, delay = plan.cut, plan.stream_error, plan.chunks, plan.delay
@@ -181,10 +196,14 @@ class Handler(BaseHTTPRequestHandler):
             ok = self._frames(request, wire.text(piece)) and (last or self._pause(delay))
         if not ok:
             return
-        if stream_error is not None:
+        if isinstance(wire, ResponsesWire) and stream_error is not None:
+            error = stream_error.error_type, stream_error.message, stream_error.event
+            ok = self._frames(request, wire.error(*error))
+        elif stream_error is not None:
             ok = self._frames(request, wire.error(stream_error.error_type, stream_error.message))
         elif plan.malformed:
-            head = b"event: content_block_delta\n" if isinstance(wire, AnthropicWire) else b""
+            head = {AnthropicWire: b"event: content_block_delta\n",
+                    ResponsesWire: b"event: response.output_text.delta\n"}.get(type(wire), b"")
             ok = self._frames(request, [head + b'data: {"id": "' + rid.encode() + b'", "choi\n\n'])
         elif cut is not None:
             if plan.after_finish:
@@ -248,6 +267,33 @@ class Handler(BaseHTTPRequestHandler):
     def _pause(self, seconds: float) -> bool:
         """Sleep between chunks; False when the server is stopping."""
         return seconds <= 0 or not self.server.fake._stopping.wait(seconds)
+
+
+def _conversation(api: str, body: Mapping[str, Any]) -> tuple[list[Any], Any]:
+    """(messages, system) of a request: Chat Completions and Messages
+    `messages` (and `system`); Responses `input` (a string is one user
+    message) and `instructions`."""
+    if api == "responses":
+        raw = body.get("input")
+        if isinstance(raw, str):
+            return [{"role": "user", "content": raw}], body.get("instructions")
+        return (list(raw) if isinstance(raw, list) else []), body.get("instructions")
+    raw = body.get("messages")
+    return (list(raw) if isinstance(raw, list) else []), body.get("system")
+
+
+def thinking_refusal(body: Mapping[str, Any]) -> str | None:
+    """Why the Messages API would refuse the request's `thinking`, or None:
+    an enabled budget must be at least 1024 and below `max_tokens`."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
+        return None
+    budget, max_tokens = thinking.get("budget_tokens"), body.get("max_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if not isinstance(max_tokens, int) or max_tokens <= budget:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    return None
 
 
 def auth_refusal(api: str, headers: Mapping[str, str], scheme: str | None) -> str | None:

@@ -94,13 +94,17 @@ class Hang:
 
 @dataclass(frozen=True)
 class StreamError:
-    """A stream that starts fine, then carries the provider's in-stream error event."""
+    """A stream that starts fine, then carries the provider's in-stream error event.
+
+    On the Responses API: `response.failed` with `error.code = error_type`,
+    or, with `event="error"`, a bare `error` event with that `code`."""
 
     error_type: str = "overloaded_error"
     message: str | None = None
     after_chunks: int = 1
     text: str = "partial reply"
     chunks: int = 4
+    event: str = "response.failed"
 
 
 FakeResponse = Text | HttpError | Truncate | Hang | StreamError | Malformed
@@ -163,7 +167,7 @@ def script_remote(
 class RecordedRequest:
     """One request the fake received (for assertions)."""
 
-    api: str  # 'openai' | 'anthropic'
+    api: str  # 'openai' | 'responses' | 'anthropic'
     path: str
     model: str | None
     messages: list[Any]
@@ -219,6 +223,7 @@ _TOKENS = frozenset(
         "finish",
         "no-usage",
         "malformed",
+        "error-event",
     }
 )
 
@@ -245,7 +250,8 @@ def parse_directive(spec: str, echo: str) -> tuple[FakeResponse, int | None]:
             headers = {k: opts[k] for k in ("retry-after", "retry-after-ms") if opts.get(k)}
             response = HttpError(status, opts.get("error") or None, headers=headers)
         elif opts.get("error"):
-            response = StreamError(opts["error"], text=text, chunks=max(chunks, 2))
+            event = "error" if "error-event" in opts else "response.failed"
+            response = StreamError(opts["error"], text=text, chunks=max(chunks, 2), event=event)
         elif "malformed" in opts:
             after = int(opts["malformed"] or 1)
             response = Malformed(text, after_chunks=after, chunks=max(chunks, after + 1))

@@ -169,3 +169,30 @@ def test_models_providers_and_identities(
         "WHERE u.username = 'local' AND o.name = 'local'"
     ).fetchone()
     assert row == (1,)
+
+
+def test_providers_api_and_a_models_thinking_budget_are_set_from_the_command_line(
+    db: str, capsys: pytest.CaptureFixture[str], conn: psycopg.Connection[Any]
+) -> None:
+    code, _, _ = chatd(capsys, "providers", "add", "oa", "--kind", "openai", "--api", "responses",
+                       "--database-url", db)
+    assert code == 0
+    code, _, _ = chatd(capsys, "providers", "add", "an", "--kind", "anthropic", "--database-url", db)
+    assert code == 0
+    code, out, _ = chatd(capsys, "providers", "list", "--database-url", db)
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert " responses " in lines["oa"] and " messages " in lines["an"]
+    code, _, err = chatd(capsys, "providers", "add", "bad", "--kind", "anthropic", "--api", "responses",
+                         "--database-url", db)
+    assert code == 1 and "invalid api" in err
+
+    code, _, _ = chatd(capsys, "models", "add", "an", "claude", "--max-output-tokens", "8192",
+                       "--thinking-budget", "2048", "--database-url", db)
+    assert code == 0
+    row = conn.execute(
+        "SELECT thinking_budget_tokens FROM chatd.model_configs WHERE model = 'claude'"
+    ).fetchone()
+    assert row == (2048,)
+    code, _, err = chatd(capsys, "models", "add", "an", "claude", "--max-output-tokens", "2048",
+                         "--thinking-budget", "2048", "--database-url", db)
+    assert code == 1 and "must be below max_output_tokens (2048)" in err

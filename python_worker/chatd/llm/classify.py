@@ -246,27 +246,18 @@ def classify(exc: BaseException, provider: str) -> ChatError:
 def classify_stream_event(
     provider: str, code: str | None, message: str | None, error_type: str | None = None
 ) -> ChatError:
-    """A ChatError for an error the provider reported inside a 200 stream
-    (no HTTP status, no exception): the Responses API's `response.failed`
-    (`response.error.code`) and `error` events. Same ladder as `classify`:
-    the code or type, then weak codes, then text heuristics; else a
-    non-retryable `generic`."""
+    """A ChatError for an error reported inside a 200 stream without an
+    exception (Responses `response.failed`, `error`): as `classify`, by code,
+    weak code, then text; else a non-retryable `generic`."""
     codes = {c.lower() for c in (code, error_type) if isinstance(c, str) and c}
-    text = message if isinstance(message, str) else None
-    decided = (
-        _by_code(codes)
-        or _by_weak_code(codes)
-        or _by_text(f"{' '.join(sorted(codes))} {text or ''}".lower())
-    )
+    named = ", ".join(sorted(codes))
+    text = message if isinstance(message, str) else ""
+    decided = _by_code(codes) or _by_weak_code(codes) or _by_text(f"{named} {text}".lower())
     kind, retryable = decided or (ChatErrorKind.generic, False)
-    detail = _truncate(text or ", ".join(sorted(codes)) or "error event without details")
     base = _MESSAGES[kind].format(p=provider)
     return make_error(
-        kind,
-        provider,
-        retryable=retryable,
-        message=f"{base}: {', '.join(sorted(codes))}" if codes else base,
-        detail=detail,
+        kind, provider, retryable=retryable, message=f"{base}: {named}" if named else base,
+        detail=_truncate(text or named or "error event without details"),
     )
 
 

@@ -118,15 +118,7 @@ class Handler(BaseHTTPRequestHandler):
         rid = {"openai": "chatcmpl-fake-", "responses": "resp_fake_"}.get(api, "msg_fake_") + str(seq)
         model = str(body.get("model") or "fake-model")
         family = "anthropic" if api == "anthropic" else "openai"  # error format, auth
-        refusal = auth_refusal(family, request.headers, self.server.fake.auth.get(family))
-        if refusal is not None:
-            request.completed.set()
-            self._json(401, error_object(family, 401, None, refusal), rid=rid)
-            return
-        invalid = thinking_refusal(body) if api == "anthropic" else None
-        if invalid is not None:
-            request.completed.set()
-            self._json(400, error_object(family, 400, "invalid_request_error", invalid), rid=rid)
+        if self._refused(api, request, rid):
             return
 
         if isinstance(response, Hang):
@@ -166,6 +158,20 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, wire.whole(plan.text, plan.reasoning, plan.totals, plan.finish), rid=rid)
             return
         self._stream(request, rid, wire, plan)
+
+    def _refused(self, api: str, request: RecordedRequest, rid: str) -> bool:
+        """Answer 401 (auth check) or 400 (Anthropic `thinking` the API refuses)."""
+        family = "anthropic" if api == "anthropic" else "openai"
+        refusal = auth_refusal(family, request.headers, self.server.fake.auth.get(family))
+        invalid = thinking_refusal(request.body) if api == "anthropic" else None
+        if refusal is None and invalid is None:
+            return False
+        request.completed.set()
+        if refusal is not None:
+            self._json(401, error_object(family, 401, None, refusal), rid=rid)
+        else:
+            self._json(400, error_object(family, 400, "invalid_request_error", invalid), rid=rid)
+        return True
 
     def _stream(
         self,

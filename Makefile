@@ -86,4 +86,5 @@ clean:
 test-sdk-floors: system-deps
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/pip install -q -e '.[dev]' $(SDK_FLOORS)
-	$(FLOOR_VENV)/bin/pytest tests/python/test_providers.py tests/python/test_provider_turns.py -q $(PYTEST_ARGS)
+	$(FLOOR_VENV)/bin/pytest tests/python/test_providers.py tests/python/test_provider_turns.py \
+		tests/python/test_openai_responses.py tests/python/test_anthropic_thinking.py -q $(PYTEST_ARGS)

@@ -1,15 +1,20 @@
 """A scriptable fake LLM server for tests, demos and benchmarks.
 
 Lives here: `script` (response types, directives, recorded requests),
-`openai_wire` and `anthropic_wire` (the two wire formats, `frames` what they
-share), `server` (`FakeLLM`) and `handler` (request handling). Test-only:
+`openai_wire`, `responses_wire` and `anthropic_wire` (the wire formats,
+`frames` what they share), `server` (`FakeLLM`) and `handler` (request handling). Test-only:
 the product never imports it; `chatd fakellm` and `chatd demo` run it.
 
 A real HTTP server (stdlib `ThreadingHTTPServer`, one thread per connection)
-that speaks just enough of two provider APIs for the official SDKs to parse:
+that speaks just enough of three provider APIs for the official SDKs to parse:
 
 - OpenAI Chat Completions, `POST /v1/chat/completions`, streaming (SSE chunks,
   a final usage chunk when `stream_options.include_usage`, `data: [DONE]`) and
+  non-streaming;
+- the OpenAI Responses API, `POST /v1/responses`, streaming (`response.created`,
+  reasoning-summary and `output_text` deltas, then `response.completed`, or
+  `response.incomplete` for a `length` / `content_filter` finish, with usage;
+  `response.failed` or an `error` event for a `StreamError`) and
   non-streaming;
 - Anthropic Messages, `POST /v1/messages`, streaming (`message_start`,
   `content_block_*`, `message_delta` with usage, `message_stop`) and
@@ -29,6 +34,8 @@ Directive grammar (space-separated tokens inside `[[fake: ...]]`):
     error=CODE          provider error type/code, e.g. overloaded_error,
                         context_length_exceeded, insufficient_quota; without NNN
                         the stream fails mid-way with an error event
+                        (Responses: `response.failed`)
+    error-event         with error=CODE, Responses API: a bare `error` event
     retry-after=S       `retry-after` header (seconds, may be fractional)
     retry-after-ms=MS   `retry-after-ms` header
     chunks=N            split the reply into N chunks
@@ -60,7 +67,9 @@ Auth checks: `FakeLLM(auth=DOCUMENTED_AUTH)` (or `fake.auth["anthropic"] =
 "bearer"` for a gateway) makes a wire answer 401 unless the request carries
 the named header: `bearer` (`Authorization: Bearer K`, no `x-api-key`) or
 `x-api-key` (no `Authorization`); Anthropic requests also need
-`anthropic-version`. Without `auth` every request is accepted.
+`anthropic-version`; the Responses API is checked by the `openai` entry.
+Without `auth` every request is accepted. The Anthropic wire answers an
+enabled `thinking` budget under 1024 or not below `max_tokens` with a 400.
 """
 from chatd.testing.fakellm.script import (
     FakeResponse,

@@ -481,11 +481,6 @@ async def test_a_running_chat_its_live_idle_worker_does_not_run_is_released_and_
     assert text_of(assistant["content"]) == "answered after all"
 
 
-@pytest.mark.skip(reason=(
-    "open (issue 12 item 2 remainder): in about 1 run of 3, 3-36 of 50 subscribers stay at 'running' "
-    "though the chat is waiting: not stale, queue empty, listener reconnected and LISTENing on their "
-    "channels; neither the resync re-read nor the final notification reached them. Not yet diagnosed."
-))
 async def test_fifty_subscribers_see_every_final_message_across_a_postgres_restart(
     private_cluster: tuple[LocalCluster, str], fake: FakeLLM
 ) -> None:

@@ -34,6 +34,7 @@ from worker_support import (
 
 from chatd import migrate
 from chatd.client import Client, MessageEvent, StatusEvent
+from chatd.llm import Finished, stream_turn
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
 from chatd.testing.fakellm import FakeLLM, Text
@@ -504,3 +505,60 @@ async def test_fifty_subscribers_see_every_final_message_across_a_postgres_resta
     assert sorted(texts) == sorted(" ".join([f"final{i}"] * 20) for i in range(count)), "no final message missed"
     for chat in chats:
         assert len(await messages(dsn, chat, "assistant")) == 1
+
+
+async def test_publish_parts_waiting_on_the_database_never_stalls_the_llm_stream(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    answer = " ".join(f"word{i}" for i in range(20))
+    fake.script(Text(answer, chunks=20, delay=0.02))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    pulled: list[tuple[float, Any]] = []  # when the worker took each event of the LLM stream
+
+    async def timed_stream(*args: Any, **kwargs: Any) -> Any:
+        async for event in stream_turn(*args, **kwargs):
+            pulled.append((time.monotonic(), event))
+            yield event
+
+    async def stream_consumed() -> bool:
+        return any(isinstance(event, Finished) for _, event in pulled)
+
+    async with await psycopg.AsyncConnection.connect(db) as blocker:
+        # every publish_parts now waits for the lock until its db_timeout
+        await blocker.execute("LOCK TABLE chatd.stream_parts IN EXCLUSIVE MODE")
+        async with running_worker(worker_config(db, db_timeout=3.0), stream=timed_stream):
+            await wait_until(stream_consumed, timeout=15, what="the worker to consume the whole LLM stream")
+            took = pulled[-1][0] - pulled[0][0]
+            await blocker.rollback()
+            await wait_until(lambda: status_is(db, chat, "waiting"), what="the turn to finish")
+    assert took < 1.5, f"the stream waited for publish_parts ({took:.1f}s for 20 chunks 20 ms apart)"
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == answer
+
+
+async def test_a_shutdown_returns_within_the_grace_even_when_the_release_cannot_be_written(
+    db: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text(" ".join(["long"] * 300), chunks=300, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    grace = 2.0
+    worker = Worker(worker_config(db, shutdown_grace=grace, db_timeout=4.0))
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        async with await psycopg.AsyncConnection.connect(db) as blocker:
+            # the chat row is locked: publish_parts and release_chats wait for it
+            await blocker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            started = time.monotonic()
+            worker.stop()
+            await asyncio.wait_for(asyncio.shield(task), timeout=30)
+            took = time.monotonic() - started
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+    assert took < grace + 0.5, f"shutdown took {took:.1f}s with a {grace:.0f}s grace"
+    assert any("could not release 1 turn(s)" in r.getMessage() for r in caplog.records)

@@ -33,7 +33,7 @@ from worker_support import (
 )
 
 from chatd import migrate
-from chatd.client import Client, MessageEvent, StatusEvent
+from chatd.client import Client, MessageEvent, StatusEvent, Subscription
 from chatd.llm import Finished, stream_turn
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
@@ -426,14 +426,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _final_text(sub: Subscription, timeout: float) -> str:
+    """The text of the first assistant message the subscription emits."""
+    async with asyncio.timeout(timeout):
+        async for event in sub:
+            if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                return event.message.text
+    raise AssertionError("subscription ended early")
+
+
 async def _final_message(client: Client, owner: UUID, chat: UUID, timeout: float) -> str:
     """The text of the first assistant message a subscription to chat emits."""
     async with client.subscribe(owner, chat) as sub:
-        async with asyncio.timeout(timeout):
-            async for event in sub:
-                if isinstance(event, MessageEvent) and event.message.role == "assistant":
-                    return event.message.text
-    raise AssertionError("subscription ended early")
+        return await _final_text(sub, timeout)
 
 
 async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_seen_without_prepared_statements(
@@ -496,12 +501,30 @@ async def test_fifty_subscribers_see_every_final_message_across_a_postgres_resta
         chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
 
     async with await Client.connect(as_role(dsn, "app"), timeout=1.0, max_size=8) as client:
-        seen = [asyncio.create_task(_final_message(client, owner, chat, 40)) for chat in chats]
-        async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
-            for chat in chats:
-                await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
-            await asyncio.to_thread(cluster.restart)  # the answers land around the restart
-            texts = await asyncio.gather(*seen)
+        subs = [client.subscribe(owner, chat) for chat in chats]
+        gate = asyncio.Semaphore(4)
+
+        async def first_snapshot(sub: Subscription) -> None:
+            # before any fault, a few at a time: 50 at once could wait more than
+            # the client's 1 s timeout for the 8-connection pool on a loaded machine
+            async with gate:
+                await anext(sub)
+
+        async def final_then_close(sub: Subscription) -> str:
+            async with sub:  # each leaves once answered: channel changes while finals arrive
+                return await _final_text(sub, 40)
+
+        try:
+            await asyncio.gather(*(first_snapshot(sub) for sub in subs))
+            seen = [asyncio.create_task(final_then_close(sub)) for sub in subs]
+            async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
+                for chat in chats:
+                    await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
+                await asyncio.to_thread(cluster.restart)  # the answers land around the restart
+                texts = await asyncio.gather(*seen)
+        finally:
+            for sub in subs:
+                await sub.aclose()
     assert sorted(texts) == sorted(" ".join([f"final{i}"] * 20) for i in range(count)), "no final message missed"
     for chat in chats:
         assert len(await messages(dsn, chat, "assistant")) == 1

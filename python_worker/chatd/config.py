@@ -60,7 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("janitor_interval", "CHATD_JANITOR_INTERVAL", float, 60.0,
            "seconds between janitor() calls (drops stream parts of ended turns)"),
     Option("shutdown_grace", "CHATD_SHUTDOWN_GRACE", float, 30.0,
-           "seconds in-flight turns may finish after SIGTERM before they are released"),
+           "seconds from SIGTERM to exit: in-flight turns may finish until a quarter of it "
+           "(at most db_timeout) is left, then the rest are released"),
     Option("flush_interval", "CHATD_FLUSH_INTERVAL", float, 0.05,
            "seconds between streamed-part flushes (publish_parts) of one turn"),
     Option("flush_bytes", "CHATD_FLUSH_BYTES", int, 4096,

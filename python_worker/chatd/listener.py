@@ -5,7 +5,9 @@ and the client (the channel of every subscribed chat). The owner says which
 channels it wants; the listener keeps an autocommit connection LISTENing on
 exactly those, changing them in one round trip, and hands every notification
 to ``on_notify``. psycopg's ``notifies()`` holds the connection, so channel
-changes are applied between short notification batches (``poll_interval``).
+changes are applied between notification batches: after each packet of
+notifications, or after ``poll_interval`` without one. A batch is never cut
+short: psycopg drops the rest of a packet when ``notifies()`` is left early.
 
 When the connection is lost, it reconnects with capped exponential backoff
 (reset by a successful connection) and LISTENs again. NOTIFY is not durable:
@@ -138,10 +140,13 @@ class Listener:
                 listening = wanted
                 if self.on_listening is not None:
                     await self.on_listening(listening, self.generation)
-            async for note in conn.notifies(timeout=self.poll_interval):
+            # Never break out of notifies(): psycopg reads a whole packet of
+            # notifications (one transaction's, often many chats') and drops
+            # what it has not yielded when its generator is closed early.
+            # stop_after=1 ends the batch at a packet boundary instead, so a
+            # channel change waits at most for the packet being delivered.
+            async for note in conn.notifies(timeout=self.poll_interval, stop_after=1):
                 self.on_notify(note.channel, note.payload)
-                if self._changed.is_set():
-                    break
             # notifies() returning is also how a dead connection is noticed
             if conn.closed or conn.broken:
                 raise psycopg.OperationalError("listener connection closed")

@@ -8,6 +8,7 @@ Turns are driven through the worker SQL functions from the test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,7 @@ from chatd.client import (
     Subscription,
     UsageLimitExceeded,
 )
+from chatd.listener import Listener
 from chatd.testing import Factory
 
 WAIT = 15.0
@@ -456,6 +458,43 @@ async def test_reconnect_mid_stream_without_duplicates(
     assert parts_seqs(events) == [(lease, s) for s in range(5)]
     assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["hello", "abcde"]
     assert statuses(events) == ["pending", "running", "waiting"]
+
+
+async def test_notifications_arriving_while_a_channel_change_waits_are_all_delivered(db: str) -> None:
+    """One transaction's notifications arrive in one packet. A channel
+    change (a subscription closing, another opening) that waits while the
+    listener is in notifies() must not cut that packet short: the listener
+    applies the change after the whole packet was handed on."""
+    got: list[str] = []
+    armed = asyncio.Event()
+
+    async def on_listening(channels: frozenset[str], _generation: int) -> None:
+        if {"chan_a", "chan_b"} <= channels:
+            armed.set()
+
+    listener = Listener(db, application_name="chatd-test listener", on_notify=lambda c, _p: got.append(c),
+                        on_listening=on_listening, poll_interval=30.0)
+    listener.listen("chan_a")
+    listener.listen("chan_b")
+    task = asyncio.create_task(listener.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            await armed.wait()
+        # the change is pending while the listener waits for notifications
+        listener.listen("chan_c")
+        async with await psycopg.AsyncConnection.connect(db) as notifier:  # one transaction
+            await notifier.execute("NOTIFY chan_a, '1'")
+            await notifier.execute("NOTIFY chan_b, '2'")
+        await eventually(lambda: len(got) >= 2, "both notifications")
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as notifier:
+            await notifier.execute("NOTIFY chan_c, '3'")  # the change was applied too
+        await eventually(lambda: "chan_c" in got, "the newly listened channel")
+    finally:
+        listener.stop()
+        task.cancel()  # it waits up to poll_interval for notifications
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert got == ["chan_a", "chan_b", "chan_c"]
 
 
 async def test_a_failed_refresh_does_not_end_the_subscription(

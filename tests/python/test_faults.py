@@ -33,7 +33,8 @@ from worker_support import (
 )
 
 from chatd import migrate
-from chatd.client import Client, MessageEvent, StatusEvent
+from chatd.client import Client, MessageEvent, StatusEvent, Subscription
+from chatd.llm import Finished, stream_turn
 from chatd.localpg import LocalCluster
 from chatd.testing import TEST_CLUSTER_SETTINGS, Factory, as_role, ensure_login_roles
 from chatd.testing.fakellm import FakeLLM, Text
@@ -425,14 +426,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _final_text(sub: Subscription, timeout: float) -> str:
+    """The text of the first assistant message the subscription emits."""
+    async with asyncio.timeout(timeout):
+        async for event in sub:
+            if isinstance(event, MessageEvent) and event.message.role == "assistant":
+                return event.message.text
+    raise AssertionError("subscription ended early")
+
+
 async def _final_message(client: Client, owner: UUID, chat: UUID, timeout: float) -> str:
     """The text of the first assistant message a subscription to chat emits."""
     async with client.subscribe(owner, chat) as sub:
-        async with asyncio.timeout(timeout):
-            async for event in sub:
-                if isinstance(event, MessageEvent) and event.message.role == "assistant":
-                    return event.message.text
-    raise AssertionError("subscription ended early")
+        return await _final_text(sub, timeout)
 
 
 async def test_behind_pgbouncer_in_transaction_mode_every_chat_is_answered_and_seen_without_prepared_statements(
@@ -481,11 +487,6 @@ async def test_a_running_chat_its_live_idle_worker_does_not_run_is_released_and_
     assert text_of(assistant["content"]) == "answered after all"
 
 
-@pytest.mark.skip(reason=(
-    "open (issue 12 item 2 remainder): in about 1 run of 3, 3-36 of 50 subscribers stay at 'running' "
-    "though the chat is waiting: not stale, queue empty, listener reconnected and LISTENing on their "
-    "channels; neither the resync re-read nor the final notification reached them. Not yet diagnosed."
-))
 async def test_fifty_subscribers_see_every_final_message_across_a_postgres_restart(
     private_cluster: tuple[LocalCluster, str], fake: FakeLLM
 ) -> None:
@@ -500,12 +501,87 @@ async def test_fifty_subscribers_see_every_final_message_across_a_postgres_resta
         chats = [factory.chat(owner, org=org, model=model, text=f"question {i}") for i in range(count)]
 
     async with await Client.connect(as_role(dsn, "app"), timeout=1.0, max_size=8) as client:
-        seen = [asyncio.create_task(_final_message(client, owner, chat, 40)) for chat in chats]
-        async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
-            for chat in chats:
-                await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
-            await asyncio.to_thread(cluster.restart)  # the answers land around the restart
-            texts = await asyncio.gather(*seen)
+        subs = [client.subscribe(owner, chat) for chat in chats]
+        gate = asyncio.Semaphore(4)
+
+        async def first_snapshot(sub: Subscription) -> None:
+            # before any fault, a few at a time: 50 at once could wait more than
+            # the client's 1 s timeout for the 8-connection pool on a loaded machine
+            async with gate:
+                await anext(sub)
+
+        async def final_then_close(sub: Subscription) -> str:
+            async with sub:  # each leaves once answered: channel changes while finals arrive
+                return await _final_text(sub, 40)
+
+        try:
+            await asyncio.gather(*(first_snapshot(sub) for sub in subs))
+            seen = [asyncio.create_task(final_then_close(sub)) for sub in subs]
+            async with running_worker(worker_config(dsn, max_chats=count, pool_size=8, db_timeout=2.0)):
+                for chat in chats:
+                    await wait_until(lambda c=chat: _has_parts(dsn, c), what="every chat to stream")
+                await asyncio.to_thread(cluster.restart)  # the answers land around the restart
+                texts = await asyncio.gather(*seen)
+        finally:
+            for sub in subs:
+                await sub.aclose()
     assert sorted(texts) == sorted(" ".join([f"final{i}"] * 20) for i in range(count)), "no final message missed"
     for chat in chats:
         assert len(await messages(dsn, chat, "assistant")) == 1
+
+
+async def test_publish_parts_waiting_on_the_database_never_stalls_the_llm_stream(
+    db: str, factory: Factory, fake: FakeLLM
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    answer = " ".join(f"word{i}" for i in range(20))
+    fake.script(Text(answer, chunks=20, delay=0.02))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    pulled: list[tuple[float, Any]] = []  # when the worker took each event of the LLM stream
+
+    async def timed_stream(*args: Any, **kwargs: Any) -> Any:
+        async for event in stream_turn(*args, **kwargs):
+            pulled.append((time.monotonic(), event))
+            yield event
+
+    async def stream_consumed() -> bool:
+        return any(isinstance(event, Finished) for _, event in pulled)
+
+    async with await psycopg.AsyncConnection.connect(db) as blocker:
+        # every publish_parts now waits for the lock until its db_timeout
+        await blocker.execute("LOCK TABLE chatd.stream_parts IN EXCLUSIVE MODE")
+        async with running_worker(worker_config(db, db_timeout=3.0), stream=timed_stream):
+            await wait_until(stream_consumed, timeout=15, what="the worker to consume the whole LLM stream")
+            took = pulled[-1][0] - pulled[0][0]
+            await blocker.rollback()
+            await wait_until(lambda: status_is(db, chat, "waiting"), what="the turn to finish")
+    assert took < 1.5, f"the stream waited for publish_parts ({took:.1f}s for 20 chunks 20 ms apart)"
+    [assistant] = await messages(db, chat, "assistant")
+    assert text_of(assistant["content"]) == answer
+
+
+async def test_a_shutdown_returns_within_the_grace_even_when_the_release_cannot_be_written(
+    db: str, factory: Factory, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    fake.script(Text(" ".join(["long"] * 300), chunks=300, delay=0.05))
+    chat = factory.chat(owner, org=org, model=compat_model(factory, fake))
+    grace = 2.0
+    worker = Worker(worker_config(db, shutdown_grace=grace, db_timeout=4.0))
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _has_parts(db, chat), what="the turn to stream")
+        async with await psycopg.AsyncConnection.connect(db) as blocker:
+            # the chat row is locked: publish_parts and release_chats wait for it
+            await blocker.execute("SELECT 1 FROM chatd.chats WHERE id = %s FOR UPDATE", (chat,))
+            started = time.monotonic()
+            worker.stop()
+            await asyncio.wait_for(asyncio.shield(task), timeout=30)
+            took = time.monotonic() - started
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+    assert took < grace + 0.5, f"shutdown took {took:.1f}s with a {grace:.0f}s grace"
+    assert any("could not release 1 turn(s)" in r.getMessage() for r in caplog.records)

@@ -74,3 +74,14 @@ async def test_a_failed_batch_sends_every_turn_back_to_finishing_alone() -> None
     with pytest.raises(BatchFailed, match="the batch statement failed"):
         await batcher.finish(turn(1))
     await batcher.close()
+
+
+async def test_closing_cancels_a_batch_still_in_flight_when_the_time_given_runs_out() -> None:
+    db = StandIn()  # the first batch waits until released: never, here
+    batcher = FinishBatcher(db._fetch, db.metrics)  # type: ignore[arg-type]
+    stuck = asyncio.create_task(batcher.finish(turn(1)))
+    await db.first_started.wait()
+    async with asyncio.timeout(5):  # without `within`, close() would wait for the batch forever
+        await batcher.close(within=0.05)
+    with pytest.raises(BatchFailed):
+        await stuck

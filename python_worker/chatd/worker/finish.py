@@ -52,11 +52,18 @@ class FinishBatcher:
             self._task = asyncio.create_task(self._run(), name="finish batcher")
         return await future
 
-    async def close(self) -> None:
+    async def close(self, within: float | None = None) -> None:
+        """Stop batching; wait for the batches in flight, at most ``within``
+        seconds (the rest of the shutdown grace), then cancel them."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.gather(*self._batches, return_exceptions=True)
+        batches = list(self._batches)
+        if batches:
+            _, late = await asyncio.wait(batches, timeout=within)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*batches, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
@@ -88,4 +95,7 @@ class FinishBatcher:
                 if not future.done():
                     future.set_exception(BatchFailed(f"{type(exc).__name__}: {exc}"))
         finally:
+            for _, future in batch:  # cancelled by close(): no turn waits forever
+                if not future.done():
+                    future.set_exception(BatchFailed("the worker is shutting down"))
             self._slots.release()

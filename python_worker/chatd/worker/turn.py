@@ -5,6 +5,7 @@ writes its result back (finish, failure, or the partial message)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -147,6 +148,18 @@ class TurnRun:
         self.started = time.monotonic()
         self.finished: Finished | None = None
         self.base = {"chat_id": claim.chat_id, "lease": claim.lease}
+        self.flusher: asyncio.Task[None] | None = None  # the one flush in flight
+
+    def flush_soon(self) -> None:
+        """Start a flush beside the stream unless one is in flight: a stalled
+        database never stalls the LLM stream (a failed flush keeps its parts
+        pending). Raises what the last flush could not handle (a lost lease)."""
+        last = self.flusher
+        if last is not None and last.done() and not last.cancelled() and (exc := last.exception()):
+            raise exc
+        if last is None or last.done():
+            self.flusher = asyncio.create_task(self.flush(), name=f"flush {self.claim.chat_id}")
+            self.flusher.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
 
     async def flush(self) -> None:
         output, claim = self.output, self.claim
@@ -173,7 +186,8 @@ class TurnRun:
         while True:
             await asyncio.sleep(interval)
             if self.output.pending and time.monotonic() - self.last_flush >= interval:
-                await self.flush()
+                with contextlib.suppress(Exception):  # the stream raises it at its next event
+                    self.flush_soon()
 
     def result(self, finished: Finished | None) -> dict[str, Any]:
         # A turn cut before the provider's usage (interrupted) is billed from
@@ -210,7 +224,11 @@ class TurnRun:
                 if output.pending_bytes >= config.flush_bytes or (
                     output.pending and time.monotonic() - self.last_flush >= config.flush_interval
                 ):
-                    await self.flush()
+                    self.flush_soon()
+        except BaseException:
+            if self.flusher is not None:  # the turn ends here: its parts no longer matter
+                self.flusher.cancel()
+            raise
         finally:
             straggler.cancel()
 

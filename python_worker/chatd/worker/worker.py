@@ -121,6 +121,7 @@ class Worker:
         self.ready = asyncio.Event()  # set once LISTEN is armed (or poll-only) and loops run
         self._last_heal = 0.0
         self.outage = Outage()
+        self._stop_by: float | None = None  # monotonic deadline of the shutdown (stop + grace)
 
     # ------------------------------------------------------------------ db
 
@@ -237,9 +238,11 @@ class Worker:
                 if task is not stop_wait and task.exception():
                     raise task.exception()  # type: ignore[misc]
         finally:
+            if self._stop_by is None:  # a loop failed: the same grace as a stop()
+                self._stop_by = time.monotonic() + self.config.shutdown_grace
             self.stopping.set()
             await self._drain()
-            await self.finisher.close()
+            await self.finisher.close(within=self._shutdown_left())
             if self.listener is not None:
                 self.listener.stop()
             for task in tasks:
@@ -248,41 +251,58 @@ class Worker:
             if metrics_server is not None:
                 metrics_server.close()
             await self.clients.aclose()
-            await self.pool.close()
+            await self.pool.close(timeout=max(self._shutdown_left(), 0.1))
             log.info("worker %s stopped", self.config.worker_id)
 
     def stop(self) -> None:
-        """Begin a graceful shutdown (what SIGTERM does)."""
+        """Begin a graceful shutdown (what SIGTERM does): ``run()`` returns
+        within ``shutdown_grace`` seconds from now (closing the pool aside)."""
+        if self._stop_by is None:
+            self._stop_by = time.monotonic() + self.config.shutdown_grace
         self.stopping.set()
         self.wake.set()
 
+    def _shutdown_left(self) -> float:
+        """Seconds left of the shutdown grace (the grace itself before a stop)."""
+        if self._stop_by is None:
+            return self.config.shutdown_grace
+        return max(self._stop_by - time.monotonic(), 0.0)
+
     async def _drain(self) -> None:
         """Let in-flight turns finish within the grace period, then cancel and
-        release the rest back to `pending` for another worker."""
+        release the rest back to `pending` for another worker. The grace
+        bounds the whole shutdown: the turns get all but its last quarter (at
+        most ``db_timeout``), which is kept for cancelling and releasing."""
         if not self.turns:
             return
         tasks = [t.task for t in self.turns.values() if t.task]
         log.info("draining %d turn(s), grace %.0fs", len(tasks), self.config.shutdown_grace)
-        await asyncio.wait(tasks, timeout=self.config.shutdown_grace)
+        reserve = min(self.config.db_timeout, self.config.shutdown_grace / 4)
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(self._shutdown_left() - reserve, 0.0))
         left = [t for t in self.turns.values() if t.task and not t.task.done()]
         for turn in left:
             turn.cancel_reason = "shutdown"
             assert turn.task is not None
             turn.task.cancel()
-        await asyncio.gather(*(t.task for t in left if t.task), return_exceptions=True)
+        cancelled = [t.task for t in left if t.task]
+        if cancelled:  # a shielded save may outlive the cancel: not the grace
+            await asyncio.wait(cancelled, timeout=max(self._shutdown_left(), 0.01))
         if left:
             await self._release([t.chat_id for t in left])
 
     async def _release(self, chat_ids: list[UUID]) -> None:
-        """release_chats, retried for up to ``db_timeout`` (a turn cancelled
-        while its result could not be written is released as soon as the
-        database lets it); then stale recovery takes what is left."""
-        deadline = time.monotonic() + self.config.db_timeout
+        """release_chats, retried for up to ``db_timeout`` and never past the
+        shutdown grace (a turn cancelled while its result could not be
+        written is released as soon as the database lets it); then stale
+        recovery takes what is left."""
+        deadline = time.monotonic() + min(self.config.db_timeout, self._shutdown_left())
         delay = 0.1
         while True:
             try:
                 await self._fetch(
-                    queries.RELEASE_CHATS, {"worker_id": self.config.worker_id, "chat_ids": chat_ids}
+                    queries.RELEASE_CHATS, {"worker_id": self.config.worker_id, "chat_ids": chat_ids},
+                    deadline=max(deadline - time.monotonic(), 0.01),
                 )
                 log.info("released %d unfinished turn(s)", len(chat_ids))
                 return

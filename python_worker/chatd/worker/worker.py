@@ -61,7 +61,12 @@ StreamFn = Callable[..., Any]
 
 
 class WorkerFatal(RuntimeError):
-    """A condition the worker cannot recover from by retrying."""
+    """A condition the worker cannot recover from by retrying; ``unreachable``
+    when the database refused the connection or login."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class Outage:
@@ -186,9 +191,11 @@ class Worker:
             except psycopg.OperationalError as exc:
                 message = str(exc)
                 if any(hint in message for hint in _FATAL_CONNECT_HINTS):
-                    raise WorkerFatal(f"cannot use the database: {message.strip()}") from exc
+                    raise WorkerFatal(f"cannot use the database: {message.strip()}",
+                                      unreachable=True) from exc
                 if self.stopping.is_set():
-                    raise WorkerFatal("stopped before the database could be reached") from exc
+                    raise WorkerFatal("stopped before the database could be reached",
+                                      unreachable=True) from exc
                 log.warning("database unreachable, retrying in %.1fs: %s", delay, message.strip())
                 await self.sleep_unless_stopping(delay)
                 delay = min(delay * 2, 10.0)

@@ -104,6 +104,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.turns: dict[UUID, Turn] = {}
         self.metrics = Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self.turns))
         self.clients = ClientCache()
         self.heartbeat_interval = config.heartbeat_interval or 5.0
         self.startup_timeout = 60.0
@@ -139,6 +140,7 @@ class Worker:
     ) -> list[TupleRow]:
         """One statement on a pooled autocommit connection, under a deadline."""
         self.metrics.inc("chatd_worker_db_calls_total")
+        started = time.monotonic()
         try:
             async with asyncio.timeout(deadline or self.config.db_timeout):
                 async with self.pool.connection() as conn:
@@ -158,6 +160,8 @@ class Worker:
             self.metrics.inc("chatd_worker_db_timeouts_total")
             self.outage.failed(query, exc)
             raise
+        finally:
+            self.metrics.db_call(query, time.monotonic() - started)
 
     def _heal_pool(self) -> None:
         """After a connection-level error (a server restart drops every
@@ -235,7 +239,10 @@ class Worker:
             loops.append(claim_loop(self))
         metrics_server = None
         if self.config.metrics_port is not None:
-            metrics_server = await serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
+            metrics_server = await serve_metrics(
+                self.metrics, self.config.metrics_host, self.config.metrics_port,
+                healthz=self.healthz, readyz=self.readyz,
+            )
         tasks = [asyncio.create_task(loop) for loop in loops]
         stop_wait = asyncio.create_task(self.stopping.wait())
         try:
@@ -257,6 +264,20 @@ class Worker:
             await self.clients.aclose()
             await self.pool.close()
             log.info("worker %s stopped", self.config.worker_id)
+
+    async def healthz(self) -> tuple[bool, str]:
+        """Liveness (/healthz): running, and the LISTEN connection is up."""
+        if self.listener is not None and self.listener.backend_pid is None:
+            return False, "listener not connected"
+        return True, "ok"
+
+    async def readyz(self) -> tuple[bool, str]:
+        """Readiness (/readyz): a pooled query answers and the schema is there."""
+        try:
+            rows = await self._fetch(queries.SCHEMA_PRESENT, {})
+        except (psycopg.Error, TimeoutError) as exc:
+            return False, f"database: {reason(exc)}"
+        return (True, "ok") if rows and rows[0][0] else (False, "the chatd schema is missing")
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""

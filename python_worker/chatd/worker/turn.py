@@ -26,7 +26,7 @@ from chatd.llm import (
     TextDelta,
     estimate_usage,
 )
-from chatd.logs import log_failure, reason
+from chatd.logs import bind, log_failure, reason
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import BatchFailed
@@ -219,6 +219,8 @@ class TurnRun:
 
     async def run(self) -> None:
         turn, claim, output = self.turn, self.claim, self.output
+        bind(chat_id=str(claim.chat_id), lease=claim.lease,
+             provider=(self.claim.model.get("provider") or {}).get("name"))
         try:
             if not claim.history_complete:
                 await load_history(self.worker, claim)
@@ -364,7 +366,8 @@ class TurnRun:
                             max(0.0, float(due_in)) + 0.01, self.worker.wake.set
                         )
                     log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
-                             error.kind, error.message, status, attempt, next_at)
+                             error.kind, error.message, status, attempt, next_at,
+                             extra={"error_kind": str(getattr(error.kind, "value", error.kind))})
                 return
             except LeaseLost:
                 log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)

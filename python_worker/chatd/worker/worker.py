@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from chatd.config import WorkerConfig
 from chatd.listener import Listener
 from chatd.llm import ClientCache, stream_turn
-from chatd.logs import log_failure, reason
+from chatd.logs import bind, log_failure, reason
 from chatd.metrics import Metrics, serve_metrics
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
@@ -227,6 +227,7 @@ class Worker:
         await self._pool.open(wait=True, timeout=30)
 
     async def run(self) -> None:
+        bind(worker_id=self.config.worker_id)  # a field of every line of this worker's tasks
         await self.connect()
         mode = "passive" if self.config.passive else "poll-only" if self.config.poll_only else "listening"
         log.info("worker %s started (%s, max_chats=%d)", self.config.worker_id, mode, self.config.max_chats)

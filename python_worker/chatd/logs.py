@@ -19,20 +19,20 @@ import psycopg
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
-_FIELDS: ContextVar[dict[str, object]] = ContextVar("chatd_log_fields", default={})
+_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("chatd_log_fields", default=None)
 
 
 def bind(**fields: object) -> None:
     """Add fields to the records of this task from now on (and of the tasks
     it creates later)."""
-    _FIELDS.set({**_FIELDS.get(), **fields})
+    _FIELDS.set({**(_FIELDS.get() or {}), **fields})
 
 
 class ContextFields(logging.Filter):
     """Copies the bound fields onto each record (an explicit extra wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in _FIELDS.get().items():
+        for key, value in (_FIELDS.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True

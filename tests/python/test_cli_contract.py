@@ -20,6 +20,7 @@ from repo_support import REPO_ROOT
 
 from chatd import cli
 from chatd.cli.common import Exit
+from chatd.testing import Factory
 
 DEAD_URL = "postgresql://chatd:s3cret@127.0.0.1:1/chatd"
 
@@ -162,3 +163,27 @@ def test_json_of_migrate_status(db: str) -> None:
     assert {r["state"] for r in rows} == {"applied"}
     assert {r["kind"] for r in rows} == {"migration", "repeatable"}
     assert set(rows[0]) == {"kind", "name", "state", "applied_at"}
+
+
+def test_spend_reports_organization_user_and_model_as_json_and_table(
+    db: str, factory: Factory
+) -> None:
+    provider = factory.provider(name="acme")
+    model = factory.model_config(provider=provider, model="big-model")
+    org = factory.org(name="acme-org")
+    user = factory.user(org=org, name="alice")
+    chat = factory.chat(user, org=org, model=model)
+    factory.message(chat, role="assistant", cost_micros=1_500_000)
+    report = as_json(chatd("spend", "--json", "--database-url", db))
+    assert set(report) == {"period", "period_start", "resets_at", "organization", "user", "model"}
+    [by_org] = [o for o in report["organization"] if o["organization"] == "acme-org"]
+    assert (by_org["spent_micros"], by_org["users"]) == (1_500_000, 1)
+    assert [(u["user"], u["spent_micros"]) for u in report["user"]] == [("alice", 1_500_000)]
+    assert [(m["provider"], m["model"], m["spent_micros"]) for m in report["model"]] == [
+        ("acme", "big-model", 1_500_000)
+    ]
+    only_users = as_json(chatd("spend", "--by", "user", "--json", "--database-url", db))
+    assert set(only_users) == {"period", "period_start", "resets_at", "user"}
+    table = chatd("spend", "--database-url", db)
+    assert table.returncode == 0
+    assert "by organization:" in table.stdout and "$1.5" in table.stdout and "alice" in table.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -86,6 +87,7 @@ def _check(url: str, *, allow_no_worker: bool) -> dict[str, Any]:
                            migrations=migrations)
     assert health is not None
     live_workers, stuck_chats, oldest_stuck = health
+    oldest_stuck = oldest_stuck.astimezone(UTC) if oldest_stuck else None
     checks = {"migrations": migrations, "live_workers": live_workers, "stuck_chats": stuck_chats,
               "oldest_stuck_since": oldest_stuck.isoformat() if oldest_stuck else None}
     if stuck_chats:

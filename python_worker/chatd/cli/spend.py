@@ -5,6 +5,7 @@ sql/55_spend_views.sql; any login in chatd_reporting may run it."""
 from __future__ import annotations
 
 import argparse
+from datetime import UTC
 from typing import Any
 
 from chatd.cli.common import (
@@ -64,6 +65,7 @@ def _cell(key: str, value: Any) -> Any:
 
 async def _spend(client: Client, args: argparse.Namespace) -> int:
     period, start, resets = (await client.fetch(queries.SPEND_PERIOD))[0]
+    start, resets = start.astimezone(UTC), resets.astimezone(UTC)
     chosen = list(_REPORTS) if args.by == "all" else [args.by]
     reports: dict[str, list[dict[str, Any]]] = {}
     for name in chosen:

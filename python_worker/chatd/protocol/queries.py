@@ -146,16 +146,12 @@ ROLE_EXISTS: Final = "SELECT 1 FROM pg_roles WHERE rolname = %s"
 # a template for psycopg.sql.SQL(...).format(login=Identifier, role=Identifier)
 CREATE_LOGIN_ROLE: Final = "CREATE ROLE {login} LOGIN IN ROLE {role}"
 
-# `chatd check`: the health report (sql/60_health.sql), timestamps in UTC
-HEALTH: Final = (
-    "SELECT h.live_workers, h.stuck_chats, h.oldest_stuck_since AT TIME ZONE 'UTC' "
-    "FROM chatd.health() AS h"
-)
+# `chatd check`: the health report (sql/60_health.sql)
+HEALTH: Final = "SELECT h.live_workers, h.stuck_chats, h.oldest_stuck_since FROM chatd.health() AS h"
 
 # `chatd spend`: the reporting views of sql/55_spend_views.sql (current period)
 SPEND_PERIOD: Final = (
-    "SELECT period::text, period_start AT TIME ZONE 'UTC', resets_at AT TIME ZONE 'UTC' "
-    "FROM chatd.spend_current_period"
+    "SELECT period::text, period_start, resets_at FROM chatd.spend_current_period"
 )
 SPEND_BY_ORGANIZATION: Final = (
     "SELECT organization_id, organization_name, spent_micros, users, priced_messages "

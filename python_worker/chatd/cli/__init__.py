@@ -61,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_parser(command: str) -> tuple[argparse.ArgumentParser, Any]:
     """The parser of ``chatd <command>`` and its module."""
+    from chatd.cli.common import Exit
+
     module = importlib.import_module(module_name(command))
+    codes = ", ".join(f"{int(e)} {e.name.lower().replace('_', ' ')}" for e in Exit)
     sub = argparse.ArgumentParser(
         prog=f"chatd {command}", description=COMMANDS[command],
         epilog="example:\n  " + module.EXAMPLE.strip().replace("\n", "\n  ")
-        + "\n\nexit status: 0 ok, 1 failed, 2 usage, 3 database unreachable "
-        "(every code: docs/cli.md)",
+        + f"\n\nexit status: {codes} (docs/cli.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(sub)

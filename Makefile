@@ -24,7 +24,7 @@ FLOOR_VENV ?= .venv-sdk-floors
 help:
 	@echo "make setup    create $(VENV), install chatd with dev extras, install PostgreSQL test extensions"
 	@echo "make test     setup, then lint + the whole suite (pgTAP, Python, migrations)"
-	@echo "make lint     sqlfluff (migrations/, sql/, tests/sql/), ruff, mypy"
+	@echo "make lint     sqlfluff (migrations/, sql/, tests/sql/), squawk (new migrations), ruff, mypy"
 	@echo "make test-sdk-floors  provider tests against the oldest declared openai/anthropic SDKs"
 	@echo "make migrate  apply migrations to \$$DATABASE_URL"
 	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
@@ -60,8 +60,15 @@ $(STAMP): pyproject.toml
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# squawk lints migrations from this version on (.squawk.toml has the rules);
+# the older ones are applied everywhere and frozen by their checksums.
+SQUAWK_FROM ?= 0009
+
 lint: $(STAMP)
 	$(BIN)/sqlfluff lint --disable-progress-bar migrations/ sql/ tests/sql/
+	@files=$$(for f in migrations/*.up.sql; do n=$$(basename $$f); [[ "$$n" < "$(SQUAWK_FROM)" ]] || echo $$f; done); \
+	if [ -n "$$files" ]; then echo "squawk $$files"; $(BIN)/squawk --config .squawk.toml $$files; \
+	else echo "squawk: no migration from $(SQUAWK_FROM) on"; fi
 	$(BIN)/ruff check python_worker tests bench
 	$(BIN)/mypy
 

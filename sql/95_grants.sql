@@ -41,7 +41,8 @@ DECLARE
     ];
     -- Functions the spend views call: a view runs its functions with the
     -- privileges of the reader, not of the view's owner (sql/50_spend.sql)
-    v_reporting_fn CONSTANT text [] := ARRAY['spend_period_bounds', 'resolve_spend_limit'];
+    -- (sql/50_spend.sql), and the health report of `chatd check` (sql/60_health.sql)
+    v_reporting_fn CONSTANT text [] := ARRAY['spend_period_bounds', 'resolve_spend_limit', 'health'];
     -- sql/55_spend_views.sql: cross-tenant reports, so not chatd_app's
     v_reporting CONSTANT text [] := ARRAY[
         'spend_current_period', 'spend_by_organization', 'spend_by_user', 'spend_by_model',

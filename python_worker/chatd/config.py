@@ -33,6 +33,7 @@ class Option:
     parse: Callable[[str], Any]
     default: Any
     help: str
+    choices: tuple[str, ...] | None = None
 
     @property
     def is_flag(self) -> bool:
@@ -77,10 +78,13 @@ OPTIONS: tuple[Option, ...] = (
            "run heartbeat, recovery and janitor, but claim no chats"),
     Option("poll_only", "CHATD_POLL_ONLY", _bool, False,
            "no LISTEN connection and no server-side prepared statements (for PgBouncer in transaction mode); poll only"),
-    Option("log_level", "CHATD_LOG_LEVEL", str, "info", "debug, info, warning or error"),
-    Option("log_format", "CHATD_LOG_FORMAT", str, "text", "text or json (one object per line)"),
+    Option("log_level", "CHATD_LOG_LEVEL", str, "info", "how much to log",
+           ("debug", "info", "warning", "error")),
+    Option("log_format", "CHATD_LOG_FORMAT", str, "text", "text, or json: one object per line",
+           ("text", "json")),
     Option("metrics_port", "CHATD_METRICS_PORT", int, None,
-           "serve Prometheus metrics on 127.0.0.1:PORT/metrics (default: off)"),
+           "serve Prometheus metrics on METRICS_HOST:PORT/metrics, with /healthz and "
+           "/readyz (default: off)"),
     Option("metrics_host", "CHATD_METRICS_HOST", str, "127.0.0.1", "address for the metrics server"),
 )
 

@@ -1,15 +1,41 @@
-"""Structured logging for chatd processes: plain text or one JSON object a line."""
+"""Structured logging for chatd processes: plain text or one JSON object a line.
+
+`bind(chat_id=..., lease=...)` adds fields to every record logged later in
+the current asyncio task (and the tasks it creates): the worker binds
+``worker_id``, each turn ``chat_id``, ``lease`` and ``provider``; a failure
+line adds ``error_kind`` itself. JSON lines carry them as fields.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TextIO
 
 import psycopg
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+_FIELDS: ContextVar[dict[str, object] | None] = ContextVar("chatd_log_fields", default=None)
+
+
+def bind(**fields: object) -> None:
+    """Add fields to the records of this task from now on (and of the tasks
+    it creates later)."""
+    _FIELDS.set({**(_FIELDS.get() or {}), **fields})
+
+
+class ContextFields(logging.Filter):
+    """Copies the bound fields onto each record (an explicit extra wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_FIELDS.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,12 +54,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def make_handler(fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
+    """A handler in ``fmt`` (text or json) that adds the bound fields."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ContextFields())
+    return handler
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = make_handler(fmt)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -159,7 +159,7 @@ def test_drift_makes_the_cli_exit_non_zero_with_the_file_name(
     edited = sources_copy.migrations[0].up_path
     edited.write_text(edited.read_text().replace("-- 0001", "-- 0001 (edited)", 1))
     result = chatd_cli("migrate", "--database-url", empty_db, env={"CHATD_SQL_ROOT": str(sources_copy.root)})
-    assert result.returncode == 2
+    assert result.returncode == 4  # Exit.NOT_CURRENT (issue 17: one exit-code table)
     assert "drift detected" in result.stderr and edited.name in result.stderr
 
 
@@ -287,7 +287,7 @@ def test_malformed_database_url_is_a_clear_error() -> None:
 
 def test_unreachable_database_is_a_clear_error_without_the_password() -> None:
     result = chatd_cli("migrate", "--database-url", "postgresql://chatd:s3cret@127.0.0.1:1/chatd")
-    assert result.returncode == 2
+    assert result.returncode == 3  # Exit.UNREACHABLE (issue 17)
     assert "cannot connect to" in result.stderr
     assert "s3cret" not in result.stderr
 

@@ -388,7 +388,7 @@ def test_worker_refuses_to_start_with_a_bad_password(db: str) -> None:
         [sys.executable, "-m", "chatd", "worker", "--database-url", bad],
         capture_output=True, text=True, timeout=60, check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # Exit.UNREACHABLE: the login was refused (issue 17)
     assert "cannot use the database" in result.stderr
 
 

@@ -80,6 +80,8 @@ INSERT INTO expected_fn (signature, audience) VALUES
 -- reporting: called by the spend views, which run functions as the reader
 ('chatd.resolve_spend_limit(uuid,uuid)', 'reporting'),
 ('chatd.spend_period_bounds(chatd.spend_period,timestamp with time zone)', 'reporting'),
+-- reporting: the health report of `chatd check` (sql/60_health.sql)
+('chatd.health()', 'reporting'),
 -- owner only: spend internals (sql/50_spend.sql); admit_spend is called by
 -- the application functions, usage_limit_status is the app's read
 ('chatd.message_cost_micros(uuid,bigint,bigint,bigint,bigint)', 'owner'),

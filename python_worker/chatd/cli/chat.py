@@ -27,7 +27,11 @@ from chatd.client import (
     StatusEvent,
 )
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = """chatd chat "Explain MVCC in one paragraph"
+chatd chat --chat 0b7e2f9c-... "and then?"
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue this chat instead of creating one")
     parser.add_argument("--model", type=UUID, default=None, metavar="ID",
                         help="model config id (default: the chat's, or the default model)")
-    parser.add_argument("--title", default=None, help="title of a new chat")
+    parser.add_argument("--title", default=None, help="title of a new chat (default: none)")
     parser.add_argument("--system", default=None, metavar="PROMPT",
-                        help="system prompt of a new chat")
+                        help="system prompt of a new chat (default: none)")
     parser.add_argument("--interrupt", action="store_true",
                         help="with --chat: interrupt a running turn instead of queueing")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

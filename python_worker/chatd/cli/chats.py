@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from chatd.cli.common import add_identity_arguments, resolve_identity, run_command, table
+from chatd.cli.common import (
+    add_identity_arguments,
+    add_json_argument,
+    print_json,
+    resolve_identity,
+    run_command,
+    table,
+)
 from chatd.client import Client
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = "chatd chats --limit 10 --json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-orgs", action="store_true",
                         help="chats of every organization you belong to")
     add_identity_arguments(parser)
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +39,14 @@ async def _chats(client: Client, args: argparse.Namespace) -> int:
         who.user_id, None if args.all_orgs else who.organization_id,
         include_archived=args.all, limit=args.limit,
     )
+    if args.json:
+        print_json([
+            {"id": c.id, "status": c.status, "archived": c.archived, "title": c.title,
+             "updated_at": c.updated_at.isoformat() if c.updated_at else None,
+             "last_error": c.last_error.message if c.last_error else None}
+            for c in chats
+        ])
+        return 0
     if not chats:
         print("no chats")
         return 0

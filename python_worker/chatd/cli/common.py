@@ -1,16 +1,18 @@
-"""Shared plumbing of the client-side commands (chat, chats, watch, models,
-providers, limits): database URL, acting user and organization, output."""
+"""Shared plumbing of the commands: the exit-code table (`Exit`, `CommandError`),
+database URL, acting user and organization, output (tables and --json)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from enum import IntEnum
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -20,11 +22,17 @@ from chatd.protocol import names, queries
 
 __all__ = [
     "DEFAULT_NAME",
+    "CommandError",
+    "Exit",
     "Identity",
+    "add_json_argument",
     "add_database_argument",
     "add_identity_arguments",
     "database_url",
+    "fail",
     "format_micros",
+    "print_json",
+    "preflight",
     "parse_usd",
     "resolve_identity",
     "run_command",
@@ -34,6 +42,42 @@ __all__ = [
 DEFAULT_NAME = "local"
 
 T = TypeVar("T")
+
+
+class Exit(IntEnum):
+    """The exit status of every `chatd` command, in one place (docs/cli.md)."""
+
+    OK = 0            #: done
+    FAILED = 1        #: the operation failed (refused by chatd, a failed turn, a failed migration)
+    USAGE = 2         #: bad arguments or input; nothing was attempted
+    UNREACHABLE = 3   #: cannot reach or log in to the database
+    NOT_CURRENT = 4   #: the schema is not current: migrations pending, drifted or missing
+    UNHEALTHY = 5     #: `chatd check`: no live worker, or chats stuck past their lease
+    INTERRUPTED = 130  #: Ctrl-C
+
+
+class CommandError(Exception):
+    """Raised by a command to end with one line on stderr and ``code``;
+    `chatd.cli.main` prints it as ``chatd <command>: <message>``."""
+
+    def __init__(self, message: str, code: Exit = Exit.USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def fail(message: str, code: Exit = Exit.USAGE) -> NoReturn:
+    raise CommandError(message, code)
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table (default: a table)")
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (UUIDs, timestamps and decimals as strings)."""
+    print(json.dumps(value, default=str, indent=None))
 
 
 def add_database_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,8 +108,21 @@ def database_url(args: argparse.Namespace) -> str:
         or os.environ.get("CHATD_DATABASE_URL")
     )
     if not url:
-        raise SystemExit("chatd: no database: set DATABASE_URL or pass --database-url")
-    return url
+        fail("no database: set DATABASE_URL (or CHATD_DATABASE_URL) or pass --database-url")
+    return str(url)
+
+
+async def preflight(url: str) -> None:
+    """One connection attempt, so a dead database is one line and exit 3
+    (instead of a pool retrying, and warning, until its timeout)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise CommandError(f"cannot reach the database: {first}", Exit.UNREACHABLE) from exc
+    except psycopg.ProgrammingError as exc:
+        raise CommandError(f"invalid database URL: {exc}", Exit.USAGE) from exc
+    await conn.close()
 
 
 @dataclass(frozen=True)
@@ -111,10 +168,12 @@ def run_command(
     args: argparse.Namespace, body: Callable[[Client], Awaitable[int]], *, prog: str
 ) -> int:
     """Open a client, run ``body``, and turn chatd errors into a message and
-    exit status 1 (2 for usage errors)."""
+    an `Exit` status (1 when chatd refused, 3 when the database is unreachable)."""
 
     async def main() -> int:
-        async with await Client.connect(database_url(args), application_name=f"chatd {prog}") as c:
+        url = database_url(args)
+        await preflight(url)
+        async with await Client.connect(url, application_name=f"chatd {prog}") as c:
             return await body(c)
 
     try:
@@ -125,13 +184,15 @@ def run_command(
             print(f"  {exc.detail}", file=sys.stderr)
         if exc.hint:
             print(f"  {exc.hint}", file=sys.stderr)
-        return 1
+        return Exit.FAILED
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        print(f"chatd {prog}: database error: {first}", file=sys.stderr)
+        return Exit.UNREACHABLE
     except (psycopg.Error, OSError, TimeoutError) as exc:
         print(f"chatd {prog}: database error: {str(exc).strip() or type(exc).__name__}",
               file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return Exit.FAILED
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:

@@ -13,14 +13,20 @@ from pathlib import Path
 
 import psycopg
 
+from chatd.cli.common import Exit
 from chatd.localpg import LocalCluster, PostgresNotFound
+
+EXAMPLE = """export DATABASE_URL=$(chatd db start)
+chatd db stop"""
 
 DEFAULT_STATE = Path(".chatd/db.json")
 DATABASE = "chatd"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["start", "stop", "url"])
+    parser.add_argument("action", choices=["start", "stop", "url"],
+                        help="start a cluster and print its URL, stop and remove it, "
+                        "or print the URL of the running one")
     parser.add_argument("--state-file", type=Path, default=DEFAULT_STATE,
                         help=f"where the running cluster is recorded (default {DEFAULT_STATE})")
 
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         cluster = LocalCluster.create().start()
     except PostgresNotFound as exc:
         print(f"chatd db: {exc}", file=sys.stderr)
-        return 2
+        return Exit.FAILED
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {DATABASE}")
     state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -328,6 +328,9 @@ async def _final_states(client: Client, user: UUID, scenarios: list[Scenario]) -
               f"{f'{tokens_in}/{tokens_out}':>14} {cost:>10.6f}  {error}")
 
 
+EXAMPLE = "chatd demo --llm fake"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run chatd end to end: a throwaway PostgreSQL (unless DATABASE_URL is set), a worker, "

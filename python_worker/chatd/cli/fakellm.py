@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = "chatd fakellm --host 0.0.0.0 --port 8080"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import argparse
 
-from chatd.cli.common import add_database_argument, run_command, table
+from chatd.cli.common import (
+    add_database_argument,
+    add_json_argument,
+    print_json,
+    run_command,
+    table,
+)
 from chatd.client import Client
 from chatd.protocol import queries
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = """chatd providers add ollama --kind openai-compat --base-url http://localhost:11434/v1
+chatd providers add openai --kind openai --api-key-env OPENAI_API_KEY
+chatd providers list --json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = sub.add_parser("add", help="add a provider, or update the one with this name")
     add.add_argument("name", help="unique provider name")
-    add.add_argument("--kind", required=True, choices=["openai", "openai-compat", "anthropic"])
+    add.add_argument("--kind", required=True, choices=["openai", "openai-compat", "anthropic"],
+                     help="the API the provider speaks (required)")
     add.add_argument("--base-url", default=None,
                      help="API base URL (required for openai-compat, e.g. http://localhost:11434/v1)")
     add.add_argument("--api-key-env", default=None, metavar="VAR",
@@ -35,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_argument(add)
     ls = sub.add_parser("list", help="list providers")
     add_database_argument(ls)
+    add_json_argument(ls)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,5 +65,9 @@ async def _providers(client: Client, args: argparse.Namespace) -> int:
     rows = await client.fetch(
         queries.LIST_PROVIDERS
     )
+    keys = ["name", "kind", "base_url", "api_key_env", "enabled", "auth_header", "api", "id"]
+    if args.json:
+        print_json([dict(zip(keys, row, strict=True)) for row in rows])
+        return 0
     print(table([list(r) for r in rows], ["NAME", "KIND", "BASE URL", "KEY ENV", "ENABLED", "AUTH HEADER", "API", "ID"]))
     return 0

@@ -24,7 +24,9 @@ from chatd.client import (
     TitleEvent,
 )
 
-__all__ = ["add_arguments", "describe", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "describe", "run"]
+
+EXAMPLE = "chatd watch 0b7e2f9c-... --json --exit-when-idle"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

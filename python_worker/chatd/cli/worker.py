@@ -8,11 +8,14 @@ import logging
 import signal
 import sys
 
+from chatd.cli.common import Exit
 from chatd.config import OPTIONS, WorkerConfig, config_from_args
 from chatd.logs import setup_logging
 from chatd.worker import Worker, WorkerFatal
 
-__all__ = ["add_arguments", "add_worker_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "add_worker_arguments", "run"]
+
+EXAMPLE = """DATABASE_URL=postgresql://chatd_worker@db/app chatd worker --max-chats 20 --metrics-port 9100"""
 
 log = logging.getLogger("chatd.worker")
 
@@ -30,14 +33,16 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (flag, else environment variable, else default)")
     for option in OPTIONS:
         flag = "--" + option.name.replace("_", "-")
-        default = "off" if option.default is None else option.default
-        help_text = f"{option.help} [env {option.env}; default {default}]"
+        # a setting without a static default says in its own help what applies
+        default = "" if option.default is None else f"; default {option.default}"
+        help_text = f"{option.help} [env {option.env}{default}]"
         if option.is_flag:
             group.add_argument(flag, dest=option.name, action="store_const", const=True,
                                default=None, help=help_text)
         else:
             group.add_argument(flag, dest=option.name, type=option.parse, default=None,
-                               metavar=option.name.upper(), help=help_text)
+                               choices=option.choices, metavar=option.name.upper(),
+                               help=help_text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"chatd worker: {exc}", file=sys.stderr)
-        return 2
+        return Exit.USAGE
     setup_logging(config.log_level, config.log_format)
     return asyncio.run(_main(config))
 
@@ -60,5 +65,5 @@ async def _main(config: WorkerConfig) -> int:
     except WorkerFatal as exc:
         log.error("%s", exc)
         print(f"chatd worker: {exc}", file=sys.stderr)
-        return 1
+        return Exit.UNREACHABLE if exc.unreachable else Exit.FAILED
     return 0

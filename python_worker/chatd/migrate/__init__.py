@@ -21,10 +21,13 @@ review and apply with ``psql -v ON_ERROR_STOP=1 -f``; the runner recognises
 migrations applied that way because the ledger rows are identical.
 
 Here: `sources` (finding and reading the files), `runner` (apply, down,
-status, the ledger and its lock), `plan` (the plan as SQL). The `chatd
+status, the ledger and its lock), `plan` (the plan as SQL), `export` (the
+plan as Flyway-style numbered files, for teams whose own migrator owns the
+database). The `chatd
 migrate` command is chatd.cli.migrate. May import psycopg and sqlparse only.
 """
 
+from chatd.migrate.export import export_flyway
 from chatd.migrate.plan import plan_sql
 from chatd.migrate.runner import (
     ApplyResult,
@@ -38,6 +41,9 @@ from chatd.migrate.runner import (
 )
 from chatd.migrate.sources import (
     ADVISORY_LOCK_KEY,
+    DEFAULT_LOCK_TIMEOUT,
+    NO_TRANSACTION_MARKER,
+    DatabaseUnreachable,
     DriftError,
     MigrationError,
     MigrationFailed,
@@ -48,7 +54,10 @@ from chatd.migrate.sources import (
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
+    "DEFAULT_LOCK_TIMEOUT",
+    "NO_TRANSACTION_MARKER",
     "ApplyResult",
+    "DatabaseUnreachable",
     "DriftError",
     "MigrationError",
     "MigrationFailed",
@@ -57,6 +66,7 @@ __all__ = [
     "apply",
     "connect",
     "down",
+    "export_flyway",
     "find_sql_root",
     "load_sources",
     "plan_sql",

@@ -17,6 +17,7 @@ from chatd.migrate.runner import (
 )
 from chatd.migrate.sources import (
     ADVISORY_LOCK_KEY,
+    DEFAULT_LOCK_TIMEOUT,
     LEDGER_DDL,
     Ledger,
     Migration,
@@ -33,6 +34,7 @@ def plan_sql(
     to: int | None = None,
     down_to: int | None = None,
     sources: Sources | None = None,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
 ) -> str:
     """The plan as one plain SQL script, ledger writes included.
 
@@ -48,6 +50,8 @@ def plan_sql(
             ledger = read_ledger(conn)
         check_drift(sources, ledger)
     lock = f"DO $chatd_lock$ BEGIN PERFORM pg_advisory_xact_lock({ADVISORY_LOCK_KEY}); END $chatd_lock$;"
+    if lock_timeout:  # each step waits at most this long for a lock (see DEFAULT_LOCK_TIMEOUT)
+        lock += f"\nSET LOCAL lock_timeout = {_literal(lock_timeout)};"
     out = [
         f"-- chatd {__version__} migration plan, generated {datetime.now():%Y-%m-%d %H:%M:%S}",
         f"-- for: {redact(dsn) if dsn else 'an empty database'}",

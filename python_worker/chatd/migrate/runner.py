@@ -17,7 +17,9 @@ from psycopg.rows import TupleRow
 
 from chatd.migrate.sources import (
     ADVISORY_LOCK_KEY,
+    DEFAULT_LOCK_TIMEOUT,
     LEDGER_DDL,
+    DatabaseUnreachable,
     DriftError,
     Ledger,
     MigrationError,
@@ -103,12 +105,23 @@ def _run_file(conn: psycopg.Connection[TupleRow], path: Path, text: str) -> None
         except psycopg.Error as exc:
             diag = exc.diag
             where = f"\n  context: {diag.context}" if diag.context else ""
+            hint = (
+                "\n  hint: a lock it needs is held by another session (lock_timeout); "
+                "retry when it ends, or pass a longer --lock-timeout"
+                if diag.sqlstate == "55P03" else ""
+            )
             raise MigrationFailed(
                 f"{path.name}: statement {index} (line {stmt.line}) failed and the "
                 f"transaction was rolled back:\n  {_first_line(stmt.text)}\n"
                 f"  {diag.severity or 'ERROR'} {diag.sqlstate or ''}: "
-                f"{diag.message_primary or exc}{where}"
+                f"{diag.message_primary or exc}{where}{hint}"
             ) from exc
+
+
+def _set_lock_timeout(conn: psycopg.Connection[TupleRow], lock_timeout: str | None) -> None:
+    """SET LOCAL lock_timeout for the current transaction (None: the server's)."""
+    if lock_timeout:
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
 
 
 # ---------------------------------------------------------------------------
@@ -142,7 +155,8 @@ def connect(dsn: str | None) -> psycopg.Connection[TupleRow]:
             dsn, autocommit=True, connect_timeout=10, application_name="chatd-migrate"
         )
     except psycopg.OperationalError as exc:
-        raise MigrationError(f"cannot connect to {redact(dsn)}: {exc}".rstrip()) from exc
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise DatabaseUnreachable(f"cannot connect to {redact(dsn)}: {first}") from exc
     return conn
 
 
@@ -230,9 +244,11 @@ def apply(
     to: int | None = None,
     sources: Sources | None = None,
     log: Log = _stderr,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
 ) -> ApplyResult:
     """Apply pending migrations up to ``to`` (default: the latest), then the
-    repeatable files if any changed and the schema is at the latest version."""
+    repeatable files if any changed and the schema is at the latest version.
+    Each transaction waits at most ``lock_timeout`` for any lock."""
     sources = sources or load_sources()
     target = sources.latest if to is None else to
     if target > sources.latest or (target != 0 and sources.migration(target) is None):
@@ -252,6 +268,7 @@ def apply(
                 continue
             started = time.monotonic()
             with conn.transaction():
+                _set_lock_timeout(conn, lock_timeout)
                 _run_file(conn, migration.up_path, migration.up_sql)
                 conn.execute(
                     "INSERT INTO chatd_meta.migrations (version, name, checksum) "
@@ -267,6 +284,7 @@ def apply(
         ):
             started = time.monotonic()
             with conn.transaction():
+                _set_lock_timeout(conn, lock_timeout)
                 for repeatable in sources.repeatables:
                     _run_file(conn, repeatable.path, repeatable.sql)
                 _record_repeatables(conn, sources)
@@ -290,7 +308,8 @@ def _record_repeatables(conn: psycopg.Connection[TupleRow], sources: Sources) ->
 
 
 def down(
-    dsn: str | None, to: int, *, sources: Sources | None = None, log: Log = _stderr
+    dsn: str | None, to: int, *, sources: Sources | None = None, log: Log = _stderr,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
 ) -> list[str]:
     """Revert every applied migration above version ``to``, newest first."""
     sources = sources or load_sources()
@@ -305,6 +324,7 @@ def down(
             migration = sources.migration(version)
             assert migration is not None  # check_drift guarantees it
             with conn.transaction():
+                _set_lock_timeout(conn, lock_timeout)
                 _run_file(conn, migration.down_path, migration.down_sql)
                 conn.execute("DELETE FROM chatd_meta.migrations WHERE version = %s", (version,))
                 # Repeatable objects may have gone with the schema they lived in;

@@ -13,6 +13,9 @@ from pathlib import Path
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
+    "DEFAULT_LOCK_TIMEOUT",
+    "NO_TRANSACTION_MARKER",
+    "DatabaseUnreachable",
     "DriftError",
     "Ledger",
     "Migration",
@@ -45,11 +48,25 @@ CREATE TABLE IF NOT EXISTS chatd_meta.repeatables (
 );
 """
 
+# Every migration step waits at most this long for a lock (SET LOCAL
+# lock_timeout), so a migration queued behind a long transaction fails fast
+# instead of blocking every query queued behind it. Set by the runner and by
+# printed plans, never written into the files (their checksums stay).
+DEFAULT_LOCK_TIMEOUT = "5s"
+
+# First line of a migration that must run outside a transaction (CREATE INDEX
+# CONCURRENTLY); printed and exported unchanged.
+NO_TRANSACTION_MARKER = "-- chatd:no-transaction"
+
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 
 
 class MigrationError(Exception):
     """A migration problem the operator must fix; the message says how."""
+
+
+class DatabaseUnreachable(MigrationError):
+    """The database cannot be reached or refused the login."""
 
 
 class DriftError(MigrationError):

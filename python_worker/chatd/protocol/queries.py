@@ -116,9 +116,8 @@ SET_GROUP_LIMIT: Final = "SELECT chatd.admin_set_group_limit(%s, %s, %s)"
 UPSERT_MODEL: Final = "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 LIST_MODELS: Final = (
-    "SELECT p.name, m.model, m.display_name, "
-    "CASE WHEN m.is_default THEN 'yes' ELSE '' END, m.enabled, "
-    "concat_ws(' / ', m.input_price_per_mtok::float8, m.output_price_per_mtok::float8), m.id "
+    "SELECT p.name, m.model, m.display_name, m.is_default, m.enabled, "
+    "m.input_price_per_mtok, m.output_price_per_mtok, m.id "
     "FROM chatd.model_configs AS m JOIN chatd.providers AS p ON p.id = m.provider_id "
     "ORDER BY p.name, m.model"
 )
@@ -126,8 +125,7 @@ LIST_MODELS: Final = (
 UPSERT_PROVIDER: Final = "SELECT chatd.admin_upsert_provider(%s, %s, %s, %s, %s, %s, %s, %s)"
 
 LIST_PROVIDERS: Final = (
-    "SELECT p.name, p.kind::text, coalesce(p.base_url, ''), coalesce(p.api_key_env, ''), "
-    "p.enabled, coalesce(p.auth_header, ''), "
+    "SELECT p.name, p.kind::text, p.base_url, p.api_key_env, p.enabled, p.auth_header, "
     "coalesce(p.api, CASE WHEN p.kind = 'anthropic' THEN 'messages' ELSE 'chat_completions' END), "
     "p.id FROM chatd.providers AS p ORDER BY p.name"
 )
@@ -148,3 +146,23 @@ ROLE_EXISTS: Final = "SELECT 1 FROM pg_roles WHERE rolname = %s"
 
 # a template for psycopg.sql.SQL(...).format(login=Identifier, role=Identifier)
 CREATE_LOGIN_ROLE: Final = "CREATE ROLE {login} LOGIN IN ROLE {role}"
+
+# `chatd check`: the health report (sql/60_health.sql)
+HEALTH: Final = "SELECT h.live_workers, h.stuck_chats, h.oldest_stuck_since FROM chatd.health() AS h"
+
+# `chatd spend`: the reporting views of sql/55_spend_views.sql (current period)
+SPEND_PERIOD: Final = (
+    "SELECT period::text, period_start, resets_at FROM chatd.spend_current_period"
+)
+SPEND_BY_ORGANIZATION: Final = (
+    "SELECT organization_id, organization_name, spent_micros, users, priced_messages "
+    "FROM chatd.spend_by_organization ORDER BY spent_micros DESC, organization_name"
+)
+SPEND_BY_USER: Final = (
+    "SELECT user_id, username, spent_micros, limit_micros, limit_source, priced_messages, "
+    "organizations FROM chatd.spend_by_user ORDER BY spent_micros DESC, username"
+)
+SPEND_BY_MODEL: Final = (
+    "SELECT model_config_id, provider_name, model, spent_micros, messages, unpriced_messages, "
+    "input_tokens, output_tokens FROM chatd.spend_by_model ORDER BY spent_micros DESC, model"
+)

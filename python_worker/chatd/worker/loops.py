@@ -42,6 +42,8 @@ async def claim_loop(worker: Worker) -> None:
                 log_failure(log, "claim", exc)
                 await worker.sleep_unless_stopping(min(0.1 * 2**failures, 5.0))
                 continue
+            if rows:
+                worker.metrics.claim_batch.observe(len(rows))
             for row in rows:
                 worker._start_turn(Claim(*row))
             if rows and len(rows) == room:

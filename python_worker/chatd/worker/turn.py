@@ -27,7 +27,7 @@ from chatd.llm import (
     TextDelta,
     estimate_usage,
 )
-from chatd.logs import log_failure, reason
+from chatd.logs import bind, log_failure, reason
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import BatchFailed
@@ -161,6 +161,9 @@ class TurnRun:
             self.flusher = asyncio.create_task(self.flush(), name=f"flush {self.claim.chat_id}")
             self.flusher.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
     async def flush(self) -> None:
         output, claim = self.output, self.claim
         async with self.flush_lock:
@@ -179,7 +182,7 @@ class TurnRun:
                 log_failure(log, f"publish_parts for chat {claim.chat_id}", exc)
                 return
             self.seq += 1
-            self.worker.metrics.inc("chatd_worker_part_flushes_total")
+            self.worker.metrics.published(len(parts))
 
     async def flush_stragglers(self) -> None:
         interval = self.worker.config.flush_interval
@@ -215,6 +218,8 @@ class TurnRun:
                 claim.spec(), claim.prompt(), startup_timeout=worker.startup_timeout,
                 idle_timeout=config.idle_timeout, clients=worker.clients,
             ):
+                if isinstance(event, (TextDelta, ReasoningDelta)) and not (output.text or output.reasoning):
+                    worker.metrics.first_token.labels(claim.spec().provider_name).observe(self.elapsed())
                 if isinstance(event, TextDelta):
                     output.add("text", event.text)
                 elif isinstance(event, ReasoningDelta):
@@ -234,6 +239,8 @@ class TurnRun:
 
     async def run(self) -> None:
         turn, claim, output = self.turn, self.claim, self.output
+        bind(chat_id=str(claim.chat_id), lease=claim.lease,
+             provider=(self.claim.model.get("provider") or {}).get("name"))
         try:
             if not claim.history_complete:
                 await load_history(self.worker, claim)
@@ -249,7 +256,7 @@ class TurnRun:
             if not await self._publish_and_finish(final):
                 await self.flush()
                 await self._write_result(queries.FINISH_TURN, final, claim)
-            self.worker.metrics.inc("chatd_worker_turns_finished_total")
+            self.worker.metrics.turn_ended("finished", self.elapsed())
         except ChatTurnError as failure:
             turn.finishing = True
             await self._record_failure(claim, failure.error)
@@ -258,6 +265,7 @@ class TurnRun:
             # whether the partial message may still be saved under this lease.
             log.info("chat %s: lease %d lost", claim.chat_id, claim.lease)
             self.worker.metrics.inc("chatd_worker_leases_lost_total")
+            self.worker.metrics.turn_ended("lost", self.elapsed())
             if output.content():
                 await self._save_interrupted(self.result(self.finished), claim)
         except asyncio.CancelledError:
@@ -303,7 +311,7 @@ class TurnRun:
             output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
             return False
         if parts:
-            self.worker.metrics.inc("chatd_worker_part_flushes_total")
+            self.worker.metrics.published(len(parts))
         return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:
@@ -349,7 +357,7 @@ class TurnRun:
         save.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
         try:
             await asyncio.shield(save)
-            self.worker.metrics.inc("chatd_worker_turns_interrupted_total")
+            self.worker.metrics.turn_ended("interrupted", self.elapsed())
         except (LeaseLost, psycopg.Error, TimeoutError) as exc:
             log.info("chat %s: partial message not saved: %s", claim.chat_id, exc)
 
@@ -357,7 +365,8 @@ class TurnRun:
         """record_failure, retried like finish_turn on transient errors (the
         chat stays reported by the heartbeat meanwhile)."""
         if not fallback:
-            self.worker.metrics.inc("chatd_worker_turn_failures_total")
+            self.worker.metrics.failure(error.kind, error.provider)
+            self.worker.metrics.turn_ended("failed", self.elapsed())
         failures = 0
         while True:
             try:
@@ -377,7 +386,8 @@ class TurnRun:
                             max(0.0, float(due_in)) + 0.01, self.worker.wake.set
                         )
                     log.info("chat %s: %s (%s) -> %s, attempt %s, next at %s", claim.chat_id,
-                             error.kind, error.message, status, attempt, next_at)
+                             error.kind, error.message, status, attempt, next_at,
+                             extra={"error_kind": str(getattr(error.kind, "value", error.kind))})
                 return
             except LeaseLost:
                 log.info("chat %s: lease lost before the failure was recorded", claim.chat_id)

@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from chatd.config import WorkerConfig
 from chatd.listener import Listener
 from chatd.llm import ClientCache, stream_turn
-from chatd.logs import log_failure, reason
+from chatd.logs import bind, log_failure, reason
 from chatd.metrics import Metrics, serve_metrics
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
@@ -61,7 +61,12 @@ StreamFn = Callable[..., Any]
 
 
 class WorkerFatal(RuntimeError):
-    """A condition the worker cannot recover from by retrying."""
+    """A condition the worker cannot recover from by retrying; ``unreachable``
+    when the database refused the connection or login."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class Outage:
@@ -99,6 +104,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.turns: dict[UUID, Turn] = {}
         self.metrics = Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self.turns))
         self.clients = ClientCache()
         self.heartbeat_interval = config.heartbeat_interval or 5.0
         self.startup_timeout = 60.0
@@ -135,6 +141,7 @@ class Worker:
     ) -> list[TupleRow]:
         """One statement on a pooled autocommit connection, under a deadline."""
         self.metrics.inc("chatd_worker_db_calls_total")
+        started = time.monotonic()
         try:
             async with asyncio.timeout(deadline or self.config.db_timeout):
                 async with self.pool.connection() as conn:
@@ -154,6 +161,8 @@ class Worker:
             self.metrics.inc("chatd_worker_db_timeouts_total")
             self.outage.failed(query, exc)
             raise
+        finally:
+            self.metrics.db_call(query, time.monotonic() - started)
 
     def _heal_pool(self) -> None:
         """After a connection-level error (a server restart drops every
@@ -187,9 +196,11 @@ class Worker:
             except psycopg.OperationalError as exc:
                 message = str(exc)
                 if any(hint in message for hint in _FATAL_CONNECT_HINTS):
-                    raise WorkerFatal(f"cannot use the database: {message.strip()}") from exc
+                    raise WorkerFatal(f"cannot use the database: {message.strip()}",
+                                      unreachable=True) from exc
                 if self.stopping.is_set():
-                    raise WorkerFatal("stopped before the database could be reached") from exc
+                    raise WorkerFatal("stopped before the database could be reached",
+                                      unreachable=True) from exc
                 log.warning("database unreachable, retrying in %.1fs: %s", delay, message.strip())
                 await self.sleep_unless_stopping(delay)
                 delay = min(delay * 2, 10.0)
@@ -217,6 +228,7 @@ class Worker:
         await self._pool.open(wait=True, timeout=30)
 
     async def run(self) -> None:
+        bind(worker_id=self.config.worker_id)  # a field of every line of this worker's tasks
         await self.connect()
         mode = "passive" if self.config.passive else "poll-only" if self.config.poll_only else "listening"
         log.info("worker %s started (%s, max_chats=%d)", self.config.worker_id, mode, self.config.max_chats)
@@ -229,7 +241,10 @@ class Worker:
             loops.append(claim_loop(self))
         metrics_server = None
         if self.config.metrics_port is not None:
-            metrics_server = await serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
+            metrics_server = await serve_metrics(
+                self.metrics, self.config.metrics_host, self.config.metrics_port,
+                healthz=self.healthz, readyz=self.readyz,
+            )
         tasks = [asyncio.create_task(loop) for loop in loops]
         stop_wait = asyncio.create_task(self.stopping.wait())
         try:
@@ -253,6 +268,20 @@ class Worker:
             await self.clients.aclose()
             await self.pool.close(timeout=max(self._shutdown_left(), 0.1))
             log.info("worker %s stopped", self.config.worker_id)
+
+    async def healthz(self) -> tuple[bool, str]:
+        """Liveness (/healthz): running, and the LISTEN connection is up."""
+        if self.listener is not None and self.listener.backend_pid is None:
+            return False, "listener not connected"
+        return True, "ok"
+
+    async def readyz(self) -> tuple[bool, str]:
+        """Readiness (/readyz): a pooled query answers and the schema is there."""
+        try:
+            rows = await self._fetch(queries.SCHEMA_PRESENT, {})
+        except (psycopg.Error, TimeoutError) as exc:
+            return False, f"database: {reason(exc)}"
+        return (True, "ok") if rows and rows[0][0] else (False, "the chatd schema is missing")
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does): ``run()`` returns

@@ -58,8 +58,9 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     client.close()
 
 
-def _our_containers(client: Any) -> list[Any]:
-    return list(client.containers.list(all=True, filters={"label": f"{CONTAINER_LABEL}={os.getpid()}"}))
+def _container_ids(client: Any) -> set[str]:
+    """Every container of this process (the session's own ``pg`` among them)."""
+    return {c.id for c in client.containers.list(all=True, filters={"label": f"{CONTAINER_LABEL}={os.getpid()}"})}
 
 
 @pytest.mark.containers
@@ -68,6 +69,7 @@ def test_a_container_session_gets_the_test_settings_and_no_reaper(
 ) -> None:
     monkeypatch.setenv("CHATD_TEST_DOCKER", "always")
     before = {c.id for c in engine.containers.list(all=True)}
+    ours = _container_ids(engine)
     server = start_server()
     try:
         assert server.source == "testcontainers"
@@ -81,7 +83,7 @@ def test_a_container_session_gets_the_test_settings_and_no_reaper(
         assert [c.labels.get(CONTAINER_LABEL) for c in new] == [str(os.getpid())]  # no Ryuk beside it
     finally:
         server.stop()
-    assert _our_containers(engine) == []
+    assert _container_ids(engine) == ours
 
 
 @pytest.mark.containers
@@ -117,9 +119,10 @@ def test_a_container_that_cannot_start_is_removed_and_reported(
     assert base is not None, "scripts/build-test-image.sh builds chatd-debian:<suite>"
     monkeypatch.setenv("CHATD_TEST_DOCKER", "always")
     monkeypatch.setenv("CHATD_TEST_IMAGE", base)
+    ours = _container_ids(engine)
     with pytest.raises(HarnessError, match=f"could not start a PostgreSQL container from {base}"):
         start_server()
-    assert _our_containers(engine) == []
+    assert _container_ids(engine) == ours
 
 
 @pytest.mark.containers
@@ -128,6 +131,7 @@ def test_a_server_that_exits_is_reported_with_its_log_and_removed(
 ) -> None:
     monkeypatch.setenv("CHATD_TEST_DOCKER", "always")
     monkeypatch.setattr("chatd.testing.harness.TEST_CLUSTER_SETTINGS", {"no_such_setting": "1"})
+    ours = _container_ids(engine)
     with pytest.raises(HarnessError, match="exited:(.|\n)*no_such_setting"):
         start_server()
-    assert _our_containers(engine) == []
+    assert _container_ids(engine) == ours

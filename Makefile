@@ -14,7 +14,7 @@ APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps test test-containers test-python test-sdk-floors lint migrate db db-stop demo bench clean
+.PHONY: help setup system-deps container-deps test test-containers test-python test-sdk-floors lint migrate db db-stop demo bench clean
 
 # The oldest SDKs pyproject.toml accepts: `make test-sdk-floors` runs the
 # provider tests against them in a throwaway virtualenv.
@@ -65,8 +65,13 @@ test: setup lint
 # docker.io, installed if missing), images built locally from a debootstrap
 # base (debootstrap installed if missing), then the pgTAP and migration suites
 # through testcontainers and a smoke test of the chatd image. Exit 77: no engine.
-test-containers: setup
+test-containers: setup container-deps
 	BIN=$(BIN) PYTEST_ARGS="$(PYTEST_ARGS)" scripts/test-containers.sh
+
+# Debian's docker.io and debootstrap, without recommended packages, as root
+# (the package's init script is kept from starting a system-wide engine).
+container-deps:
+	scripts/container-engine.sh install
 
 lint: $(STAMP)
 	$(BIN)/sqlfluff lint --disable-progress-bar migrations/ sql/ tests/sql/

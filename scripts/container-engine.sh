@@ -5,6 +5,7 @@
 #   scripts/container-engine.sh stop     remove chatd's containers, stop dockerd
 #   scripts/container-engine.sh status   exit 0 and print the socket when the engine answers
 #   scripts/container-engine.sh env      print `export DOCKER_HOST=...` for eval
+#   scripts/container-engine.sh install  only install what is missing: docker.io, debootstrap
 #
 # The engine listens on a private socket ($CHATD_DOCKER_SOCK, default
 # /run/chatd-docker.sock) with a private data root ($CHATD_DOCKER_ROOT, default
@@ -30,10 +31,13 @@ die() { echo "container-engine: $*" >&2; exit 1; }
 answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
 install_engine() {
-    command -v dockerd >/dev/null && command -v docker >/dev/null && return 0
+    local packages=""
+    command -v dockerd >/dev/null && command -v docker >/dev/null || packages=" docker.io"
+    [ "${1:-}" != with-debootstrap ] || command -v debootstrap >/dev/null || packages="$packages debootstrap"
+    [ -n "$packages" ] || return 0
     [ "$(id -u)" = 0 ] || die "dockerd is not installed; run as root to install Debian's docker.io"
     command -v apt-get >/dev/null || die "dockerd is not installed and this is not a Debian system"
-    echo "container-engine: installing Debian's docker.io (no recommended packages)" >&2
+    echo "container-engine: installing Debian's$packages (no recommended packages)" >&2
     # Keep the package's init script from starting a system-wide engine:
     # a temporary policy-rc.d (only when none exists), removed afterwards.
     local policy=/usr/sbin/policy-rc.d own_policy=0
@@ -42,14 +46,14 @@ install_engine() {
     fi
     local rc=0
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o DPkg::Lock::Timeout=300 docker.io >/dev/null || rc=$?
+        -o DPkg::Lock::Timeout=300 $packages >/dev/null || rc=$?
     if [ "$rc" != 0 ]; then
         apt-get update -qq -o DPkg::Lock::Timeout=300 && \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            -o DPkg::Lock::Timeout=300 docker.io >/dev/null && rc=0
+            -o DPkg::Lock::Timeout=300 $packages >/dev/null && rc=0
     fi
     [ "$own_policy" = 1 ] && rm -f "$policy"
-    [ "$rc" = 0 ] || die "could not install docker.io"
+    [ "$rc" = 0 ] || die "could not install$packages"
 }
 
 start() {
@@ -104,5 +108,6 @@ case "${1:-}" in
     stop) stop ;;
     status) if answers; then echo "running on $SOCK"; else echo "not running"; exit 1; fi ;;
     env) echo "export DOCKER_HOST=$DOCKER_HOST" ;;
-    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    install) install_engine with-debootstrap ;;
+    *) echo "usage: $0 start|stop|status|env|install" >&2; exit 2 ;;
 esac

@@ -105,6 +105,7 @@ def test_a_missing_image_falls_back_to_the_local_cluster_and_says_so(
     server = start_server()
     try:
         assert server.source == "local"
+        assert "chatd-no-such-image:1 is not in the Docker engine" in server.note  # in the session summary
     finally:
         server.stop()
     assert "using a local cluster instead" in capsys.readouterr().err

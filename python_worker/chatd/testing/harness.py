@@ -82,7 +82,7 @@ class DatabaseServer:
     admin_dsn: str
     source: str  # env | testcontainers | local
     cluster: LocalCluster | None = None
-    note: str = ""  # the image, for testcontainers
+    note: str = ""  # the image (testcontainers), why no container (local)
     _stop: list[Any] = field(default_factory=list)
 
     def dsn(self, dbname: str) -> str:
@@ -115,9 +115,10 @@ class DatabaseServer:
         self._stop.clear()
 
 
-def _start_container(mode: str) -> DatabaseServer | None:
-    """The testcontainers server, or None to fall back to the local cluster
-    (``auto`` mode, said on stderr); HarnessError in ``always`` mode."""
+def _start_container(mode: str) -> DatabaseServer | str:
+    """The testcontainers server, or why not: the local cluster follows in
+    ``auto`` mode (the reason said on stderr and in the session summary);
+    HarnessError in ``always`` mode."""
     image = default_image()
     client = engine_answers()
     if client is None:
@@ -126,14 +127,14 @@ def _start_container(mode: str) -> DatabaseServer | None:
                 "CHATD_TEST_DOCKER=always but no Docker engine answers "
                 f"(DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}; scripts/container-engine.sh start)"
             )
-        return None
+        return ""  # no engine: the usual case, nothing to say
     try:
         dsn, remove = start_postgres(client, image, TEST_CLUSTER_SETTINGS)
     except ContainerError as exc:
         if mode == "always":
             raise HarnessError(str(exc)) from exc
         print(f"chatd test harness: {exc}; using a local cluster instead", file=sys.stderr)
-        return None
+        return f"(no container: {exc})"
     finally:
         client.close()
     server = DatabaseServer(dsn, "testcontainers", note=image)
@@ -156,10 +157,12 @@ def start_server() -> DatabaseServer:
     mode = os.environ.get("CHATD_TEST_DOCKER", "auto")
     if mode not in ("auto", "always", "never"):
         raise HarnessError(f"CHATD_TEST_DOCKER must be auto, always or never, not {mode!r}")
+    why_not = ""
     if mode != "never":
-        server = _start_container(mode)
-        if server is not None:
-            return server
+        container = _start_container(mode)
+        if isinstance(container, DatabaseServer):
+            return container
+        why_not = container
     try:
         cluster = LocalCluster.create(settings=TEST_CLUSTER_SETTINGS).start()
     except PostgresNotFound as exc:
@@ -167,7 +170,7 @@ def start_server() -> DatabaseServer:
             "no test database: CHATD_TEST_DATABASE_URL is unset, no Docker engine gave a container, "
             f"and {exc}"
         ) from exc
-    server = DatabaseServer(cluster.dsn(), "local", cluster)
+    server = DatabaseServer(cluster.dsn(), "local", cluster, note=why_not)
     server._stop.append(cluster.stop)
     return server
 

@@ -14,7 +14,7 @@ APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps test test-python test-sdk-floors lint migrate db db-stop demo bench clean
+.PHONY: help setup system-deps container-deps test test-containers test-python test-sdk-floors lint migrate db db-stop demo bench clean
 
 # The oldest SDKs pyproject.toml accepts: `make test-sdk-floors` runs the
 # provider tests against them in a throwaway virtualenv.
@@ -25,6 +25,7 @@ help:
 	@echo "make setup    create $(VENV), install chatd with dev extras, install PostgreSQL test extensions"
 	@echo "make test     setup, then lint + the whole suite (pgTAP, Python, migrations)"
 	@echo "make lint     sqlfluff (migrations/, sql/, tests/sql/), squawk (new migrations), ruff, mypy"
+	@echo "make test-containers  pgTAP + migration suites through testcontainers, chatd image smoke test (root; starts a private Docker engine)"
 	@echo "make test-sdk-floors  provider tests against the oldest declared openai/anthropic SDKs"
 	@echo "make migrate  apply migrations to \$$DATABASE_URL"
 	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
@@ -63,6 +64,18 @@ test: setup lint
 # squawk lints migrations from this version on (.squawk.toml has the rules);
 # the older ones are applied everywhere and frozen by their checksums.
 SQUAWK_FROM ?= 0009
+
+# The container path (scripts/test-containers.sh): a private dockerd (Debian's
+# docker.io, installed if missing), images built locally from a debootstrap
+# base (debootstrap installed if missing), then the pgTAP and migration suites
+# through testcontainers and a smoke test of the chatd image. Exit 77: no engine.
+test-containers: setup container-deps
+	BIN=$(BIN) PYTEST_ARGS="$(PYTEST_ARGS)" scripts/test-containers.sh
+
+# Debian's docker.io and debootstrap, without recommended packages, as root
+# (the package's init script is kept from starting a system-wide engine).
+container-deps:
+	scripts/container-engine.sh install
 
 lint: $(STAMP)
 	$(BIN)/sqlfluff lint --disable-progress-bar migrations/ sql/ tests/sql/

@@ -4,8 +4,11 @@ Where the database comes from, in order:
 
 1. ``CHATD_TEST_DATABASE_URL``: an existing server (the role needs CREATEDB;
    pgTAP and plpgsql_check must be installable there);
-2. a testcontainers PostgreSQL when a Docker engine answers (pgTAP and
-   plpgsql_check are installed into the container with apt);
+2. a testcontainers PostgreSQL when a Docker engine answers and has the
+   image (``CHATD_TEST_IMAGE``, default ``chatd-test-postgres:15``, carrying
+   pgTAP and plpgsql_check; see chatd.testing.containers); otherwise, or when
+   the container fails, the local cluster, said on stderr.
+   ``CHATD_TEST_DOCKER=always`` makes that a HarnessError, ``never`` skips it;
 3. a throwaway local cluster from the PostgreSQL binaries on this machine
    (see chatd.localpg), removed at the end;
 4. otherwise a hard failure saying what to install. Never a silent skip.
@@ -19,6 +22,7 @@ passes, e.g. chatd's own tests/sql/_*.sql); each test gets a fresh database clon
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +35,13 @@ from psycopg import sql
 
 from chatd import migrate
 from chatd.localpg import LocalCluster, PostgresNotFound
+from chatd.testing.containers import (
+    ContainerError,
+    default_image,
+    engine_answers,
+    pg_major,
+    start_postgres,
+)
 
 __all__ = [
     "PGTAP_ASSERTIONS",
@@ -71,6 +82,7 @@ class DatabaseServer:
     admin_dsn: str
     source: str  # env | testcontainers | local
     cluster: LocalCluster | None = None
+    note: str = ""  # the image (testcontainers), why no container (local)
     _stop: list[Any] = field(default_factory=list)
 
     def dsn(self, dbname: str) -> str:
@@ -103,38 +115,30 @@ class DatabaseServer:
         self._stop.clear()
 
 
-def _docker_engine_answers() -> bool:
+def _start_container(mode: str) -> DatabaseServer | str:
+    """The testcontainers server, or why not: the local cluster follows in
+    ``auto`` mode (the reason said on stderr and in the session summary);
+    HarnessError in ``always`` mode."""
+    image = default_image()
+    client = engine_answers()
+    if client is None:
+        if mode == "always":
+            raise HarnessError(
+                "CHATD_TEST_DOCKER=always but no Docker engine answers "
+                f"(DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}; scripts/container-engine.sh start)"
+            )
+        return ""  # no engine: the usual case, nothing to say
     try:
-        import docker  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=3)
-        client.ping()
-        return True
-    except Exception:
-        return False
-
-
-def _start_container() -> DatabaseServer:
-    from testcontainers.postgres import PostgresContainer
-
-    image = os.environ.get("CHATD_TEST_IMAGE", "postgres:15")
-    container = PostgresContainer(image, username="postgres", password="postgres", dbname="postgres")
-    container.start()
-    major = image.split(":")[-1].split(".")[0] if ":" in image else "15"
-    code, output = container.exec(
-        [
-            "sh", "-c",
-            "apt-get update -qq && apt-get install -y -qq "
-            f"postgresql-{major}-pgtap postgresql-{major}-plpgsql-check",
-        ]
-    )
-    if code != 0:
-        container.stop()
-        raise HarnessError(f"could not install pgTAP in the test container:\n{output!r}")
-    host = container.get_container_host_ip()
-    port = container.get_exposed_port(5432)
-    server = DatabaseServer(f"postgresql://postgres:postgres@{host}:{port}/postgres", "testcontainers")
-    server._stop.append(container.stop)
+        dsn, remove = start_postgres(client, image, TEST_CLUSTER_SETTINGS)
+    except ContainerError as exc:
+        if mode == "always":
+            raise HarnessError(str(exc)) from exc
+        print(f"chatd test harness: {exc}; using a local cluster instead", file=sys.stderr)
+        return f"(no container: {exc})"
+    finally:
+        client.close()
+    server = DatabaseServer(dsn, "testcontainers", note=image)
+    server._stop.append(remove)
     return server
 
 
@@ -150,16 +154,23 @@ def start_server() -> DatabaseServer:
                 f"CHATD_TEST_DATABASE_URL is set but the database is unreachable: {exc}"
             ) from exc
         return DatabaseServer(env_dsn, "env")
-    if os.environ.get("CHATD_TEST_DOCKER", "auto") != "never" and _docker_engine_answers():
-        return _start_container()
+    mode = os.environ.get("CHATD_TEST_DOCKER", "auto")
+    if mode not in ("auto", "always", "never"):
+        raise HarnessError(f"CHATD_TEST_DOCKER must be auto, always or never, not {mode!r}")
+    why_not = ""
+    if mode != "never":
+        container = _start_container(mode)
+        if isinstance(container, DatabaseServer):
+            return container
+        why_not = container
     try:
         cluster = LocalCluster.create(settings=TEST_CLUSTER_SETTINGS).start()
     except PostgresNotFound as exc:
         raise HarnessError(
-            "no test database: CHATD_TEST_DATABASE_URL is unset, no Docker engine answers, "
+            "no test database: CHATD_TEST_DATABASE_URL is unset, no Docker engine gave a container, "
             f"and {exc}"
         ) from exc
-    server = DatabaseServer(cluster.dsn(), "local", cluster)
+    server = DatabaseServer(cluster.dsn(), "local", cluster, note=why_not)
     server._stop.append(cluster.stop)
     return server
 
@@ -177,10 +188,12 @@ def build_template(
             try:
                 conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
             except psycopg.Error as exc:
+                major = (pg_major(server.note) if server.note else None) or 15
+                where = (f"the image {server.note} lacks it (scripts/build-test-image.sh builds one that has it)"
+                         if server.source == "testcontainers" else "`make setup` installs it as root")
                 raise HarnessError(
-                    f"the test database cannot load the {extension} extension ({exc}). "
-                    "Install it: apt-get install postgresql-15-pgtap postgresql-15-plpgsql-check "
-                    "(`make setup` does this as root)"
+                    f"the test database cannot load the {extension} extension ({exc}): "
+                    f"postgresql-{major}-pgtap and postgresql-{major}-plpgsql-check are needed; {where}"
                 ) from exc
     migrate.apply(dsn, log=lambda _message: None)
     ensure_login_roles(server.admin_dsn)

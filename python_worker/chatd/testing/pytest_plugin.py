@@ -31,6 +31,14 @@ from chatd.testing.harness import (
 
 __all__ = ["chatd_sql_fixtures", "conn", "db", "factory", "pg", "template_db"]
 
+# Where the session's database came from, printed in the terminal summary.
+SESSION_SERVER: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SESSION_SERVER:
+        terminalreporter.write_line(f"test database: {SESSION_SERVER[0]}")
+
 
 @pytest.fixture(scope="session")
 def chatd_sql_fixtures() -> list[Path]:
@@ -44,6 +52,7 @@ def pg() -> Iterator[DatabaseServer]:
         server = start_server()
     except HarnessError as exc:
         pytest.exit(f"chatd test harness: {exc}", returncode=3)
+    SESSION_SERVER[:] = [f"{server.source} {server.note}".strip()]
     try:
         yield server
     finally:

@@ -137,7 +137,7 @@ def test_json_of_chats_models_providers_and_limits(db: str, conn: psycopg.Connec
     assert [{k: p[k] for k in ("name", "kind", "api_key_env", "enabled")} for p in providers] == [
         {"name": "acme", "kind": "openai", "api_key_env": "ACME_KEY", "enabled": True}
     ]
-    assert set(providers[0]) == {"name", "kind", "base_url", "api_key_env", "enabled", "auth_header", "id"}
+    assert set(providers[0]) == {"name", "kind", "base_url", "api_key_env", "enabled", "auth_header", "api", "id"}
     models = as_json(chatd("models", "list", "--json", "--database-url", db))
     assert [(m["provider"], m["model"], m["default"], Decimal(m["input_price_per_mtok"]),
              m["output_price_per_mtok"]) for m in models] == [("acme", "small", True, Decimal("0.5"), None)]

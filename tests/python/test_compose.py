@@ -1,11 +1,10 @@
 """compose.yaml: the services `docker compose up` starts, their order, and
-that every chatd command they run is one the CLI accepts. Validated with
-`docker compose config` too when the compose plugin is installed."""
+that every chatd command they run is one the CLI accepts. The compose
+plugin is not installed on the machines that run this suite, so the file is
+checked here, not by `docker compose config`."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
@@ -48,14 +47,3 @@ def test_the_worker_serves_probes_outside_its_container_and_drains_on_stop() -> 
     assert "--metrics-host" in worker["command"] and "0.0.0.0" in worker["command"]
     assert "/readyz" in " ".join(worker["healthcheck"]["test"])
     assert worker["stop_grace_period"] == "40s"  # more than CHATD_SHUTDOWN_GRACE (30 s)
-
-
-@pytest.mark.skipif(
-    not shutil.which("docker")
-    or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0,
-    reason="the docker compose plugin is not installed",
-)
-def test_docker_compose_accepts_the_file() -> None:
-    result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PG_MAJOR ?= 15
-APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer
+APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer chromium
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -54,7 +54,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,http]'
 	touch $(STAMP)
 
 test: setup lint
@@ -85,5 +85,5 @@ clean:
 
 test-sdk-floors: system-deps
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/pip install -q -e '.[dev]' $(SDK_FLOORS)
+	$(FLOOR_VENV)/bin/pip install -q -e '.[dev,http]' $(SDK_FLOORS)
 	$(FLOOR_VENV)/bin/pytest tests/python/test_providers.py tests/python/test_provider_turns.py -q $(PYTEST_ARGS)

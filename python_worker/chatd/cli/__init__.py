@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "providers": "add or list LLM providers",
     "limits": "show or set spend limits",
     "demo": "run chatd end to end on a throwaway database and a scripted LLM",
+    "serve": "serve the chats API over HTTP, with SSE streams and a web page",
+    "token": "issue a signed development token for chatd serve",
 }
 
 

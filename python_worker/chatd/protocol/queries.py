@@ -146,3 +146,17 @@ ROLE_EXISTS: Final = "SELECT 1 FROM pg_roles WHERE rolname = %s"
 
 # a template for psycopg.sql.SQL(...).format(login=Identifier, role=Identifier)
 CREATE_LOGIN_ROLE: Final = "CREATE ROLE {login} LOGIN IN ROLE {role}"
+
+# ---------------------------------------------------------------------- chatd serve (chatd.http)
+
+#: one page of messages after a message id (GET /api/chats/{id}/messages)
+GET_MESSAGES_PAGE: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s, %s)"
+
+APP_LIST_MODELS: Final = (
+    "SELECT to_jsonb(m) FROM chatd.list_models(%s) AS m"
+)
+
+APP_USAGE: Final = (
+    "SELECT limit_micros, source, spent_micros, period_start, resets_at "
+    "FROM chatd.usage_limit_status(%s, %s)"
+)

@@ -25,7 +25,7 @@ from chatd.http.problems import SQLSTATE_STATUS
 from chatd.http.sse import Cursor, EventStream
 from chatd.protocol import names
 from chatd.protocol.errors import ChatdError
-from chatd.testing import FakeLLM, Factory, Text
+from chatd.testing import Factory, FakeLLM, Text
 
 WAIT = 20.0
 

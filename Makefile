@@ -13,6 +13,7 @@ PG_MAJOR ?= 15
 APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer chromium
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help setup system-deps test test-python test-sdk-floors lint migrate db db-stop demo bench clean
 
@@ -28,7 +29,7 @@ help:
 	@echo "make test-sdk-floors  provider tests against the oldest declared openai/anthropic SDKs"
 	@echo "make migrate  apply migrations to \$$DATABASE_URL"
 	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
-	@echo "make demo     run chatd end to end on a throwaway database and a scripted LLM"
+	@echo "make demo     run chatd end to end on a throwaway database and a scripted LLM, then serve the web page (DEMO_ARGS=--no-serve: terminal only)"
 	@echo "make bench    run the benchmarks in bench/"
 
 setup: system-deps $(STAMP)
@@ -75,7 +76,7 @@ db-stop: $(STAMP)
 	@$(BIN)/chatd db stop
 
 demo: $(STAMP)
-	$(BIN)/chatd demo
+	$(BIN)/chatd demo $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python bench/run.py

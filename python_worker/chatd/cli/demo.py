@@ -260,7 +260,7 @@ async def _serve(app_dsn: str, user: UUID, org: UUID, port: int, say: Callable[[
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     # Ctrl-C ends the serving, then the demo cleans up and exits 0 (uvicorn's
     # own handlers would re-raise the signal and skip the cleanup messages)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, lambda: setattr(server, "should_exit", True))
     token = issue_token(user, org, secret=secret, ttl_seconds=24 * 3600)
     say(f"chatd serve: open http://127.0.0.1:{port}/#token={token}")

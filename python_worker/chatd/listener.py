@@ -138,10 +138,12 @@ class Listener:
                 listening = wanted
                 if self.on_listening is not None:
                     await self.on_listening(listening, self.generation)
-            async for note in conn.notifies(timeout=self.poll_interval):
+            # stop_after=1: notifies() returns after the first packet's
+            # notifications, all of them; breaking out of its loop instead
+            # would drop the rest of that packet (psycopg yields them from a
+            # list it already read), so a channel change mid-burst lost hints
+            async for note in conn.notifies(timeout=self.poll_interval, stop_after=1):
                 self.on_notify(note.channel, note.payload)
-                if self._changed.is_set():
-                    break
             # notifies() returning is also how a dead connection is noticed
             if conn.closed or conn.broken:
                 raise psycopg.OperationalError("listener connection closed")

@@ -33,8 +33,15 @@ async def serving(db: str, **settings: Any) -> AsyncIterator[str]:
     values: dict[str, Any] = {"database_url": as_role(db, "app"), "jwt_secret": SECRET,
                               "keepalive_seconds": 1.0}
     values.update(settings)
+    async with serving_app(create_app(ServeSettings(**values))) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving_app(app: Any) -> AsyncIterator[str]:
+    """Any ASGI app under uvicorn on a free port of 127.0.0.1; yields its URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(ServeSettings(**values)), host="127.0.0.1", port=port,
+    config = uvicorn.Config(app, host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

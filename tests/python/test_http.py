@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import httpx
 import psycopg
 import pytest
-from http_support import SECRET, Sse, bearer, serving, sse_events
+from http_support import SECRET, Sse, bearer, serving, serving_app, sse_events
 from psycopg.types.json import Jsonb
 from starlette.routing import Mount, Route
 from worker_support import running_worker, status_is, wait_until, worker_config
@@ -260,6 +260,44 @@ async def test_trusted_header_mode_only_when_enabled(db: str, who: tuple[UUID, U
     async with serving(db, trusted_user_header="X-User", trusted_org_header="X-Org") as url, \
             httpx.AsyncClient(base_url=url) as http:
         assert (await http.get("/api/chats", headers=headers)).status_code == 200
+
+
+async def test_a_mounting_application_supplies_the_user_through_a_hook(
+    db: str, who: tuple[UUID, UUID, UUID]
+) -> None:
+    from starlette.applications import Starlette
+
+    from chatd.http import HookAuth, Identity
+    from chatd.testing import as_role
+
+    user, org, _ = who
+    sessions = {"s3cret": Identity(user, org)}
+
+    async def session_user(request: Any) -> Identity | None:
+        return sessions.get(request.cookies.get("session", ""))
+
+    api = create_app(ServeSettings(database_url=as_role(db, "app")), authenticator=HookAuth(session_user))
+    parent = Starlette(routes=[Mount("/chat", app=api)])  # a mounted app gets no lifespan
+    async with serving_app(parent) as url, httpx.AsyncClient(base_url=url + "/chat") as http:
+        problem(await http.get("/api/chats"), 401)
+        created = await http.post("/api/chats", json={"content": "hi"}, headers={"Cookie": "session=s3cret"})
+        assert created.status_code == 201, created.text
+    await api.state.chatd.close()
+
+
+def test_token_issue_prints_a_token_for_the_given_ids(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jwt
+
+    from chatd.cli import main
+
+    user, org = uuid4(), uuid4()
+    monkeypatch.setenv("CHATD_JWT_SECRET", SECRET)
+    assert main(["token", "issue", "--user", str(user), "--org", str(org), "--ttl", "60"]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
+    assert (claims["sub"], claims["org"]) == (str(user), str(org))
+    assert 55 <= claims["exp"] - claims["iat"] <= 60
 
 
 # ---------------------------------------------------------------- streaming

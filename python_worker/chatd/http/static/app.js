@@ -5,6 +5,7 @@ let token = "";
 let current = null;   // chat id
 let source = null;    // EventSource
 let retryTimer = null;
+const titles = {};    // chat id -> title, from the chat list
 
 function loadToken() {
   const m = location.hash.match(/token=([^&]+)/);
@@ -47,6 +48,8 @@ async function refreshChats() {
   const data = await api("GET", "/api/chats?limit=50");
   const ul = $("chats"); ul.textContent = "";
   for (const c of data.chats) {
+    titles[c.id] = c.title || "untitled";
+    if (c.id === current) $("chat-title").textContent = titles[c.id];
     const li = document.createElement("li");
     li.textContent = (c.title || "untitled") + " · " + c.status;
     li.dataset.id = c.id;
@@ -108,7 +111,7 @@ function openChat(id) {
   current = id; clearRetry();
   $("messages").textContent = ""; $("queue").textContent = ""; $("problem").hidden = true;
   $("streaming").textContent = ""; $("streaming").hidden = true;
-  $("chat-title").textContent = id;
+  $("chat-title").textContent = titles[id] || "chat";
   source = new EventSource(`/api/chats/${id}/stream?access_token=${encodeURIComponent(token)}`);
   source.addEventListener("message", (e) => addMessage(JSON.parse(e.data).message));
   source.addEventListener("status", (e) => { setStatus(JSON.parse(e.data)); refreshChats(); refreshSpend(); });

@@ -94,6 +94,27 @@ async def test_serve_refuses_to_start_without_authentication() -> None:
         create_app(ServeSettings(database_url="postgresql://unused"))
 
 
+def test_every_setting_is_also_a_chatd_variable_and_flags_win() -> None:
+    env = {"CHATD_PORT": "9001", "CHATD_JWT_SECRET": "s", "DATABASE_URL": "postgresql://a",
+           "CHATD_MAX_BODY_BYTES": "10", "CHATD_KEEPALIVE_SECONDS": "2.5", "CHATD_HOST": "0.0.0.0"}
+    settings = ServeSettings.from_env(env, host="127.0.0.2")
+    assert (settings.port, settings.jwt_secret, settings.database_url) == (9001, "s", "postgresql://a")
+    assert (settings.max_body_bytes, settings.keepalive_seconds, settings.host) == (10, 2.5, "127.0.0.2")
+    with pytest.raises(ValueError, match="CHATD_PORT"):
+        ServeSettings.from_env({"CHATD_PORT": "eighty"})
+
+
+def test_chatd_serve_refuses_to_start_without_authentication(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatd.cli import main
+
+    for name in ("CHATD_JWT_SECRET", "CHATD_JWT_PUBLIC_KEY", "CHATD_TRUSTED_USER_HEADER"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", "--database-url", "postgresql://unused"]) == 2
+    assert "no authentication configured" in capsys.readouterr().err
+
+
 def test_every_sqlstate_has_one_status() -> None:
     assert {s: v[0] for s, v in SQLSTATE_STATUS.items()} == {
         names.CHAT_NOT_FOUND: 404, names.FORBIDDEN: 404, names.INVALID_TRANSITION: 409,

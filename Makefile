@@ -10,9 +10,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PG_MAJOR ?= 15
-APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer
+APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-$(PG_MAJOR)-pgtap postgresql-$(PG_MAJOR)-plpgsql-check libtap-parser-sourcehandler-pgtap-perl pgbouncer chromium
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help setup system-deps container-deps test test-containers test-python test-sdk-floors lint migrate db db-stop demo bench clean
 
@@ -29,7 +30,7 @@ help:
 	@echo "make test-sdk-floors  provider tests against the oldest declared openai/anthropic SDKs"
 	@echo "make migrate  apply migrations to \$$DATABASE_URL"
 	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
-	@echo "make demo     run chatd end to end on a throwaway database and a scripted LLM"
+	@echo "make demo     run chatd end to end on a throwaway database and a scripted LLM, then serve the web page (DEMO_ARGS=--no-serve: terminal only)"
 	@echo "make bench    run the benchmarks in bench/"
 
 setup: system-deps $(STAMP)
@@ -55,7 +56,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,http]'
 	touch $(STAMP)
 
 test: setup lint
@@ -95,7 +96,7 @@ db-stop: $(STAMP)
 	@$(BIN)/chatd db stop
 
 demo: $(STAMP)
-	$(BIN)/chatd demo
+	$(BIN)/chatd demo $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python bench/run.py
@@ -105,6 +106,6 @@ clean:
 
 test-sdk-floors: system-deps
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/pip install -q -e '.[dev]' $(SDK_FLOORS)
+	$(FLOOR_VENV)/bin/pip install -q -e '.[dev,http]' $(SDK_FLOORS)
 	$(FLOOR_VENV)/bin/pytest tests/python/test_providers.py tests/python/test_provider_turns.py \
 		tests/python/test_openai_responses.py tests/python/test_anthropic_thinking.py -q $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 # --------------------------------------------------------------------------- report
@@ -61,7 +62,18 @@ def table(results: dict[str, Any]) -> str:
         ld = st["part_latency_from_last_delta"]
         row("  from the LLM delta (incl. 50 ms coalescing) p50/p99", f"{ld['p50_ms']:.1f} / {ld['p99_ms']:.1f}")
         lines.append(f"  (subscriber: {st['subscriber']})")
+    _sse_rows(results.get("sse"), row)
     hb = results.get("heartbeat", {})
     for size, v in hb.items():
         row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
     return "\n".join(lines)
+
+
+def _sse_rows(sse: dict[str, Any] | None, row: Callable[[str, str], None]) -> None:
+    if sse:
+        lat = sse["latency_commit_to_client"]
+        row(f"SSE {sse['streams']} streams on one serve: parts received",
+            f"{sse['parts_received']} / {sse['parts_expected']}")
+        row("  part latency COMMIT -> HTTP client p50 / p99 ms", f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f}")
+        row("  serve CPU s during the rounds; peak RSS MB",
+            f"{sse['serve_cpu_s_during_rounds']}; {sse['serve_peak_rss_mb']}")

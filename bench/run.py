@@ -1,6 +1,7 @@
 """chatd benchmarks (`make bench`): dispatch throughput, pickup latency,
 streaming, round trips / transactions / WAL per turn, heartbeat cost, and the
-raw pgbench ceiling of the same cluster. See docs/benchmarks.md.
+raw pgbench ceiling of the same cluster, and
+1,000 concurrent SSE streams on one `chatd serve`. See docs/benchmarks.md.
 
 Starts its own throwaway cluster (default durability: fsync, synchronous
 commit and full page writes on) unless CHATD_BENCH_DATABASE_URL or
@@ -29,6 +30,7 @@ from heartbeat import bench_heartbeat
 from pgbench_ceiling import bench_pgbench
 from pickup import bench_pickup
 from report import table
+from sse import bench_sse
 from streaming import bench_streaming
 from support import (
     CLUSTER_SETTINGS,
@@ -44,7 +46,7 @@ from support import (
 
 from chatd import migrate
 
-BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat")
+BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pickup", type=int, default=1000)
     parser.add_argument("--poll-pickup", type=int, default=40)
     parser.add_argument("--stream-chats", type=int, default=100)
+    parser.add_argument("--sse-streams", type=int, default=1000, help="concurrent SSE streams on one chatd serve")
+    parser.add_argument("--sse-rounds", type=int, default=10, help="part batches per SSE stream")
     parser.add_argument("--pgbench-seconds", type=int, default=12)
     parser.add_argument("--pgbench-clients", type=int, default=4)
     parser.add_argument("--only", default=",".join(BENCHMARKS))
@@ -89,6 +93,8 @@ def run_selected(
     if "heartbeat" in only:
         log("heartbeat cost vs running chats ...")
         results["heartbeat"] = bench_heartbeat(dsn, fixture, (10, 100, 1000), 50)
+    if "sse" in only:
+        results["sse"] = bench_sse(dsn, fixture, args.sse_streams, args.sse_rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

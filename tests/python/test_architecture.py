@@ -77,6 +77,12 @@ def test_the_client_imports_no_worker_llm_cli_or_test_support() -> None:
     assert _violations("chatd.client", ("chatd.worker", "chatd.llm", "chatd.cli", "chatd.testing")) == []
 
 
+def test_the_http_server_uses_only_client_protocol_and_config() -> None:
+    assert _violations(
+        "chatd.http", ("chatd.worker", "chatd.llm", "chatd.cli", "chatd.testing", "chatd.migrate")
+    ) == []
+
+
 def test_the_protocol_imports_no_other_chatd_module() -> None:
     others = sorted(
         f"{module} imports {target}"

@@ -14,7 +14,7 @@ def run_demo(**env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     return subprocess.run(
-        [sys.executable, "-m", "chatd", "demo", "--llm", "fake"],
+        [sys.executable, "-m", "chatd", "demo", "--llm", "fake", "--no-serve"],
         capture_output=True, text=True, env={**environment, **env}, timeout=60, check=False,
     )
 
@@ -41,3 +41,42 @@ def test_demo_uses_database_url_when_set(db: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert_demo_output(result.stdout)
     assert "database: DATABASE_URL" in result.stdout
+
+
+def test_demo_then_serves_the_web_page_and_the_api_until_interrupted() -> None:
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatd", "demo", "--llm", "fake", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "chatd serve: open " in line:
+                break
+        match = re.search(r"open (http://127\.0\.0\.1:\d+/)#token=(\S+)", "".join(lines))
+        assert match, "".join(lines)
+        url, token = match.groups()
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "<title>chatd</title>" in page.text
+        chats = httpx.get(url + "api/chats", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert chats.status_code == 200 and len(chats.json()["chats"]) == 4
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=30) == 0, rest
+        assert "worker stopped" in rest and "removed the throwaway PostgreSQL" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

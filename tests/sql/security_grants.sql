@@ -40,6 +40,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.get_stream_parts(uuid,uuid[],bigint[],integer[],integer)', 'app'),
 ('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone,uuid)', 'app'),
 ('chatd.usage_limit_status(uuid,uuid)', 'app'),
+('chatd.list_models(uuid)', 'app'),
 -- owner only: guards and triggers (sql/10_guards.sql, 15_notify.sql)
 ('chatd.status_transitions()', 'owner'),
 ('chatd.transition_allowed(chatd.chat_status,chatd.chat_status)', 'owner'),

@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "spend": "report spend by organization, user and model for a period",
     "check": "health check for deploys and probes: database, schema, workers, stuck chats",
     "demo": "run chatd end to end on a throwaway database and a scripted LLM",
+    "serve": "serve the chats API over HTTP, with SSE streams and a web page",
+    "token": "issue a signed development token for chatd serve",
 }
 
 

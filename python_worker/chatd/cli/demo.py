@@ -8,7 +8,10 @@
 5. four chats at once: one streaming to the terminal, one with a queued
    second message, one interrupted mid-stream, one retried after a scripted
    429; then the final state of each;
-6. everything it started is stopped and removed.
+6. unless --no-serve: `chatd serve` on 127.0.0.1 with the worker still
+   running, and the URL of the web page (with a signed token) to open;
+   Ctrl-C ends it;
+7. everything it started is stopped and removed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -229,6 +233,8 @@ async def _run(args: argparse.Namespace) -> int:
                 say("worker started; four chats at once:")
                 async with await Client.connect(app_dsn) as client:
                     await _scenarios(client, user, org, llm, say)
+                if args.serve:
+                    await _serve(app_dsn, user, org, args.port, say)
             finally:
                 worker.stop()
                 await worker_task
@@ -238,6 +244,28 @@ async def _run(args: argparse.Namespace) -> int:
             llm.fake.close()
     say(f"done in {time.monotonic() - started:.1f}s")
     return 0
+
+
+async def _serve(app_dsn: str, user: UUID, org: UUID, port: int, say: Callable[[str], None]) -> None:
+    """`chatd serve` in this process until Ctrl-C, with a fresh signing
+    secret and a token for the demo user in the printed URL."""
+    import secrets
+
+    import uvicorn
+
+    from chatd.http import ServeSettings, create_app, issue_token
+
+    secret = secrets.token_urlsafe(32)
+    app = create_app(ServeSettings(database_url=app_dsn, jwt_secret=secret, port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # Ctrl-C ends the serving, then the demo cleans up and exits 0 (uvicorn's
+    # own handlers would re-raise the signal and skip the cleanup messages)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, lambda: setattr(server, "should_exit", True))
+    token = issue_token(user, org, secret=secret, ttl_seconds=24 * 3600)
+    say(f"chatd serve: open http://127.0.0.1:{port}/#token={token}")
+    say("(the worker keeps running; Ctrl-C stops the demo)")
+    await server.serve()
 
 
 async def _scenarios(
@@ -338,6 +366,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--llm", choices=["auto", "fake", "openai", "anthropic"], default="auto",
                         help="which LLM to use (default auto: a provider whose key is set, else the fake)")
+    parser.add_argument("--no-serve", dest="serve", action="store_false",
+                        help="terminal only: do not start chatd serve afterwards")
+    parser.add_argument("--port", type=int, default=8080, help="port of chatd serve (default 8080)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -166,3 +166,17 @@ SPEND_BY_MODEL: Final = (
     "SELECT model_config_id, provider_name, model, spent_micros, messages, unpriced_messages, "
     "input_tokens, output_tokens FROM chatd.spend_by_model ORDER BY spent_micros DESC, model"
 )
+
+# ---------------------------------------------------------------------- chatd serve (chatd.http)
+
+#: one page of messages after a message id (GET /api/chats/{id}/messages)
+GET_MESSAGES_PAGE: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s, %s)"
+
+APP_LIST_MODELS: Final = (
+    "SELECT to_jsonb(m) FROM chatd.list_models(%s) AS m"
+)
+
+APP_USAGE: Final = (
+    "SELECT limit_micros, source, spent_micros, period_start, resets_at "
+    "FROM chatd.usage_limit_status(%s, %s)"
+)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-__all__ = ["add_arguments", "run"]
+from chatd.cli.common import Exit, fail
+
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = """CHATD_JWT_SECRET=dev-secret chatd serve --database-url postgresql:///chatd --port 8080"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="default: $CHATD_DATABASE_URL, else $DATABASE_URL")
     parser.add_argument("--host", default=None, help="default: $CHATD_HOST, else 127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default: $CHATD_PORT, else 8080")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug", "trace"],
+                        help="uvicorn's log level (default: info)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,12 +33,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ServeSettings.from_env(database_url=args.database_url, host=args.host, port=args.port)
         if not settings.database_url:
-            raise ValueError("chatd serve: no database: set DATABASE_URL or pass --database-url")
+            raise ValueError("no database: set CHATD_DATABASE_URL or DATABASE_URL, or pass --database-url")
         app = create_app(settings)
     except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        fail(str(exc).removeprefix("chatd serve: "), Exit.USAGE)
     print(f"chatd serve: http://{settings.host}:{settings.port}/", file=sys.stderr, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
-    return 0
+    return Exit.OK

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from uuid import UUID
 
-from chatd.cli.common import add_identity_arguments, resolve_identity, run_command
+from chatd.cli.common import Exit, add_identity_arguments, fail, resolve_identity, run_command
 from chatd.client import Client
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = """CHATD_JWT_SECRET=dev-secret chatd token issue --user alice --org acme --ttl 600"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Print a bearer token for chatd serve, signed with $CHATD_JWT_SECRET (HS256). "
         "--user and --org take ids, or names resolved in the database."
     )
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     issue = sub.add_parser("issue", help="print a signed token")
     add_identity_arguments(issue)
     issue.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
@@ -37,19 +38,17 @@ def run(args: argparse.Namespace) -> int:
 
     secret = args.secret or os.environ.get("CHATD_JWT_SECRET", "")
     if not secret:
-        print("chatd token: no secret: set CHATD_JWT_SECRET or pass --secret", file=sys.stderr)
-        return 2
+        fail("no secret: set CHATD_JWT_SECRET or pass --secret")
     if args.ttl <= 0:
-        print("chatd token: --ttl must be positive", file=sys.stderr)
-        return 2
+        fail("--ttl must be positive")
     user, org = _uuid(args.user), _uuid(args.org)
     if user is not None and (org is not None or not args.org):
         print(issue_token(user, org, secret=secret, ttl_seconds=args.ttl))
-        return 0
+        return Exit.OK
 
     async def resolved(client: Client) -> int:
         who = await resolve_identity(client, args)
         print(issue_token(who.user_id, who.organization_id, secret=secret, ttl_seconds=args.ttl))
-        return 0
+        return Exit.OK
 
     return run_command(args, resolved, prog="token")

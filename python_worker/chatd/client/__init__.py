@@ -52,6 +52,7 @@ from chatd.client.errors import (
     InvalidTransition,
     LeaseLost,
     QueueFull,
+    ToolCallNotPending,
     UsageLimitExceeded,
     error_from_psycopg,
 )
@@ -75,6 +76,7 @@ from chatd.protocol.names import chat_channel
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ChatArchived",
+    "ToolCallNotPending",
     "ChatDeletedEvent",
     "ChatError",
     "ChatEvent",

@@ -39,6 +39,7 @@ from chatd.llm.types import (
     ReasoningDelta,
     StreamEvent,
     TextDelta,
+    ToolSpec,
     Usage,
     estimate_usage,
     resolve_api_key,
@@ -55,12 +56,15 @@ async def stream_turn(
     api_key: str | None = None,
     idle_timeout: float | None = None,
     clients: ClientCache | None = None,
+    tools: Sequence[ToolSpec] = (),
 ) -> AsyncIterator[StreamEvent]:
     """Stream one assistant turn for `messages` from the model in `spec`.
 
     `api_key` overrides the environment lookup. `idle_timeout`, when given,
     bounds the gap between two events after the first (a retryable `timeout`).
     Without `clients`, a client is created for this turn and closed after it.
+    `tools`: the tools offered to the model; with them, tool calls and
+    results of the history are sent in the wire's native format.
     """
     provider = spec.provider_name
     if spec.provider_kind not in PROVIDER_KINDS:
@@ -80,9 +84,9 @@ async def stream_turn(
         # the SDK's read timeout is a backstop: chatd's own timeouts fire first
         read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
         if spec.provider_kind == "anthropic":
-            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read)
+            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read, tools)
         else:
-            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read)
+            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read, tools)
         output_chars = 0
         async for event in _guarded(
             provider, open_stream, translator, startup_timeout, idle_timeout

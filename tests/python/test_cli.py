@@ -169,3 +169,19 @@ def test_models_providers_and_identities(
         "WHERE u.username = 'local' AND o.name = 'local'"
     ).fetchone()
     assert row == (1,)
+
+
+def test_mcp_add_list_remove(db: str, capsys: pytest.CaptureFixture[str], conn: psycopg.Connection[Any]) -> None:
+    code, _, _ = chatd(capsys, "providers", "add", "acme", "--kind", "openai", "--database-url", db)
+    code, _, _ = chatd(capsys, "models", "add", "acme", "small", "--database-url", db)
+    code, _, _ = chatd(capsys, "mcp", "add", "ex", "--command", "python examples/mcp_server.py",
+                       "--secret-env", "EX_TOKEN", "--model", "small", "--database-url", db)
+    assert code == 0
+    code, out, _ = chatd(capsys, "mcp", "list", "--database-url", db)
+    assert "ex" in out and "EX_TOKEN" in out and "small" in out
+    code, _, err = chatd(capsys, "mcp", "add", "Bad Name", "--url", "http://x", "--database-url", db)
+    assert code == 1
+    code, _, _ = chatd(capsys, "mcp", "remove", "ex", "--database-url", db)
+    assert code == 0
+    assert conn.execute("SELECT count(*) FROM chatd.mcp_servers").fetchone() == (0,)
+    assert conn.execute("SELECT mcp_servers FROM chatd.model_configs WHERE model = 'small'").fetchone() == ([],)

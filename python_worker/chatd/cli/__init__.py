@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "watch": "follow one chat's events",
     "models": "add or list model configurations",
     "providers": "add or list LLM providers",
+    "mcp": "register, list or remove MCP tool servers",
     "limits": "show or set spend limits",
     "demo": "run chatd end to end on a throwaway database and a scripted LLM",
 }

@@ -211,11 +211,9 @@ class Client:
         *,
         db_timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Answer client tool calls of a chat in ``requires_action``: each
-        result is ``{tool_call_id, output, is_error}``. Returns ``{message_id,
-        status, pending, version}``: ``pending`` (the calls still unanswered)
-        empty and status ``pending`` once the turn goes on. A call that is not
-        pending raises ToolCallNotPending (CD009); see docs/tools.md."""
+        """Answer client tool calls (``[{tool_call_id, output, is_error}]``) of a
+        chat in requires_action; ToolCallNotPending (CD009) for a call not
+        pending. Returns ``{message_id, status, pending, version}``."""
         value = await self._scalar(
             queries.SUBMIT_TOOL_RESULTS, [user_id, chat_id, Jsonb([dict(r) for r in results])], db_timeout
         )

@@ -159,3 +159,20 @@ ROLE_EXISTS: Final = "SELECT 1 FROM pg_roles WHERE rolname = %s"
 
 # a template for psycopg.sql.SQL(...).format(login=Identifier, role=Identifier)
 CREATE_LOGIN_ROLE: Final = "CREATE ROLE {login} LOGIN IN ROLE {role}"
+
+# ---------------------------------------------------------------------- MCP servers (chatd mcp, owner)
+
+UPSERT_MCP_SERVER: Final = "SELECT chatd.admin_upsert_mcp_server(%s, %s, %s, %s, %s)"
+
+LIST_MCP_SERVERS: Final = (
+    "SELECT name, url, command, secret_env, enabled, models FROM chatd.admin_list_mcp_servers()"
+)
+
+REMOVE_MCP_SERVER: Final = "SELECT chatd.admin_remove_mcp_server(%s)"
+
+# adds one server to a model's list (chatd mcp add --model)
+ADD_MODEL_MCP_SERVER: Final = (
+    "SELECT chatd.admin_set_model_mcp_servers(%s, array_append(coalesce(("
+    "SELECT array_agg(DISTINCT x) FROM chatd.model_configs AS m, unnest(m.mcp_servers) AS x "
+    "WHERE m.model = %s::text), '{}'), %s::text))"
+)

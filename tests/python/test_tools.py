@@ -33,7 +33,7 @@ from worker_support import (
     worker_config,
 )
 
-from chatd.client import Client, ToolCallNotPending
+from chatd.client import Client, ToolCallNotPending, ToolCallsEvent
 from chatd.testing import Factory, as_role
 from chatd.testing.fakellm import FakeLLM, Hang, Text
 
@@ -204,7 +204,9 @@ async def test_a_client_tool_round_trip(
     owner = conn.execute("SELECT owner_id FROM chatd.chats WHERE id = %s", (chat,)).fetchone()[0]  # type: ignore[index]
     fake.script(Text("", tool_calls=(call("k1", "ask_user", question="favourite colour?"),)), Text("blue it is"))
     async with running_worker(worker_config(db)), await Client.connect(as_role(db, "app")) as client:
-        await wait_until(lambda: status_is(db, chat, "requires_action"), what="the turn to wait for the client")
+        async with client.subscribe(owner, chat) as sub:
+            event = await asyncio.wait_for(_first_tool_calls(sub), 30)
+        assert [(c["tool_call_id"], c["input"]) for c in event.calls] == [("k1", {"question": "favourite colour?"})]
         with pytest.raises(ToolCallNotPending):
             await client.submit_tool_results(owner, chat, [{"tool_call_id": "nope", "output": "x"}])
         result = await client.submit_tool_results(owner, chat, [{"tool_call_id": "k1", "output": "blue"}])
@@ -323,6 +325,13 @@ async def test_sigkill_between_a_result_and_the_next_step_redoes_only_the_step(
     assert await roles(db, chat) == ["user", "assistant", "tool", "assistant"]
     assert [c["tool_call_id"] for c in logged_calls(calls_log)] == ["r1"], "a committed result is never redone"
     assert text_of((await messages(db, chat, "assistant"))[-1]["content"]) == "four"
+
+
+async def _first_tool_calls(sub: Any) -> ToolCallsEvent:
+    async for event in sub:
+        if isinstance(event, ToolCallsEvent):
+            return event
+    raise AssertionError("the subscription ended without a ToolCallsEvent")
 
 
 async def _has_result(db: str, chat: UUID, call_id: str) -> bool:

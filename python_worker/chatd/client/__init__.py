@@ -68,6 +68,7 @@ from chatd.client.events import (
     RetryEvent,
     StatusEvent,
     TitleEvent,
+    ToolCallsEvent,
 )
 from chatd.client.models import ChatInfo, ChatSummary, Message, QueuedMessage, Snapshot, StreamParts
 from chatd.client.subscription import Subscription
@@ -104,6 +105,7 @@ __all__ = [
     "StreamParts",
     "Subscription",
     "TitleEvent",
+    "ToolCallsEvent",
     "UsageLimitExceeded",
     "chat_channel",
     "error_from_psycopg",

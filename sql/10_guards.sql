@@ -27,8 +27,14 @@ AS $$
             -- send_message (idle, empty queue), edit_message
             'waiting>pending',
             'error>pending',
-            -- edit_message
+            -- edit_message, submit_tool_results (every pending call answered)
             'requires_action>pending',
+            -- interrupt_chat (the pending client calls are cancelled)
+            'requires_action>waiting',
+            -- interrupt_chat (the spend limit refused to send the queue head)
+            'requires_action>error',
+            -- commit_tool_step, commit_tool_results: only client calls pending
+            'running>requires_action',
             -- acquire_chats
             'pending>running',
             -- finish_turn (no queue), interrupt_chat, archive_chat, delete_chat

@@ -189,12 +189,12 @@ BEGIN
     IF jsonb_typeof(p_error -> 'kind') IS DISTINCT FROM 'string'
         OR p_error ->> 'kind' NOT IN (
             'generic', 'overloaded', 'rate_limit', 'timeout', 'startup_timeout', 'auth', 'config',
-            'usage_limit', 'content_filter', 'missing_key'
+            'usage_limit', 'content_filter', 'missing_key', 'step_limit'
         ) THEN
         RAISE EXCEPTION 'invalid ChatError: unknown kind %', left(p_error ->> 'kind', 100)
             USING ERRCODE = 'CD007',
                   HINT = 'kinds: generic, overloaded, rate_limit, timeout, startup_timeout, auth, config, '
-                      || 'usage_limit, content_filter, missing_key';
+                      || 'usage_limit, content_filter, missing_key, step_limit';
     END IF;
     IF jsonb_typeof(p_error -> 'retryable') IS DISTINCT FROM 'boolean' THEN
         RAISE EXCEPTION 'invalid ChatError: "retryable" must be true or false' USING ERRCODE = 'CD007';

@@ -108,6 +108,9 @@ BEGIN
     ELSIF OLD.status <> NEW.status AND NEW.status = 'error' THEN
         v_kind := 'error';
         v_owner_kind := 'status';
+    ELSIF OLD.status <> NEW.status AND NEW.status = 'requires_action' THEN
+        v_kind := 'requires_action';
+        v_owner_kind := 'status';
     ELSIF OLD.status = 'running' AND NEW.status = 'pending' AND NEW.attempt > OLD.attempt THEN
         v_kind := 'retry';
         v_owner_kind := 'status';
@@ -140,6 +143,18 @@ BEGIN
         );
     ELSIF v_kind = 'error' THEN
         v_payload := v_payload || jsonb_build_object('error', chatd._error_hint(NEW.last_error));
+    ELSIF v_kind = 'requires_action' THEN
+        -- ids only (at most 20 of at most 100 characters: the payload stays
+        -- small); names, inputs and outputs are read through the snapshot
+        v_payload := v_payload || (
+            SELECT jsonb_build_object(
+                'tool_call_ids', coalesce(jsonb_agg(p.tool_call_id) FILTER (WHERE p.n <= 20), '[]'),
+                'tool_calls_pending', count(*)
+            )
+            FROM (
+                SELECT t.tool_call_id, row_number() OVER () AS n FROM chatd._pending_tool_calls(NEW.id) AS t
+            ) AS p
+        );
     END IF;
     PERFORM pg_notify(chatd._chat_channel(NEW.id), v_payload::text);
 

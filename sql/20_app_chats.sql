@@ -18,7 +18,9 @@ CREATE OR REPLACE FUNCTION chatd.create_chat(
     p_system_prompt text DEFAULT NULL,
     p_workspace_id uuid DEFAULT NULL,
     p_parent_chat_id uuid DEFAULT NULL,
-    p_client_type chatd.client_type DEFAULT NULL
+    p_client_type chatd.client_type DEFAULT NULL,
+    p_tools jsonb DEFAULT NULL,
+    p_mcp_servers text[] DEFAULT NULL
 )
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -33,9 +35,13 @@ DECLARE
     v_workspace_org uuid;
     v_content jsonb;
     v_model uuid;
+    v_tools jsonb;
+    v_servers text [];
 BEGIN
     v_content := chatd._content(p_content);
     v_model := chatd._usable_model(p_model_config_id);
+    v_tools := chatd._tool_definitions(p_tools);
+    v_servers := chatd._mcp_server_names(p_mcp_servers);
     IF length(p_title) > 1000 THEN
         RAISE EXCEPTION 'invalid title: longer than 1000 characters' USING ERRCODE = 'CD007';
     END IF;
@@ -96,11 +102,11 @@ BEGIN
 
     INSERT INTO chatd.chats (
         id, organization_id, owner_id, workspace_id, parent_chat_id, root_chat_id,
-        title, status, client_type, model_config_id
+        title, status, client_type, model_config_id, tools, mcp_servers
     )
     VALUES (
         v_id, v_org, p_user_id, p_workspace_id, p_parent_chat_id, v_root,
-        coalesce(p_title, ''), 'pending', v_client_type, v_model
+        coalesce(p_title, ''), 'pending', v_client_type, v_model, v_tools, v_servers
     );
     INSERT INTO chatd.messages (chat_id, role, content, visibility, created_by)
     SELECT v_id, m.role, m.content, m.visibility, p_user_id
@@ -124,7 +130,9 @@ $$;
 -- worker of an interrupted running turn may still save its partial message
 -- with save_interrupted_turn (once) until the next claim (chats.interrupted_*
 -- records that turn). Waiting, error and requires_action chats are left as
--- they are. Returns the new status.
+-- they are. requires_action: the pending client calls are answered with
+-- is_error results ("cancelled: the chat was interrupted") so the history
+-- stays well formed, then as from running. Returns the new status.
 CREATE OR REPLACE FUNCTION chatd.interrupt_chat(p_user_id uuid, p_chat_id uuid)
 RETURNS chatd.chat_status
 LANGUAGE plpgsql SECURITY DEFINER
@@ -138,7 +146,7 @@ DECLARE
     v_turn_last bigint;
 BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
-    IF v_chat.status NOT IN ('pending', 'running') THEN
+    IF v_chat.status NOT IN ('pending', 'running', 'requires_action') THEN
         RETURN v_chat.status;
     END IF;
     SELECT q.* INTO v_head FROM chatd.queued_messages AS q
@@ -148,6 +156,7 @@ BEGIN
     END IF;
     v_turn_last := chatd._last_message_id(p_chat_id);
     -- the promoted message first, the status last (its notification names it)
+    PERFORM chatd._cancel_pending_calls(v_chat, 'cancelled: the chat was interrupted');
     IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
         PERFORM chatd._promote_queue_head(p_chat_id);
     END IF;

@@ -100,14 +100,20 @@ $$;
 --   the message goes out at once (or, behind a non-empty queue, is queued and
 --   the queue head goes out at once): -> pending.
 -- Without p_model_config_id the chat's model must be enabled, with an
--- enabled provider (CD007 otherwise, as create_chat). requires_action: CD003.
+-- enabled provider (CD007 otherwise, as create_chat). requires_action (the
+-- turn waits for client tool results) is busy: the message is queued; with
+-- busy_behavior 'interrupt' the pending calls are answered with is_error
+-- results ("cancelled") and the message goes out. p_tools (NULL: keep)
+-- replaces the chat's client tools (chatd._tool_definitions, CD007).
 -- Returns {queued, message_id | queued_id, position, interrupted, status, version}.
+DROP FUNCTION IF EXISTS chatd.send_message(uuid, uuid, jsonb, text, uuid);
 CREATE OR REPLACE FUNCTION chatd.send_message(
     p_user_id uuid,
     p_chat_id uuid,
     p_content jsonb,
     p_busy_behavior text DEFAULT 'queue',
-    p_model_config_id uuid DEFAULT NULL
+    p_model_config_id uuid DEFAULT NULL,
+    p_tools jsonb DEFAULT NULL
 )
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -125,8 +131,12 @@ DECLARE
     v_message_id bigint;
     v_turn_last bigint;
     v_result jsonb;
+    v_tools jsonb;
 BEGIN
     v_content := chatd._content(p_content);
+    IF p_tools IS NOT NULL THEN
+        v_tools := chatd._tool_definitions(p_tools);
+    END IF;
     IF p_busy_behavior IS NULL OR p_busy_behavior NOT IN ('queue', 'interrupt') THEN
         RAISE EXCEPTION 'invalid busy_behavior %: expected queue or interrupt', p_busy_behavior
             USING ERRCODE = 'CD007';
@@ -138,18 +148,20 @@ BEGIN
     IF v_chat.archived THEN
         RAISE EXCEPTION 'chat % is archived: send_message refused', p_chat_id USING ERRCODE = 'CD008';
     END IF;
-    IF v_chat.status = 'requires_action' THEN
-        RAISE EXCEPTION 'chat %: invalid status transition from requires_action to pending (send_message)', p_chat_id
-            USING ERRCODE = 'CD003';
-    END IF;
     IF v_model IS NULL THEN
         PERFORM chatd._usable_model(v_chat.model_config_id);
     END IF;
     -- after the chat row lock, before anything is written, queued or not
     PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
     SELECT count(*) INTO v_queue_length FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
-    v_busy := v_chat.status IN ('pending', 'running');
+    v_busy := v_chat.status IN ('pending', 'running', 'requires_action');
     v_interrupt := v_busy AND p_busy_behavior = 'interrupt';
+    IF v_tools IS NOT NULL THEN
+        UPDATE chatd.chats AS c SET tools = v_tools WHERE c.id = p_chat_id;
+    END IF;
+    IF v_interrupt THEN
+        PERFORM chatd._cancel_pending_calls(v_chat, 'cancelled: the user sent a new message');
+    END IF;
 
     IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
         -- sent now

@@ -128,11 +128,13 @@ $$;
 -- claim of another (docs/state-machine.md, "Claiming and history"). A due
 -- chat whose model or provider is disabled is never handed out: it goes to
 -- error (kind config, not retryable; chatd._fail_disabled_model_chats) and
--- the claim goes on with the other chats.
+-- the claim goes on with the other chats. tools: what the turn may call
+-- (chatd._turn_tools; NULL for a chat without tools).
 DROP FUNCTION IF EXISTS chatd.acquire_chats(text, integer);
 CREATE FUNCTION chatd.acquire_chats(p_worker_id text, p_limit integer)
 RETURNS TABLE (
-    chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb, history_complete boolean
+    chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb, history_complete boolean,
+    tools jsonb
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
@@ -177,7 +179,8 @@ BEGIN
         cl.attempt,
         chatd._model_json(cl.model_config_id),
         page.messages,
-        NOT chatd._messages_after(cl.id, page.last_id, TRUE)
+        NOT chatd._messages_after(cl.id, page.last_id, TRUE),
+        chatd._turn_tools(cl.id)
     FROM claimed AS cl
     CROSS JOIN LATERAL (
         SELECT

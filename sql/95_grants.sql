@@ -28,16 +28,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE chatd_owner REVOKE USAGE ON TYPES FROM public;
 
 DO $grants$
 DECLARE
-    -- sql/40_worker.sql, 45_recovery.sql, 70_worker_settings.sql
+    -- sql/35_tools.sql, 40_worker.sql, 45_recovery.sql, 70_worker_settings.sql
     v_worker CONSTANT text [] := ARRAY[
         'acquire_chats', 'turn_history', 'heartbeat', 'publish_parts', 'finish_turn', 'finish_turns', 'save_interrupted_turn',
-        'record_failure', 'release_chats', 'recover_stale_chats', 'janitor', 'worker_settings'
+        'record_failure', 'release_chats', 'recover_stale_chats', 'janitor', 'worker_settings',
+        'commit_tool_step', 'commit_tool_results'
     ];
-    -- sql/20_app_chats.sql, 22_app_delete.sql, 25_app_queue.sql, 30_snapshot.sql, 32_app_models.sql, 50_spend.sql
+    -- sql/20_app_chats.sql, 22_app_delete.sql, 25_app_queue.sql, 30_snapshot.sql, 32_app_models.sql, 35_tools.sql, 50_spend.sql
     v_app CONSTANT text [] := ARRAY[
         'create_chat', 'send_message', 'interrupt_chat', 'edit_message', 'delete_queued_message',
         'promote_queued_message', 'archive_chat', 'unarchive_chat', 'set_chat_title', 'delete_chat',
-        'get_chat_snapshot', 'get_stream_parts', 'list_chats', 'usage_limit_status', 'list_models'
+        'get_chat_snapshot', 'get_stream_parts', 'list_chats', 'usage_limit_status', 'list_models',
+        'submit_tool_results'
     ];
     -- Functions the spend views call: a view runs its functions with the
     -- privileges of the reader, not of the view's owner (sql/50_spend.sql)

@@ -196,3 +196,19 @@ def test_providers_api_and_a_models_thinking_budget_are_set_from_the_command_lin
     code, _, err = chatd(capsys, "models", "add", "an", "claude", "--max-output-tokens", "2048",
                          "--thinking-budget", "2048", "--database-url", db)
     assert code == 1 and "must be below max_output_tokens (2048)" in err
+
+
+def test_mcp_add_list_remove(db: str, capsys: pytest.CaptureFixture[str], conn: psycopg.Connection[Any]) -> None:
+    code, _, _ = chatd(capsys, "providers", "add", "acme", "--kind", "openai", "--database-url", db)
+    code, _, _ = chatd(capsys, "models", "add", "acme", "small", "--database-url", db)
+    code, _, _ = chatd(capsys, "mcp", "add", "ex", "--command", "python examples/mcp_server.py",
+                       "--secret-env", "EX_TOKEN", "--model", "small", "--database-url", db)
+    assert code == 0
+    code, out, _ = chatd(capsys, "mcp", "list", "--database-url", db)
+    assert "ex" in out and "EX_TOKEN" in out and "small" in out
+    code, _, err = chatd(capsys, "mcp", "add", "Bad Name", "--url", "http://x", "--database-url", db)
+    assert code == 1
+    code, _, _ = chatd(capsys, "mcp", "remove", "ex", "--database-url", db)
+    assert code == 0
+    assert conn.execute("SELECT count(*) FROM chatd.mcp_servers").fetchone() == (0,)
+    assert conn.execute("SELECT mcp_servers FROM chatd.model_configs WHERE model = 'small'").fetchone() == ([],)

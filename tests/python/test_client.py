@@ -204,9 +204,9 @@ async def test_typed_errors(client: Client, setup: Setup, factory: Factory,
     await client.interrupt(setup.user, chat)  # -> pending (queue head promoted)
     lease = acquire(conn)[chat]
     with pytest.raises(InvalidTransition):
-        # running -> requires_action is not in the transition table
-        await client.fetch("UPDATE chatd.chats SET status = 'requires_action', worker_id = NULL "
-                           "WHERE id = %s", [chat])
+        # a lease never goes back (running -> requires_action became a
+        # valid transition with issue 13)
+        await client.fetch("UPDATE chatd.chats SET lease = lease - 1 WHERE id = %s", [chat])
     finish(conn, chat, lease, "ok")
 
     await client.archive(setup.user, chat)

@@ -83,13 +83,13 @@ async def messages(dsn: str, chat_id: UUID, role: str | None = None) -> list[dic
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT id, role::text, content, input_tokens, output_tokens, total_cost_micros, "
-            "provider_response_id, runtime_ms, deleted FROM chatd.messages "
+            "provider_response_id, runtime_ms, deleted, finish_reason, created_at FROM chatd.messages "
             "WHERE chat_id = %s AND (%s::text IS NULL OR role::text = %s) ORDER BY id",
             (chat_id, role, role),
         )
         rows = await cur.fetchall()
     keys = ("id", "role", "content", "input_tokens", "output_tokens", "total_cost_micros",
-            "provider_response_id", "runtime_ms", "deleted")
+            "provider_response_id", "runtime_ms", "deleted", "finish_reason", "created_at")
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 

@@ -1,6 +1,6 @@
 -- State-machine test helpers, loaded into the template after _fixtures.sql.
 -- They drive chats through the real functions; only force_status bypasses
--- the guard (to reach requires_action, which no function enters yet).
+-- the guard (a quick way to reach requires_action without a tool step).
 
 -- Claims exactly this pending chat for p_worker; returns the new lease.
 CREATE FUNCTION chatd_test.claim(p_chat uuid, p_worker text DEFAULT 'w1') RETURNS bigint

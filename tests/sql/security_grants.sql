@@ -14,6 +14,8 @@ CREATE TEMP TABLE expected_fn (signature text PRIMARY KEY, audience text NOT NUL
 INSERT INTO expected_fn (signature, audience) VALUES
 -- worker interface (sql/40_worker.sql, 45_recovery.sql, 70_worker_settings.sql)
 ('chatd.acquire_chats(text,integer)', 'worker'),
+('chatd.commit_tool_step(uuid,bigint,jsonb,jsonb,text,bigint)', 'worker'),
+('chatd.commit_tool_results(uuid,bigint,jsonb)', 'worker'),
 ('chatd.turn_history(text,uuid,bigint,bigint,integer)', 'worker'),
 ('chatd.heartbeat(text,uuid[],bigint[])', 'worker'),
 ('chatd.publish_parts(uuid,bigint,integer,jsonb)', 'worker'),
@@ -26,8 +28,9 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.janitor()', 'worker'),
 ('chatd.worker_settings()', 'worker'),
 -- application interface (sql/20_app_chats.sql, 22_app_delete.sql, 25_app_queue.sql, 30_snapshot.sql, 50_spend.sql)
-('chatd.create_chat(uuid,uuid,jsonb,uuid,text,text,uuid,uuid,chatd.client_type)', 'app'),
-('chatd.send_message(uuid,uuid,jsonb,text,uuid)', 'app'),
+('chatd.create_chat(uuid,uuid,jsonb,uuid,text,text,uuid,uuid,chatd.client_type,jsonb,text[])', 'app'),
+('chatd.send_message(uuid,uuid,jsonb,text,uuid,jsonb)', 'app'),
+('chatd.submit_tool_results(uuid,uuid,jsonb)', 'app'),
 ('chatd.interrupt_chat(uuid,uuid)', 'app'),
 ('chatd.edit_message(uuid,uuid,bigint,jsonb,uuid)', 'app'),
 ('chatd.delete_queued_message(uuid,uuid,bigint)', 'app'),
@@ -101,7 +104,19 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.admin_upsert_model(text,text,text,integer,integer,numeric,numeric,numeric,numeric,boolean,boolean,integer)', 'owner'),
 ('chatd.admin_set_usage_limits(boolean,bigint,chatd.spend_period,boolean)', 'owner'),
 ('chatd.admin_set_user_limit(text,bigint)', 'owner'),
-('chatd.admin_set_group_limit(text,text,bigint)', 'owner');
+('chatd.admin_set_group_limit(text,text,bigint)', 'owner'),
+-- owner only: MCP servers (sql/82_admin_mcp.sql); tool helpers (sql/35_tools.sql)
+('chatd.admin_upsert_mcp_server(text,text,text,text,boolean)', 'owner'),
+('chatd.admin_list_mcp_servers()', 'owner'),
+('chatd.admin_remove_mcp_server(text)', 'owner'),
+('chatd.admin_set_model_mcp_servers(text,text[])', 'owner'),
+('chatd._tool_definitions(jsonb)', 'owner'),
+('chatd._mcp_server_names(text[])', 'owner'),
+('chatd._pending_tool_calls(uuid)', 'owner'),
+('chatd._tool_results(uuid,jsonb,text[])', 'owner'),
+('chatd._cancel_pending_calls(chatd.chats,text)', 'owner'),
+('chatd._tool_loop_next(uuid)', 'owner'),
+('chatd._turn_tools(uuid)', 'owner');
 
 -- Every grantee of an ACL (NULL = the built-in default) except the owner.
 CREATE TEMP TABLE fn AS

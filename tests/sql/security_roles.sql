@@ -51,11 +51,13 @@ WHERE c.relnamespace = 'chatd'::regnamespace AND c.relkind = 'S';
 
 CREATE TEMP TABLE worker_api (name) AS VALUES
 ('acquire_chats'), ('turn_history'), ('heartbeat'), ('publish_parts'), ('finish_turn'), ('finish_turns'), ('save_interrupted_turn'),
-('record_failure'), ('release_chats'), ('recover_stale_chats'), ('janitor'), ('worker_settings');
+('record_failure'), ('release_chats'), ('recover_stale_chats'), ('janitor'), ('worker_settings'),
+('commit_tool_step'), ('commit_tool_results');
 CREATE TEMP TABLE app_api (name) AS VALUES
 ('create_chat'), ('send_message'), ('interrupt_chat'), ('edit_message'), ('delete_queued_message'),
 ('promote_queued_message'), ('archive_chat'), ('unarchive_chat'), ('set_chat_title'), ('delete_chat'),
-('get_chat_snapshot'), ('get_stream_parts'), ('list_chats'), ('usage_limit_status'), ('list_models');
+('get_chat_snapshot'), ('get_stream_parts'), ('list_chats'), ('usage_limit_status'), ('list_models'),
+('submit_tool_results');
 
 CREATE TEMP TABLE t AS
 SELECT
@@ -139,7 +141,8 @@ SELECT throws_ok(
     '42501', NULL, 'chatd_app cannot call the admission internals directly'
 );
 SELECT throws_ok(
-    'ALTER FUNCTION chatd.create_chat(uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type) SECURITY INVOKER',
+    'ALTER FUNCTION chatd.create_chat(uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type, jsonb, text[]) '
+    || 'SECURITY INVOKER',
     '42501', NULL, 'chatd_app cannot alter a function it may call'
 );
 

@@ -226,9 +226,10 @@ SELECT row_eq(
     'send_message: error -> pending, last_error cleared'
 );
 CREATE TEMP TABLE ra AS SELECT chatd_test.chat_in('requires_action') AS chat;
-SELECT throws_ok(
-    format($$SELECT chatd.send_message(%L, %L, '"x"')$$, chatd_test.owner((SELECT ra.chat FROM ra)), (SELECT ra.chat FROM ra)),
-    'CD003', NULL, 'send_message refuses requires_action -> pending'
+SELECT is(
+    chatd.send_message(chatd_test.owner((SELECT ra.chat FROM ra)), (SELECT ra.chat FROM ra), '"x"') ->> 'queued',
+    'true',
+    'send_message queues while requires_action waits for tool results (issue 13)'
 );
 
 -- interrupt_chat ---------------------------------------------------------------

@@ -16,12 +16,13 @@ WHERE f.s <> t.s;
 SELECT is((
     SELECT count(*) FROM pairs
     WHERE allowed
-), 9::bigint, 'nine status changes are allowed');
+), 12::bigint, 'twelve status changes are allowed');
 SELECT set_eq(
     'SELECT from_status::text || ''->'' || to_status::text FROM pairs WHERE allowed',
     ARRAY[
         'waiting->pending', 'error->pending', 'requires_action->pending', 'pending->running',
-        'running->waiting', 'running->pending', 'running->error', 'pending->waiting', 'pending->error'
+        'running->waiting', 'running->pending', 'running->error', 'pending->waiting', 'pending->error',
+        'running->requires_action', 'requires_action->waiting', 'requires_action->error'
     ],
     'the allowed changes are exactly the rows of the transition table'
 );

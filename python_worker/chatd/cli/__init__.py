@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "watch": "follow one chat's events",
     "models": "add or list model configurations",
     "providers": "add or list LLM providers",
+    "mcp": "register, list or remove MCP tool servers",
     "limits": "show or set spend limits",
     "spend": "report spend by organization, user and model for a period",
     "check": "health check for deploys and probes: database, schema, workers, stuck chats",

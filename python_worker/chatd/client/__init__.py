@@ -52,6 +52,7 @@ from chatd.client.errors import (
     InvalidTransition,
     LeaseLost,
     QueueFull,
+    ToolCallNotPending,
     UsageLimitExceeded,
     error_from_psycopg,
 )
@@ -67,6 +68,7 @@ from chatd.client.events import (
     RetryEvent,
     StatusEvent,
     TitleEvent,
+    ToolCallsEvent,
 )
 from chatd.client.models import ChatInfo, ChatSummary, Message, QueuedMessage, Snapshot, StreamParts
 from chatd.client.subscription import Subscription
@@ -75,6 +77,7 @@ from chatd.protocol.names import chat_channel
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ChatArchived",
+    "ToolCallNotPending",
     "ChatDeletedEvent",
     "ChatError",
     "ChatEvent",
@@ -102,6 +105,7 @@ __all__ = [
     "StreamParts",
     "Subscription",
     "TitleEvent",
+    "ToolCallsEvent",
     "UsageLimitExceeded",
     "chat_channel",
     "error_from_psycopg",

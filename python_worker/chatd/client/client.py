@@ -203,6 +203,22 @@ class Client:
         )
         return dict(value) if isinstance(value, Mapping) else {"result": value}
 
+    async def submit_tool_results(
+        self,
+        user_id: UUID,
+        chat_id: UUID,
+        results: Sequence[Mapping[str, Any]],
+        *,
+        db_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Answer client tool calls (``[{tool_call_id, output, is_error}]``) of a
+        chat in requires_action; ToolCallNotPending (CD009) for a call not
+        pending. Returns ``{message_id, status, pending, version}``."""
+        value = await self._scalar(
+            queries.SUBMIT_TOOL_RESULTS, [user_id, chat_id, Jsonb([dict(r) for r in results])], db_timeout
+        )
+        return dict(value) if isinstance(value, Mapping) else {"result": value}
+
     async def interrupt(self, user_id: UUID, chat_id: UUID, *, db_timeout: float | None = None) -> Any:
         return await self._scalar(queries.INTERRUPT_CHAT, [user_id, chat_id], db_timeout)
 

@@ -12,12 +12,14 @@ from chatd.protocol.errors import (
     InvalidTransition,
     LeaseLost,
     QueueFull,
+    ToolCallNotPending,
     UsageLimitExceeded,
     error_from_psycopg,
 )
 
 __all__ = [
     "ChatArchived",
+    "ToolCallNotPending",
     "ChatError",
     "ChatNotFound",
     "ChatdError",

@@ -22,6 +22,7 @@ __all__ = [
     "RetryEvent",
     "StatusEvent",
     "TitleEvent",
+    "ToolCallsEvent",
 ]
 
 
@@ -100,6 +101,16 @@ class ErrorEvent(ChatEvent):
 
 
 @dataclass(frozen=True)
+class ToolCallsEvent(ChatEvent):
+    """The chat is ``requires_action``: the application runs these client
+    tool calls (tool-call parts: tool_call_id, tool_name, input) and answers
+    with ``Client.submit_tool_results`` (docs/tools.md)."""
+
+    version: int
+    calls: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class TitleEvent(ChatEvent):
     version: int
     title: str
@@ -113,5 +124,5 @@ class ChatDeletedEvent(ChatEvent):
 
 Event: TypeAlias = (
     StatusEvent | MessageEvent | MessagesDeletedEvent | PartsEvent | QueueEvent | RetryEvent
-    | ErrorEvent | TitleEvent | ChatDeletedEvent
+    | ErrorEvent | TitleEvent | ChatDeletedEvent | ToolCallsEvent
 )

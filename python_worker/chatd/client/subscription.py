@@ -23,6 +23,7 @@ from chatd.client.events import (
     RetryEvent,
     StatusEvent,
     TitleEvent,
+    ToolCallsEvent,
 )
 from chatd.client.models import ChatInfo, Snapshot
 from chatd.protocol.errors import ChatNotFound, Forbidden
@@ -84,6 +85,7 @@ class Subscription:
         self._base_version = 0
         self._after = after_message_id or 0
         self._emitted: list[int] = []  # ids of the live messages emitted
+        self._calls: dict[str, dict[str, Any]] = {}  # tool calls of the last step without a result
         self._full = False
         self.refresh_failures = 0  # every failed re-read (a counter)
         self._failures = 0  # failed re-reads in a row (the retry backoff)
@@ -257,6 +259,15 @@ class Subscription:
                 )
         return events + self._apply(snapshot)
 
+    def _track_calls(self, role: str, content: list[dict[str, Any]]) -> None:
+        if role == "user":
+            self._calls = {}
+        elif role == "assistant" and any(p.get("type") == "tool-call" for p in content):
+            self._calls = {str(p["tool_call_id"]): p for p in content if p.get("type") == "tool-call"}
+        elif role == "tool":
+            for part in content:
+                self._calls.pop(str(part.get("tool_call_id")), None)
+
     def _apply(self, snapshot: Snapshot) -> list[Event]:
         """Events for everything in the snapshot not emitted yet."""
         events: list[Event] = []
@@ -266,11 +277,15 @@ class Subscription:
                 events.append(MessageEvent(self.chat_id, message))
                 self.last_message_id = message.id
                 self._emitted.append(message.id)
+                self._track_calls(message.role, message.content)
         if prev is None or chat.version > prev.version:
             if prev is None or (chat.status, chat.archived) != (prev.status, prev.archived):
                 events.append(StatusEvent(
                     self.chat_id, chat.status, chat.version, chat.archived, chat.lease, chat.worker_id,
                 ))
+            if chat.status == "requires_action" and (prev is None or prev.status != "requires_action"):
+                calls = [c for c in self._calls.values() if c.get("source", "client") == "client"]
+                events.append(ToolCallsEvent(self.chat_id, chat.version, calls))
             if prev is not None and chat.title != prev.title:
                 events.append(TitleEvent(self.chat_id, chat.version, chat.title))
             if chat.status == "error" and (prev is None or prev.status != "error"):

@@ -9,7 +9,15 @@ from typing import Any, cast
 import anthropic
 from anthropic.types import RawMessageStreamEvent
 
-from chatd.llm.content import count_attr, file_placeholder, file_source, first, parts, tool_text
+from chatd.llm.content import (
+    count_attr,
+    file_placeholder,
+    file_source,
+    first,
+    output_text,
+    parts,
+    tool_text,
+)
 from chatd.llm.types import (
     ClientCache,
     Finished,
@@ -18,6 +26,9 @@ from chatd.llm.types import (
     ReasoningDelta,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolSpec,
     Usage,
     auth_headers,
 )
@@ -37,10 +48,18 @@ class AnthropicTranslator:
         self.stop_reason: str | None = None
         self.stopped = False
         self.usage = Usage()
+        self.call_ids: dict[int, str] = {}  # content block index -> tool_use id
 
     def feed(self, event: RawMessageStreamEvent) -> list[StreamEvent]:
         kind = getattr(event, "type", None)
-        if kind == "message_start":
+        if kind == "content_block_start":
+            block = getattr(event, "content_block", None)
+            if getattr(block, "type", None) == "tool_use":
+                index = getattr(event, "index", 0) or 0
+                call_id = str(getattr(block, "id", None) or f"toolu_{index}")
+                self.call_ids[index] = call_id
+                return [ToolCallStart(call_id, str(getattr(block, "name", None) or ""))]
+        elif kind == "message_start":
             message = getattr(event, "message", None)
             u = getattr(message, "usage", None)
             self.response_id = getattr(message, "id", None)
@@ -59,6 +78,12 @@ class AnthropicTranslator:
             if delta_type == "text_delta":
                 text = getattr(delta, "text", None)
                 return [TextDelta(text)] if isinstance(text, str) and text else []
+            if delta_type == "input_json_delta":
+                fragment = getattr(delta, "partial_json", None)
+                owner = self.call_ids.get(getattr(event, "index", 0) or 0)
+                if owner is None or not isinstance(fragment, str) or not fragment:
+                    return []
+                return [ToolCallDelta(owner, fragment)]
             if delta_type == "thinking_delta":
                 thinking = getattr(delta, "thinking", None)
                 return [ReasoningDelta(thinking)] if isinstance(thinking, str) and thinking else []
@@ -92,14 +117,28 @@ class AnthropicTranslator:
         return Finished(self.usage, self.response_id, self.stop_reason)
 
 
+def _native_block(part: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A tool-call part as a `tool_use` block, a tool-result part as a
+    `tool_result` block; None for any other part."""
+    if part.get("type") == "tool-call":
+        return {"type": "tool_use", "id": str(part.get("tool_call_id")), "name": str(part.get("tool_name")),
+                "input": part.get("input") or {}}
+    if part.get("type") == "tool-result":
+        return {"type": "tool_result", "tool_use_id": str(part.get("tool_call_id")),
+                "content": output_text(part), "is_error": bool(part.get("is_error"))}
+    return None
+
+
 def to_anthropic_messages(
-    messages: Iterable[PromptMessage],
+    messages: Iterable[PromptMessage], *, native_tools: bool = False
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """chatd messages -> (Anthropic `system`, `messages`).
 
     System messages are joined into `system`; tool messages become user turns;
     consecutive turns of one role are merged; reasoning parts are dropped
     (Anthropic needs the original signature to accept thinking blocks back).
+    `native_tools`: tool calls and results as `tool_use` / `tool_result`
+    blocks (a request that offers tools), else as text.
     """
     system: list[str] = []
     out: list[dict[str, Any]] = []
@@ -110,13 +149,14 @@ def to_anthropic_messages(
             if kind == "text" and part.get("text"):
                 blocks.append({"type": "text", "text": str(part["text"])})
             elif kind in ("tool-call", "tool-result"):
-                blocks.append({"type": "text", "text": tool_text(part) or ""})
+                native = _native_block(part) if native_tools else None
+                blocks.append(native or {"type": "text", "text": tool_text(part) or ""})
             elif kind == "file":
                 blocks.append(_anthropic_file_block(part, message.role))
         if not blocks:
             continue
         if message.role == "system":
-            system.extend(b["text"] for b in blocks if b["type"] == "text")
+            system.extend(str(b["text"]) for b in blocks if b["type"] == "text")
             continue
         role = "assistant" if message.role == "assistant" else "user"
         if out and out[-1]["role"] == role:
@@ -147,11 +187,15 @@ def prepare(
     key: str,
     messages: Sequence[PromptMessage],
     read_timeout: float,
+    tools: Sequence[ToolSpec] = (),
 ) -> tuple[AnthropicTranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
     translator = AnthropicTranslator()
     client_a = cache.anthropic(spec, key)
-    system, conversation = to_anthropic_messages(messages)
+    system, conversation = to_anthropic_messages(messages, native_tools=bool(tools))
+    tool_list = [
+        {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)} for t in tools
+    ]
 
     headers = auth_headers(spec.auth_header or "x-api-key", key, anthropic.omit)
 
@@ -165,6 +209,7 @@ def prepare(
             extra_headers=headers,
             system=system if system else anthropic.omit,
             thinking=thinking(spec),
+            tools=cast(Any, tool_list) if tool_list else anthropic.omit,
         )
 
     return translator, open_stream

@@ -156,6 +156,7 @@ _MESSAGES: dict[ChatErrorKind, str] = {
     ChatErrorKind.usage_limit: "{p} quota or billing limit reached",
     ChatErrorKind.content_filter: "{p} blocked the content (content filter)",
     ChatErrorKind.missing_key: "{p} has no API key",
+    ChatErrorKind.step_limit: "the turn reached its limit of tool steps",
 }
 
 # Text fallbacks, checked in order against the lower-cased exception text.

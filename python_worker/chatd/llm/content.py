@@ -1,10 +1,10 @@
 """Prompt content shared by the provider wires: chatd's jsonb parts (text,
 reasoning, file, tool-call, tool-result) read leniently.
 
-chatd does not send tool definitions yet (client-executed tools are reserved,
-see `requires_action`). Both APIs reject tool-call history without matching
-tool definitions, so tool calls and tool results are rendered as plain text:
-the model still sees what happened, and the request stays valid."""
+A turn that offers tools (docs/tools.md) sends tool calls and results in
+the wire's native format. Without tools, both APIs reject tool-call
+history, so tool calls and tool results are rendered as plain text: the
+model still sees what happened, and the request stays valid."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["file_placeholder", "file_source", "first", "parts", "tool_text"]
+__all__ = ["file_placeholder", "file_source", "first", "output_text", "parts", "tool_text"]
 
 
 def first(*values: int | None) -> int | None:
@@ -44,6 +44,12 @@ def tool_text(part: Mapping[str, Any]) -> str | None:
         rendered = result if isinstance(result, str) else json.dumps(result, sort_keys=True)
         return f"[tool result {name}: {rendered}]"
     return None
+
+
+def output_text(part: Mapping[str, Any]) -> str:
+    """A tool-result part's output as the text a provider takes."""
+    output = part.get("output", "")
+    return output if isinstance(output, str) else json.dumps(output, sort_keys=True)
 
 
 def file_source(part: Mapping[str, Any]) -> tuple[str, str | None, str | None]:

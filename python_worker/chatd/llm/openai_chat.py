@@ -3,13 +3,21 @@ chatd prompt -> `messages`, streamed `ChatCompletionChunk` -> events."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import openai
 from openai.types.chat import ChatCompletionChunk
 
-from chatd.llm.content import count_attr, file_placeholder, file_source, parts, tool_text
+from chatd.llm.content import (
+    count_attr,
+    file_placeholder,
+    file_source,
+    output_text,
+    parts,
+    tool_text,
+)
 from chatd.llm.types import (
     ClientCache,
     Finished,
@@ -18,6 +26,9 @@ from chatd.llm.types import (
     ReasoningDelta,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolSpec,
     Usage,
     auth_headers,
 )
@@ -41,6 +52,7 @@ class OpenAITranslator:
         self.usage_expected = usage_expected
         self.usage_seen = False
         self.usage = Usage()
+        self.call_ids: dict[int, str] = {}  # tool_calls delta index -> call id
 
     def feed(self, chunk: ChatCompletionChunk) -> list[StreamEvent]:
         events: list[StreamEvent] = []
@@ -75,9 +87,26 @@ class OpenAITranslator:
             content = getattr(delta, "content", None)
             if isinstance(content, str) and content:
                 events.append(TextDelta(content))
+            events.extend(self._tool_calls(getattr(delta, "tool_calls", None) or ()))
             finish_reason = getattr(choice, "finish_reason", None)
             if finish_reason is not None:
                 self.finish_reason = str(finish_reason)
+        return events
+
+    def _tool_calls(self, deltas: Iterable[Any]) -> list[StreamEvent]:
+        """Streamed `tool_calls` deltas: the first of an index carries its id
+        and name, the next ones pieces of `function.arguments`."""
+        events: list[StreamEvent] = []
+        for tc in deltas:
+            index = getattr(tc, "index", 0) or 0
+            function = getattr(tc, "function", None)
+            if index not in self.call_ids:
+                call_id = getattr(tc, "id", None) or f"call_{index}"
+                self.call_ids[index] = str(call_id)
+                events.append(ToolCallStart(str(call_id), str(getattr(function, "name", None) or "")))
+            arguments = getattr(function, "arguments", None)
+            if isinstance(arguments, str) and arguments:
+                events.append(ToolCallDelta(self.call_ids[index], arguments))
         return events
 
     def finished(self) -> Finished | None:
@@ -86,10 +115,40 @@ class OpenAITranslator:
         return Finished(self.usage, self.response_id, self.finish_reason)
 
 
-def to_openai_messages(messages: Iterable[PromptMessage]) -> list[dict[str, Any]]:
-    """chatd messages -> Chat Completions `messages` (reasoning parts are dropped)."""
+def _native_tool_messages(message: PromptMessage) -> list[dict[str, Any]] | None:
+    """An assistant step with tool calls, or a tool message, in the native
+    format (`tool_calls`, role `tool`); None for any other message."""
+    items = parts(message.content)
+    if message.role == "tool":
+        return [
+            {"role": "tool", "tool_call_id": str(p.get("tool_call_id")), "content": output_text(p)}
+            for p in items if p.get("type") == "tool-result"
+        ]
+    calls = [p for p in items if p.get("type") == "tool-call"]
+    if message.role != "assistant" or not calls:
+        return None
+    text = "\n\n".join(str(p["text"]) for p in items if p.get("type") == "text" and p.get("text"))
+    return [{
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {"id": str(c.get("tool_call_id")), "type": "function",
+             "function": {"name": str(c.get("tool_name")), "arguments": json.dumps(c.get("input") or {})}}
+            for c in calls
+        ],
+    }]
+
+
+def to_openai_messages(messages: Iterable[PromptMessage], *, native_tools: bool = False) -> list[dict[str, Any]]:
+    """chatd messages -> Chat Completions `messages` (reasoning parts are dropped).
+    `native_tools`: tool calls and results in the native format (a request
+    that offers tools), else as text."""
     out: list[dict[str, Any]] = []
     for message in messages:
+        native = _native_tool_messages(message) if native_tools else None
+        if native is not None:
+            out.extend(native)
+            continue
         texts: list[str] = []
         rich: list[dict[str, Any]] = []
         for part in parts(message.content):
@@ -127,13 +186,19 @@ def prepare(
     key: str,
     messages: Sequence[PromptMessage],
     read_timeout: float,
+    tools: Sequence[ToolSpec] = (),
 ) -> tuple[OpenAITranslator, Callable[[], Awaitable[Any]]]:
     """The translator and the request of one streamed turn."""
     server = (spec.base_url, spec.provider_name)
     send_options = spec.stream_usage and server not in cache.no_stream_options
     translator = OpenAITranslator(usage_expected=send_options)
     client_o = cache.openai(spec, key)
-    conversation = to_openai_messages(messages)
+    conversation = to_openai_messages(messages, native_tools=bool(tools))
+    tool_list = [
+        {"type": "function", "function": {"name": t.name, "description": t.description,
+                                          "parameters": dict(t.input_schema)}}
+        for t in tools
+    ]
     # Official OpenAI wants max_completion_tokens; most compatible servers
     # still only know max_tokens.
     official = spec.provider_kind == "openai"
@@ -149,6 +214,7 @@ def prepare(
             stream_options={"include_usage": True} if with_options else openai.omit,
             max_completion_tokens=spec.max_output_tokens if official else openai.omit,
             max_tokens=openai.omit if official else spec.max_output_tokens,
+            tools=cast(Any, tool_list) if tool_list else openai.omit,
         )
 
     async def open_stream() -> Any:

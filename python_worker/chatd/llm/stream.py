@@ -41,6 +41,7 @@ from chatd.llm.types import (
     ReasoningDelta,
     StreamEvent,
     TextDelta,
+    ToolSpec,
     Usage,
     estimate_usage,
     resolve_api_key,
@@ -57,12 +58,15 @@ async def stream_turn(
     api_key: str | None = None,
     idle_timeout: float | None = None,
     clients: ClientCache | None = None,
+    tools: Sequence[ToolSpec] = (),
 ) -> AsyncIterator[StreamEvent]:
     """Stream one assistant turn for `messages` from the model in `spec`.
 
     `api_key` overrides the environment lookup. `idle_timeout`, when given,
     bounds the gap between two events after the first (a retryable `timeout`).
     Without `clients`, a client is created for this turn and closed after it.
+    `tools`: the tools offered to the model; with them, tool calls and
+    results of the history are sent in the wire's native format.
     """
     provider = spec.provider_name
     if spec.provider_kind not in PROVIDER_KINDS:
@@ -83,6 +87,16 @@ async def stream_turn(
                 message=f"provider kind {spec.provider_kind!r} does not speak the API {spec.wire!r}",
             )
         )
+    if tools and spec.wire == "responses":
+        raise ChatTurnError(
+            make_error(
+                ChatErrorKind.config,
+                provider,
+                retryable=False,
+                message="tool calls are not supported on the Responses API yet: "
+                "use api chat_completions for a chat with tools",
+            )
+        )
     key = api_key or resolve_api_key(spec)
     cache = clients or ClientCache()
     try:
@@ -91,11 +105,11 @@ async def stream_turn(
         # the SDK's read timeout is a backstop: chatd's own timeouts fire first
         read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
         if spec.wire == "messages":
-            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read)
+            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read, tools)
         elif spec.wire == "responses":
             translator, open_stream = openai_responses.prepare(cache, spec, key, messages, read)
         else:
-            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read)
+            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read, tools)
         output_chars = 0
         async for event in _guarded(
             provider, open_stream, translator, startup_timeout, idle_timeout

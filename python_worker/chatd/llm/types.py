@@ -28,6 +28,9 @@ __all__ = [
     "ReasoningDelta",
     "StreamEvent",
     "TextDelta",
+    "ToolCallDelta",
+    "ToolCallStart",
+    "ToolSpec",
     "Usage",
     "estimate_usage",
     "resolve_api_key",
@@ -122,6 +125,31 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to the model: `{name, description, input_schema}`."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCallStart:
+    """The model starts a tool call: its id and the tool's name (the input follows)."""
+
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call's input, a JSON text streamed in fragments."""
+
+    call_id: str
+    fragment: str
+
+
+@dataclass(frozen=True)
 class Usage:
     """Token counts of one turn, in chatd's price buckets (None when not reported).
 
@@ -173,7 +201,7 @@ class Finished:
         return _STOPS.get(self.finish_reason.lower(), "other")
 
 
-StreamEvent = TextDelta | ReasoningDelta | Finished
+StreamEvent = TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | Finished
 
 
 def resolve_api_key(spec: ModelSpec) -> str:

@@ -22,6 +22,7 @@ from chatd.protocol.errors import (
     InvalidTransition,
     LeaseLost,
     QueueFull,
+    ToolCallNotPending,
     UsageLimitExceeded,
     error_from_psycopg,
 )
@@ -30,6 +31,7 @@ from chatd.protocol.names import WAKE_CHANNEL, chat_channel, user_channel
 __all__ = [
     "WAKE_CHANNEL",
     "ChatArchived",
+    "ToolCallNotPending",
     "ChatError",
     "ChatErrorKind",
     "ChatNotFound",

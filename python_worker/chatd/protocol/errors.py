@@ -24,6 +24,7 @@ from chatd.protocol import names
 
 __all__ = [
     "ChatArchived",
+    "ToolCallNotPending",
     "ChatError",
     "ChatErrorKind",
     "ChatNotFound",
@@ -115,10 +116,17 @@ class ChatArchived(ChatdError):
     sqlstate = names.CHAT_ARCHIVED
 
 
+class ToolCallNotPending(ChatdError):
+    """A tool result names a call that is not pending (unknown, already
+    answered or cancelled, or answered by the other side): CD009."""
+
+    sqlstate = names.TOOL_CALL_NOT_PENDING
+
+
 _ERRORS: dict[str, type[ChatdError]] = {
     cls.sqlstate: cls
     for cls in (ChatNotFound, Forbidden, InvalidTransition, LeaseLost, QueueFull,
-                UsageLimitExceeded, InvalidInput, ChatArchived)
+                UsageLimitExceeded, InvalidInput, ChatArchived, ToolCallNotPending)
     if cls.sqlstate is not None
 }
 
@@ -152,6 +160,7 @@ class ChatErrorKind(enum.StrEnum):
     usage_limit = "usage_limit"
     content_filter = "content_filter"
     missing_key = "missing_key"
+    step_limit = "step_limit"
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,20 @@ WORKER_SETTINGS: Final = (
 # One round trip gives a claimed turn everything it needs: lease, model and
 # provider, and the prompt.
 ACQUIRE_CHATS: Final = (
-    "SELECT chat_id, lease, attempt, model, messages, history_complete "
+    "SELECT chat_id, lease, attempt, model, messages, history_complete, tools "
     "FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
 )
+
+# The tool loop (docs/tools.md): a step with tool calls, committed before
+# any tool runs; then each worker-run result. Both return {message_id,
+# status, pending}: SQL says whether the turn goes on, waits for the
+# application (requires_action) or ended (step limit).
+COMMIT_TOOL_STEP: Final = (
+    "SELECT chatd.commit_tool_step(%(chat_id)s, %(lease)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s)"
+)
+
+COMMIT_TOOL_RESULTS: Final = "SELECT chatd.commit_tool_results(%(chat_id)s, %(lease)s, %(results)s)"
 
 # The next page of a claimed turn's history (fenced by worker and lease);
 # no rows: complete.
@@ -74,6 +85,8 @@ CREATE_CHAT: Final = (
 SEND_MESSAGE: Final = "SELECT chatd.send_message(%s, %s, %s, %s, %s)"
 
 INTERRUPT_CHAT: Final = "SELECT chatd.interrupt_chat(%s, %s)"
+
+SUBMIT_TOOL_RESULTS: Final = "SELECT chatd.submit_tool_results(%s, %s, %s)"
 
 EDIT_MESSAGE: Final = "SELECT chatd.edit_message(%s, %s, %s, %s, %s)"
 
@@ -179,4 +192,21 @@ APP_LIST_MODELS: Final = (
 APP_USAGE: Final = (
     "SELECT limit_micros, source, spent_micros, period_start, resets_at "
     "FROM chatd.usage_limit_status(%s, %s)"
+)
+
+# ---------------------------------------------------------------------- MCP servers (chatd mcp, owner)
+
+UPSERT_MCP_SERVER: Final = "SELECT chatd.admin_upsert_mcp_server(%s, %s, %s, %s, %s)"
+
+LIST_MCP_SERVERS: Final = (
+    "SELECT name, url, command, secret_env, enabled, models FROM chatd.admin_list_mcp_servers()"
+)
+
+REMOVE_MCP_SERVER: Final = "SELECT chatd.admin_remove_mcp_server(%s)"
+
+# adds one server to a model's list (chatd mcp add --model)
+ADD_MODEL_MCP_SERVER: Final = (
+    "SELECT chatd.admin_set_model_mcp_servers(%s, array_append(coalesce(("
+    "SELECT array_agg(DISTINCT x) FROM chatd.model_configs AS m, unnest(m.mcp_servers) AS x "
+    "WHERE m.model = %s::text), '{}'), %s::text))"
 )

@@ -9,7 +9,7 @@ The worker decides nothing about chat state: SQL does (docs/state-machine.md).
   finishing, failures);
 * `chatd.worker.finish`: the finish batcher (`chatd.finish_turns`).
 
-May import: chatd.protocol, chatd.llm, chatd.config, chatd.listener,
+May import: chatd.protocol, chatd.llm, chatd.tools, chatd.config, chatd.listener,
 chatd.metrics, chatd.logs. Never chatd.client, chatd.cli or chatd.testing.
 """
 

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -25,6 +25,9 @@ from chatd.llm import (
     PromptMessage,
     ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolSpec,
     estimate_usage,
 )
 from chatd.logs import bind, log_failure, reason
@@ -32,6 +35,9 @@ from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import BatchFailed
 from chatd.worker.history import load_history
+from chatd.worker.output import Output as _Output
+from chatd.worker.output import usage_json as _usage_json
+from chatd.worker.tools import ToolLoop
 
 if TYPE_CHECKING:
     from chatd.worker.worker import Worker
@@ -67,6 +73,8 @@ class Claim:
     messages: Sequence[Mapping[str, Any]]
     # False: acquire_chats returned only the first page of the history
     history_complete: bool = True
+    # what the turn may call (chatd._turn_tools); None: a chat without tools
+    tools: Mapping[str, Any] | None = None
 
     def spec(self) -> ModelSpec:
         provider = self.model["provider"]
@@ -87,50 +95,6 @@ class Claim:
         return [PromptMessage(m["role"], m["content"]) for m in self.messages]
 
 
-@dataclass
-class _Output:
-    """What a turn has produced so far, and what is not yet published."""
-
-    reasoning: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    pending: list[dict[str, str]] = field(default_factory=list)
-    pending_bytes: int = 0
-
-    def add(self, kind: str, delta: str) -> None:
-        (self.text if kind == "text" else self.reasoning).append(delta)
-        if self.pending and self.pending[-1]["type"] == kind:
-            self.pending[-1]["text"] += delta  # coalesce adjacent deltas
-        else:
-            self.pending.append({"type": kind, "text": delta})
-        self.pending_bytes += len(delta.encode())
-
-    def content(self) -> list[dict[str, str]]:
-        parts = []
-        if self.reasoning:
-            parts.append({"type": "reasoning", "text": "".join(self.reasoning)})
-        text = "".join(self.text)
-        if text:  # chatd refuses an empty text part (CD007)
-            parts.append({"type": "text", "text": text})
-        return parts
-
-
-def _usage_json(finished: Finished | None) -> dict[str, Any]:
-    if finished is None:
-        return {}
-    usage = finished.usage
-    values = {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-    }
-    counts: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
-    if usage.estimated:
-        counts["estimated"] = True  # messages.usage_estimated
-    return counts
-
-
 class TurnRun:
     """One turn: stream from the LLM, publish parts (at most one flush per
     ``flush_interval``, or early at ``flush_bytes``), then finish through the
@@ -145,9 +109,11 @@ class TurnRun:
         self.seq = 0
         self.flush_lock = asyncio.Lock()
         self.last_flush = time.monotonic()
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # of the current model step (runtime_ms)
+        self.turn_started = self.started
         self.finished: Finished | None = None
         self.base = {"chat_id": claim.chat_id, "lease": claim.lease}
+        self.tools: list[ToolSpec] = []
         self.flusher: asyncio.Task[None] | None = None  # the one flush in flight
 
     def flush_soon(self) -> None:
@@ -162,7 +128,7 @@ class TurnRun:
             self.flusher.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return time.monotonic() - self.turn_started
 
     async def flush(self) -> None:
         output, claim = self.output, self.claim
@@ -213,10 +179,11 @@ class TurnRun:
         """Stream the LLM's events into the output, flushing as they come."""
         worker, claim, output, config = self.worker, self.claim, self.output, self.worker.config
         straggler = asyncio.create_task(self.flush_stragglers())
+        tools = {"tools": self.tools} if self.tools else {}
         try:
             async for event in worker.stream(
                 claim.spec(), claim.prompt(), startup_timeout=worker.startup_timeout,
-                idle_timeout=config.idle_timeout, clients=worker.clients,
+                idle_timeout=config.idle_timeout, clients=worker.clients, **tools,
             ):
                 if isinstance(event, (TextDelta, ReasoningDelta)) and not (output.text or output.reasoning):
                     worker.metrics.first_token.labels(claim.spec().provider_name).observe(self.elapsed())
@@ -224,6 +191,8 @@ class TurnRun:
                     output.add("text", event.text)
                 elif isinstance(event, ReasoningDelta):
                     output.add("reasoning", event.text)
+                elif isinstance(event, ToolCallStart | ToolCallDelta):
+                    output.add_call(event)
                 elif isinstance(event, Finished):
                     self.finished = event
                 if output.pending_bytes >= config.flush_bytes or (
@@ -237,20 +206,42 @@ class TurnRun:
         finally:
             straggler.cancel()
 
-    async def run(self) -> None:
-        turn, claim, output = self.turn, self.claim, self.output
-        bind(chat_id=str(claim.chat_id), lease=claim.lease,
-             provider=(self.claim.model.get("provider") or {}).get("name"))
-        try:
-            if not claim.history_complete:
-                await load_history(self.worker, claim)
+    async def steps(self, loop: ToolLoop | None) -> Finished | None:
+        """Model steps until one ends without tool calls (its Finished), or
+        None when SQL ended the turn at a tool step (requires_action, step
+        limit). Each tool step is committed, its calls run (ToolLoop)."""
+        if loop is not None:
+            self.tools = await loop.specs()
+            if not await loop.resume():
+                return None
+        while True:
             await self.stream()
             finished = self.finished
             if finished is None:  # a stream adapter must raise instead; never save as success
                 raise ChatTurnError(ChatError(
                     "stream closed before the response completed", ChatErrorKind.timeout,
-                    claim.spec().provider_name, True,
+                    self.claim.spec().provider_name, True,
                 ))
+            if loop is None or not self.output.calls.calls:
+                return finished
+            await self.flush()
+            content = [*self.output.content(), *self.output.calls.parts(loop.source_of)]
+            final = self.result(finished)
+            self.output, self.finished, self.started = _Output(), None, time.monotonic()
+            if not await loop.step(content, final):
+                return None
+
+    async def run(self) -> None:
+        turn, claim = self.turn, self.claim
+        loop = ToolLoop(self, claim.tools) if claim.tools else None
+        bind(chat_id=str(claim.chat_id), lease=claim.lease,
+             provider=(claim.model.get("provider") or {}).get("name"))
+        try:
+            if not claim.history_complete:
+                await load_history(self.worker, claim)
+            finished = await self.steps(loop)
+            if finished is None:
+                return
             turn.finishing = True
             final = self.result(finished)
             if not await self._publish_and_finish(final):
@@ -266,13 +257,13 @@ class TurnRun:
             log.info("chat %s: lease %d lost", claim.chat_id, claim.lease)
             self.worker.metrics.inc("chatd_worker_leases_lost_total")
             self.worker.metrics.turn_ended("lost", self.elapsed())
-            if output.content():
+            if self.output.content():
                 await self._save_interrupted(self.result(self.finished), claim)
         except asyncio.CancelledError:
             if turn.cancel_reason == "lost":
                 # Interrupted (or taken away): SQL decides whether the partial
                 # message may still be saved under this lease.
-                if output.content():
+                if self.output.content():
                     await self._save_interrupted(self.result(self.finished), claim)
                 return
             raise
@@ -282,6 +273,9 @@ class TurnRun:
                 f"worker error: {type(exc).__name__}: {exc}"[:500], ChatErrorKind.generic,
                 claim.spec().provider_name, True,
             ))
+        finally:
+            if loop is not None:
+                await loop.aclose()
 
     async def _publish_and_finish(self, final: Mapping[str, Any]) -> bool:
         """The last streamed parts and finish_turn, batched with the other

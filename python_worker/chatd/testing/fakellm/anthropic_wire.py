@@ -79,6 +79,18 @@ class AnthropicWire:
         frames = self._block("text") if self.open != "text" else []
         return [*frames, self._delta({"type": "text_delta", "text": piece})]
 
+    def tool_call(self, index: int, call_id: str, name: str, arguments: list[str]) -> list[bytes]:
+        """One tool_use block: id and name first, then input_json_delta pieces."""
+        frames = self._close_block()
+        self.index += 1
+        self.open = "tool_use"
+        block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        frames.append(sse(
+            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+        ))
+        frames += [self._delta({"type": "input_json_delta", "partial_json": a}) for a in arguments]
+        return frames
+
     def error(self, error_type: str, message: str | None) -> list[bytes]:
         return [sse("error", error_object("anthropic", 500, error_type, message))]
 

@@ -148,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
             wire = OpenAIWire(rid, model, include_usage and plan.send_usage)
         else:
             wire = AnthropicWire(rid, model, plan.totals)
+        if plan.tool_calls and plan.finish is None:
+            plan.finish = "tool_calls" if api == "openai" else "tool_use"
 
         if not request.stream:
             if plan.cut is not None or plan.stream_error is not None or plan.malformed:
@@ -200,6 +202,13 @@ class Handler(BaseHTTPRequestHandler):
                 break
             last = i == len(pieces) - 1
             ok = self._frames(request, wire.text(piece)) and (last or self._pause(delay))
+        for index, call in enumerate(plan.tool_calls):
+            arguments = json.dumps(call.get("input") or {})
+            half = len(arguments) // 2
+            ok = ok and self._frames(request, wire.tool_call(
+                index, str(call.get("id") or f"call_{rid[-6:]}_{index}"), str(call["name"]),
+                [arguments[:half], arguments[half:]],
+            ))
         if not ok:
             return
         if isinstance(wire, ResponsesWire) and stream_error is not None:
@@ -340,6 +349,7 @@ class _Plan:
     stream_error: StreamError | None = None
     usage: FakeUsage = field(default_factory=FakeUsage)
     finish: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
     totals: Totals = field(default_factory=lambda: Totals(0, 0, 0, 0, 0))
 
     @classmethod
@@ -354,6 +364,7 @@ class _Plan:
             )
             plan.usage, plan.finish = response.usage or plan.usage, response.finish_reason
             plan.send_usage = response.send_usage
+            plan.tool_calls = response.tool_calls
         elif isinstance(response, Truncate):
             plan.text, plan.chunks, plan.delay = response.text, response.chunks, response.delay
             plan.cut, plan.abort = response.after_chunks, response.abort

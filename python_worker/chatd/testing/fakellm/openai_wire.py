@@ -39,6 +39,13 @@ class OpenAIWire:
     def text(self, piece: str) -> list[bytes]:
         return [self._chunk({"content": piece})]
 
+    def tool_call(self, index: int, call_id: str, name: str, arguments: list[str]) -> list[bytes]:
+        """One tool call: its id and name first, then its arguments in pieces."""
+        head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        frames = [self._chunk({"tool_calls": [head]})]
+        frames += [self._chunk({"tool_calls": [{"index": index, "function": {"arguments": a}}]}) for a in arguments]
+        return frames
+
     def error(self, error_type: str, message: str | None) -> list[bytes]:
         return [sse(None, error_object("openai", 500, error_type, message))]
 

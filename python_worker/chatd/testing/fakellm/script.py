@@ -35,6 +35,9 @@ class Text:
     reasoning: str = ""
     finish_reason: str | None = None  # default: 'stop' (OpenAI) / 'end_turn' (Anthropic)
     send_usage: bool = True  # False: no OpenAI usage chunk even when include_usage asked for one
+    # tool calls after the text: ({"id", "name", "input"}, ...); the finish
+    # reason then defaults to 'tool_calls' (OpenAI) / 'tool_use' (Anthropic)
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ def response_from_json(obj: Mapping[str, Any]) -> FakeResponse:
         raise ValueError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
     if isinstance(kwargs.get("usage"), Mapping):
         kwargs["usage"] = FakeUsage(**kwargs["usage"])
+    if isinstance(kwargs.get("tool_calls"), list):
+        kwargs["tool_calls"] = tuple(kwargs["tool_calls"])
     if isinstance(kwargs.get("then"), Mapping):
         then = response_from_json(kwargs["then"])
         if not isinstance(then, Text | HttpError):
@@ -145,6 +150,8 @@ def response_to_json(response: FakeResponse) -> dict[str, Any]:
     obj = {k: v for k, v in asdict(response).items() if v is not None}
     if isinstance(response, HttpError):
         obj["headers"] = dict(response.headers)
+    if isinstance(response, Text):
+        obj["tool_calls"] = [dict(c) for c in response.tool_calls]
     return {"type": name, **obj}
 
 

@@ -119,7 +119,7 @@ def test_every_sqlstate_has_one_status() -> None:
     assert {s: v[0] for s, v in SQLSTATE_STATUS.items()} == {
         names.CHAT_NOT_FOUND: 404, names.FORBIDDEN: 404, names.INVALID_TRANSITION: 409,
         names.LEASE_LOST: 409, names.QUEUE_FULL: 429, names.USAGE_LIMIT_EXCEEDED: 409,
-        names.INVALID_INPUT: 422, names.CHAT_ARCHIVED: 409,
+        names.INVALID_INPUT: 422, names.CHAT_ARCHIVED: 409, names.TOOL_CALL_NOT_PENDING: 409,
     }
 
 
@@ -445,3 +445,40 @@ async def test_a_slow_reader_gets_a_resync_not_unbounded_memory(
                     break
         await frames.aclose()
     assert stream.resyncs >= 1 and seqs == list(range(10))
+
+
+# ---------------------------------------------------------------- client tools
+
+
+async def test_a_client_tool_is_defined_called_and_answered_over_http(
+    db: str, api: httpx.AsyncClient, fake: FakeLLM
+) -> None:
+    ask = {"name": "ask_user", "description": "asks the user", "input_schema": {"type": "object"}}
+    created = await api.post("/api/chats", json={"content": "what colour?", "tools": [ask]})
+    assert created.status_code == 201, created.text
+    chat = UUID(created.json()["id"])
+    fake.script(Text("", tool_calls=({"id": "k1", "name": "ask_user", "input": {"q": "colour?"}},)),
+                Text("blue it is"))
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "requires_action"), what="the client tool call")
+        wrong = await api.post(f"/api/chats/{chat}/tool-results",
+                               json={"results": [{"tool_call_id": "nope", "output": "x"}]})
+        assert wrong.status_code == 409 and wrong.json()["type"].endswith("tool-call-not-pending")
+        empty = await api.post(f"/api/chats/{chat}/tool-results", json={"results": []})
+        assert empty.status_code == 422
+        answered = await api.post(f"/api/chats/{chat}/tool-results",
+                                  json={"results": [{"tool_call_id": "k1", "output": "blue"}]})
+        assert answered.status_code == 202, answered.text
+        assert answered.json()["result"]["status"] == "pending"
+        await wait_until(lambda: status_is(db, chat, "waiting"), what="the turn to continue")
+    snap = (await api.get(f"/api/chats/{chat}")).json()
+    assert [m["role"] for m in snap["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_malformed_tool_definitions_are_a_422_and_create_nothing(
+    api: httpx.AsyncClient, conn: psycopg.Connection[Any]
+) -> None:
+    before = conn.execute("SELECT count(*) FROM chatd.chats").fetchone()
+    bad = await api.post("/api/chats", json={"content": "x", "tools": [{"name": "", "input_schema": 3}]})
+    assert bad.status_code == 422, bad.text
+    assert conn.execute("SELECT count(*) FROM chatd.chats").fetchone() == before

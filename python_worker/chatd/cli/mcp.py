@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import argparse
 
-from chatd.cli.common import add_database_argument, run_command, table
+from chatd.cli.common import Exit, add_database_argument, fail, run_command, table
 from chatd.client import Client
 from chatd.protocol import queries
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["EXAMPLE", "add_arguments", "run"]
+
+EXAMPLE = """chatd mcp add example --command 'python examples/mcp_server.py' --model gpt-4o-mini
+chatd mcp add search --url http://127.0.0.1:8765/mcp --secret-env SEARCH_TOKEN
+chatd mcp list
+chatd mcp remove example"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ls = sub.add_parser("list", help="list servers")
     add_database_argument(ls)
     rm = sub.add_parser("remove", help="remove a server (chats and models no longer see it)")
-    rm.add_argument("name")
+    rm.add_argument("name", help="the server's name")
     add_database_argument(rm)
 
 
@@ -50,8 +55,7 @@ async def _mcp(client: Client, args: argparse.Namespace) -> int:
     if args.action == "remove":
         rows = await client.fetch(queries.REMOVE_MCP_SERVER, [args.name])
         if not rows[0][0]:
-            print(f"chatd mcp: no server named {args.name}")
-            return 1
+            fail(f"no server named {args.name}", Exit.FAILED)
         return 0
     rows = await client.fetch(queries.LIST_MCP_SERVERS)
     print(table([[r[0], r[1] or r[2], r[3] or "", r[4], ",".join(r[5])] for r in rows],

@@ -173,13 +173,20 @@ class Client:
         workspace_id: UUID | None = None,
         parent_chat_id: UUID | None = None,
         client_type: Literal["ui", "api"] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        mcp_servers: Sequence[str] | None = None,
         db_timeout: float | None = None,
     ) -> UUID:
-        """Create a chat with its first user message; it starts ``pending``."""
+        """Create a chat with its first user message; it starts ``pending``.
+        ``tools``: client tool definitions ``{name, description, input_schema}``
+        the application answers (docs/tools.md); ``mcp_servers``: names of
+        registered MCP servers this chat may use."""
         value = await self._scalar(
             queries.CREATE_CHAT,
             [user_id, organization_id, _content_json(content), model_config_id, title,
-             system_prompt, workspace_id, parent_chat_id, client_type],
+             system_prompt, workspace_id, parent_chat_id, client_type,
+             None if tools is None else Jsonb([dict(t) for t in tools]),
+             None if mcp_servers is None else list(mcp_servers)],
             db_timeout,
         )
         return UUID(str(value))
@@ -192,13 +199,16 @@ class Client:
         *,
         busy_behavior: Literal["queue", "interrupt"] = "queue",
         model_config_id: UUID | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         db_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Send a message: runs at once when the chat is idle, else queued
-        (``busy_behavior="interrupt"`` also interrupts the running turn)."""
+        (``busy_behavior="interrupt"`` also interrupts the running turn).
+        ``tools``, when given, replaces the chat's client tool definitions."""
         value = await self._scalar(
             queries.SEND_MESSAGE,
-            [user_id, chat_id, _content_json(content), busy_behavior, model_config_id],
+            [user_id, chat_id, _content_json(content), busy_behavior, model_config_id,
+             None if tools is None else Jsonb([dict(t) for t in tools])],
             db_timeout,
         )
         return dict(value) if isinstance(value, Mapping) else {"result": value}

@@ -38,13 +38,14 @@ STATIC: Final = resources.files("chatd.http") / "static"
 Content = (str, list)
 CREATE_CHAT: Final[dict[str, Field]] = {
     "content": (Content, True), "title": ((str,), False), "model_config_id": ((UUID,), False),
-    "system_prompt": ((str,), False),
+    "system_prompt": ((str,), False), "tools": ((list,), False),
 }
 SEND_MESSAGE: Final[dict[str, Field]] = {
     "content": (Content, True), "busy_behavior": ((str,), False), "model_config_id": ((UUID,), False),
+    "tools": ((list,), False),
 }
 EDIT_MESSAGE: Final[dict[str, Field]] = {"content": (Content, True), "model_config_id": ((UUID,), False)}
-# POST /api/chats/{id}/tool-results belongs here once tool calls land (issue 16 item 3)
+TOOL_RESULTS: Final[dict[str, Field]] = {"results": ((list,), True)}
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
@@ -94,7 +95,7 @@ class _Api:
         chat = await (await self.client()).create_chat(
             me.user_id, me.organization_id, body["content"], title=body.get("title"),
             model_config_id=body.get("model_config_id"), system_prompt=body.get("system_prompt"),
-            client_type="api",
+            client_type="api", tools=body.get("tools"),
         )
         return _json({"id": chat}, 201)
 
@@ -143,7 +144,7 @@ class _Api:
         body = await read_json(request, self.settings.max_body_bytes, SEND_MESSAGE)
         result = await (await self.client()).send_message(
             me.user_id, chat, body["content"], busy_behavior=body.get("busy_behavior", "queue"),
-            model_config_id=body.get("model_config_id"),
+            model_config_id=body.get("model_config_id"), tools=body.get("tools"),
         )
         return _json(result, 202)
 
@@ -155,6 +156,18 @@ class _Api:
         result = await (await self.client()).edit_message(
             me.user_id, chat, message, body["content"], model_config_id=body.get("model_config_id"),
         )
+        return _json({"result": result}, 202)
+
+    async def submit_tool_results(self, request: Request) -> Response:
+        me = await self.who(request)
+        chat = self.chat_id(request)
+        body = await read_json(request, self.settings.max_body_bytes, TOOL_RESULTS)
+        results = body["results"]
+        if not results or not all(isinstance(r, dict) for r in results):
+            raise invalid("field results must be a non-empty list of objects "
+                          "{tool_call_id, output, is_error}")
+        # the shape of each result is checked by chatd.submit_tool_results (CD007)
+        result = await (await self.client()).submit_tool_results(me.user_id, chat, results)
         return _json({"result": result}, 202)
 
     def _simple(self, call: str) -> Callable[[Request], Awaitable[Response]]:
@@ -238,6 +251,7 @@ def create_app(
         Route(chat + "/messages", api.list_messages, methods=["GET"]),
         Route(chat + "/messages", api.send_message, methods=["POST"]),
         Route(chat + "/messages/{message_id}", api.edit_message, methods=["PATCH"]),
+        Route(chat + "/tool-results", api.submit_tool_results, methods=["POST"]),
         Route(chat + "/interrupt", api._simple("interrupt"), methods=["POST"]),
         Route(chat + "/archive", api._simple("archive"), methods=["POST"]),
         Route(chat + "/unarchive", api._simple("unarchive"), methods=["POST"]),

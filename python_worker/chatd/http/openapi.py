@@ -22,6 +22,13 @@ def _query(name: str, kind: str = "string", fmt: str | None = None) -> dict[str,
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
+#: client tool definitions (docs/tools.md); SQL validates them (CD007)
+_TOOLS: dict[str, Any] = {"type": "array", "items": {
+    "type": "object", "required": ["name", "input_schema"], "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"},
+        "input_schema": {"type": "object"}}}}
+
+
 def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     schema = {"type": "object", "additionalProperties": False, "properties": properties, "required": required}
     return {"required": True, "content": {"application/json": {"schema": schema}}}
@@ -63,7 +70,7 @@ def openapi_document() -> dict[str, Any]:
             "/api/chats": {
                 "post": _op("create a chat with its first message", "201", body=_body({
                     "content": _CONTENT, "title": {"type": "string"}, "model_config_id": _UUID,
-                    "system_prompt": {"type": "string"}}, ["content"])),
+                    "system_prompt": {"type": "string"}, "tools": _TOOLS}, ["content"])),
                 "get": _op("the user's chats, most recently updated first", params=[
                     _query("limit", "integer"), _query("include_archived", "boolean"),
                     _query("before", fmt="date-time"), _query("before_id", fmt="uuid")]),
@@ -75,13 +82,19 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op("send a message (runs, or is queued; busy_behavior interrupt)", "202",
                             params=[_CHAT], body=_body({
                                 "content": _CONTENT, "busy_behavior": {"enum": ["queue", "interrupt"]},
-                                "model_config_id": _UUID}, ["content"])),
+                                "model_config_id": _UUID, "tools": _TOOLS}, ["content"])),
             },
             chat + "/messages/{message_id}": {"patch": _op(
                 "edit a user message: it and what follows are replaced", "202",
                 params=[_CHAT, {"name": "message_id", "in": "path", "required": True,
                                 "schema": {"type": "integer"}}],
                 body=_body({"content": _CONTENT, "model_config_id": _UUID}, ["content"]))},
+            chat + "/tool-results": {"post": _op(
+                "answer pending client tool calls (docs/tools.md); 409 tool-call-not-pending", "202",
+                params=[_CHAT], body=_body({"results": {"type": "array", "items": {
+                    "type": "object", "required": ["tool_call_id", "output"], "properties": {
+                        "tool_call_id": {"type": "string"}, "output": {},
+                        "is_error": {"type": "boolean"}}}}}, ["results"]))},
             chat + "/interrupt": {"post": _op("interrupt the running turn", params=[_CHAT])},
             chat + "/archive": {"post": _op("archive the chat (and its sub-agents)", params=[_CHAT])},
             chat + "/unarchive": {"post": _op("unarchive the chat", params=[_CHAT])},

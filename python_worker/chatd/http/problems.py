@@ -25,6 +25,7 @@ SQLSTATE_STATUS: Final[dict[str, tuple[int, str, str]]] = {
     names.USAGE_LIMIT_EXCEEDED: (409, "usage-limit", "Usage limit exceeded"),
     names.INVALID_INPUT: (422, "invalid-input", "Invalid input"),
     names.CHAT_ARCHIVED: (409, "chat-archived", "Chat archived"),
+    names.TOOL_CALL_NOT_PENDING: (409, "tool-call-not-pending", "Tool call not pending"),
 }
 
 

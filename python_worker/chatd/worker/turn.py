@@ -8,10 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -21,8 +19,6 @@ from chatd.llm import (
     ChatErrorKind,
     ChatTurnError,
     Finished,
-    ModelSpec,
-    PromptMessage,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -33,6 +29,7 @@ from chatd.llm import (
 from chatd.logs import bind, log_failure, reason
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
+from chatd.worker.claim import Claim, Turn
 from chatd.worker.finish import BatchFailed
 from chatd.worker.history import load_history
 from chatd.worker.output import Output as _Output
@@ -48,51 +45,6 @@ log = logging.getLogger("chatd.worker")
 
 #: Longest wait between two attempts to write a turn's result.
 WRITE_RETRY_CAP = 5.0
-
-
-@dataclass
-class Turn:
-    chat_id: UUID
-    lease: int
-    task: asyncio.Task[None] | None = None
-    # why the worker cancelled the task: "lost" (SQL says it is not ours any
-    # more: interrupted, recovered) or "shutdown"
-    cancel_reason: str | None = None
-    # set once the turn writes its result (finish_turn, record_failure): the
-    # notifications of that very write must not cancel it; a lost lease
-    # surfaces as the write's own error
-    finishing: bool = False
-
-
-@dataclass
-class Claim:
-    chat_id: UUID
-    lease: int
-    attempt: int
-    model: Mapping[str, Any]
-    messages: Sequence[Mapping[str, Any]]
-    # False: acquire_chats returned only the first page of the history
-    history_complete: bool = True
-    # what the turn may call (chatd._turn_tools); None: a chat without tools
-    tools: Mapping[str, Any] | None = None
-
-    def spec(self) -> ModelSpec:
-        provider = self.model["provider"]
-        return ModelSpec(
-            provider_kind=provider["kind"],
-            provider_name=provider["name"],
-            base_url=provider.get("base_url"),
-            api_key_env=provider.get("api_key_env"),
-            model=self.model["model"],
-            max_output_tokens=int(self.model["max_output_tokens"]),
-            auth_header=provider.get("auth_header"),
-            stream_usage=provider.get("stream_usage") is not False,
-            api=provider.get("api"),
-            thinking_budget_tokens=self.model.get("thinking_budget_tokens"),
-        )
-
-    def prompt(self) -> list[PromptMessage]:
-        return [PromptMessage(m["role"], m["content"]) for m in self.messages]
 
 
 class TurnRun:

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,6 +41,7 @@ from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.finish import FinishBatcher
 from chatd.worker.loops import claim_loop, heartbeat_loop, heartbeat_once, maintenance_loop
+from chatd.worker.outage import Outage, WorkerFatal
 from chatd.worker.turn import Claim, Turn, TurnRun
 
 __all__ = ["StreamFn", "Worker", "WorkerFatal"]
@@ -58,42 +58,6 @@ _FATAL_CONNECT_HINTS = ("authentication failed", "does not exist", "no pg_hba.co
                         "password authentication", "permission denied")
 
 StreamFn = Callable[..., Any]
-
-
-class WorkerFatal(RuntimeError):
-    """A condition the worker cannot recover from by retrying; ``unreachable``
-    when the database refused the connection or login."""
-
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-
-
-class Outage:
-    """Transient database failures (connection errors, timeouts, cancelled
-    statements), logged as one WARNING when they start and one INFO when a
-    call succeeds again; each failing call itself is a debug line."""
-
-    def __init__(self) -> None:
-        self.since: float | None = None
-        self.failures = 0
-
-    def failed(self, query: str, exc: BaseException) -> None:
-        self.failures += 1
-        match = re.search(r"chatd\.(\w+)", query)
-        what = match.group(1) if match else "a statement"
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("database calls failing (%s: %s); retrying quietly until they succeed",
-                        what, reason(exc))
-        else:
-            log.debug("%s failed: %s", what, reason(exc))
-
-    def ok(self) -> None:
-        if self.since is not None:
-            log.info("database calls succeed again after %.1fs (%d failed)",
-                     time.monotonic() - self.since, self.failures)
-            self.since, self.failures = None, 0
 
 
 class Worker:

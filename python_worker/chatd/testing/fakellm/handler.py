@@ -202,9 +202,13 @@ class Handler(BaseHTTPRequestHandler):
                 break
             last = i == len(pieces) - 1
             ok = self._frames(request, wire.text(piece)) and (last or self._pause(delay))
-        for index, call in enumerate(plan.tool_calls):
+        # chatd offers no tools on the Responses API (llm/stream.py refuses them),
+        # so the fake scripts tool calls on the Chat Completions and Messages wires only
+        scripted_calls = [] if isinstance(wire, ResponsesWire) else plan.tool_calls
+        for index, call in enumerate(scripted_calls):
             arguments = json.dumps(call.get("input") or {})
             half = len(arguments) // 2
+            assert not isinstance(wire, ResponsesWire)
             ok = ok and self._frames(request, wire.tool_call(
                 index, str(call.get("id") or f"call_{rid[-6:]}_{index}"), str(call["name"]),
                 [arguments[:half], arguments[half:]],

@@ -1,0 +1,59 @@
+"""What a worker claimed (`Claim`: one row of acquire_chats) and its
+bookkeeping of a running turn (`Turn`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from chatd.llm import ModelSpec, PromptMessage
+
+__all__ = ["Claim", "Turn"]
+
+
+@dataclass
+class Turn:
+    chat_id: UUID
+    lease: int
+    task: asyncio.Task[None] | None = None
+    # why the worker cancelled the task: "lost" (SQL says it is not ours any
+    # more: interrupted, recovered) or "shutdown"
+    cancel_reason: str | None = None
+    # set once the turn writes its result (finish_turn, record_failure): the
+    # notifications of that very write must not cancel it; a lost lease
+    # surfaces as the write's own error
+    finishing: bool = False
+
+
+@dataclass
+class Claim:
+    chat_id: UUID
+    lease: int
+    attempt: int
+    model: Mapping[str, Any]
+    messages: Sequence[Mapping[str, Any]]
+    # False: acquire_chats returned only the first page of the history
+    history_complete: bool = True
+    # what the turn may call (chatd._turn_tools); None: a chat without tools
+    tools: Mapping[str, Any] | None = None
+
+    def spec(self) -> ModelSpec:
+        provider = self.model["provider"]
+        return ModelSpec(
+            provider_kind=provider["kind"],
+            provider_name=provider["name"],
+            base_url=provider.get("base_url"),
+            api_key_env=provider.get("api_key_env"),
+            model=self.model["model"],
+            max_output_tokens=int(self.model["max_output_tokens"]),
+            auth_header=provider.get("auth_header"),
+            stream_usage=provider.get("stream_usage") is not False,
+            api=provider.get("api"),
+            thinking_budget_tokens=self.model.get("thinking_budget_tokens"),
+        )
+
+    def prompt(self) -> list[PromptMessage]:
+        return [PromptMessage(m["role"], m["content"]) for m in self.messages]

@@ -25,7 +25,11 @@ def assert_demo_output(stdout: str) -> None:
     assert re.search(r"interrupt sent after \d+ streamed characters", stdout)
     assert "retry: attempt 1 failed (rate_limit)" in stdout
     table = stdout.split("final states:")[1]
-    for name, messages in (("stream", 2), ("queue", 4), ("interrupt", 2), ("retry", 2)):
+    assert "model asked for mcp__example__add({'a': 2, 'b': 3})" in stdout
+    assert "tool result '5" in stdout, "the example MCP server really ran the call"
+    assert "the demo answered 'blue' (submit_tool_results): chat pending" in stdout
+    for name, messages in (("stream", 2), ("queue", 4), ("interrupt", 2), ("retry", 2),
+                           ("mcp tool", 3), ("client tool", 3)):
         assert re.search(rf"^\s+{name}\s+waiting\s+{messages}\s", table, re.MULTILINE), (name, table)
 
 
@@ -71,7 +75,7 @@ def test_demo_then_serves_the_web_page_and_the_api_until_interrupted() -> None:
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "<title>chatd</title>" in page.text
         chats = httpx.get(url + "api/chats", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert chats.status_code == 200 and len(chats.json()["chats"]) == 4
+        assert chats.status_code == 200 and len(chats.json()["chats"]) == 6  # four chats, two agent chats
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()
         assert proc.wait(timeout=30) == 0, rest

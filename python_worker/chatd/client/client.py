@@ -41,6 +41,10 @@ def _content_json(content: Content) -> Jsonb:
     return Jsonb(content if isinstance(content, str) else [dict(p) for p in content])
 
 
+def _tools_json(tools: Sequence[Mapping[str, Any]] | None) -> Jsonb | None:
+    return None if tools is None else Jsonb([dict(t) for t in tools])
+
+
 class Client:
     """A chatd client: a pool for calls, one shared listener for subscriptions."""
 
@@ -162,11 +166,7 @@ class Client:
         return rows[0][0] if rows else None
 
     async def create_chat(
-        self,
-        user_id: UUID,
-        organization_id: UUID,
-        content: Content,
-        *,
+        self, user_id: UUID, organization_id: UUID, content: Content, *,
         model_config_id: UUID | None = None,
         title: str | None = None,
         system_prompt: str | None = None,
@@ -185,18 +185,13 @@ class Client:
             queries.CREATE_CHAT,
             [user_id, organization_id, _content_json(content), model_config_id, title,
              system_prompt, workspace_id, parent_chat_id, client_type,
-             None if tools is None else Jsonb([dict(t) for t in tools]),
-             None if mcp_servers is None else list(mcp_servers)],
+             _tools_json(tools), None if mcp_servers is None else list(mcp_servers)],
             db_timeout,
         )
         return UUID(str(value))
 
     async def send_message(
-        self,
-        user_id: UUID,
-        chat_id: UUID,
-        content: Content,
-        *,
+        self, user_id: UUID, chat_id: UUID, content: Content, *,
         busy_behavior: Literal["queue", "interrupt"] = "queue",
         model_config_id: UUID | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
@@ -207,18 +202,13 @@ class Client:
         ``tools``, when given, replaces the chat's client tool definitions."""
         value = await self._scalar(
             queries.SEND_MESSAGE,
-            [user_id, chat_id, _content_json(content), busy_behavior, model_config_id,
-             None if tools is None else Jsonb([dict(t) for t in tools])],
+            [user_id, chat_id, _content_json(content), busy_behavior, model_config_id, _tools_json(tools)],
             db_timeout,
         )
         return dict(value) if isinstance(value, Mapping) else {"result": value}
 
     async def submit_tool_results(
-        self,
-        user_id: UUID,
-        chat_id: UUID,
-        results: Sequence[Mapping[str, Any]],
-        *,
+        self, user_id: UUID, chat_id: UUID, results: Sequence[Mapping[str, Any]], *,
         db_timeout: float | None = None,
     ) -> dict[str, Any]:
         """Answer client tool calls (``[{tool_call_id, output, is_error}]``) of a

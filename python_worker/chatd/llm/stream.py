@@ -68,6 +68,37 @@ async def stream_turn(
     `tools`: the tools offered to the model; with them, tool calls and
     results of the history are sent in the wire's native format.
     """
+    _check_wire(spec, tools)
+    key = api_key or resolve_api_key(spec)
+    cache = clients or ClientCache()
+    try:
+        translator: _Translator[Any]
+        open_stream: Callable[[], Awaitable[_SDKStream[Any]]]
+        # the SDK's read timeout is a backstop: chatd's own timeouts fire first
+        read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
+        if spec.wire == "messages":
+            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read, tools)
+        elif spec.wire == "responses":
+            translator, open_stream = openai_responses.prepare(cache, spec, key, messages, read)
+        else:
+            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read, tools)
+        output_chars = 0
+        async for event in _guarded(
+            spec.provider_name, open_stream, translator, startup_timeout, idle_timeout
+        ):
+            if isinstance(event, Finished) and _unreported(event.usage):
+                event = replace(event, usage=estimate_usage(messages, output_chars))
+            elif isinstance(event, TextDelta | ReasoningDelta):
+                output_chars += len(event.text)
+            yield event
+    finally:
+        if clients is None:
+            await cache.aclose()
+
+
+def _check_wire(spec: ModelSpec, tools: Sequence[ToolSpec]) -> None:
+    """Refuse (a non-retryable `config` ChatError) a provider kind or API
+    chatd does not know, and tools on the Responses API (not supported yet)."""
     provider = spec.provider_name
     if spec.provider_kind not in PROVIDER_KINDS:
         raise ChatTurnError(
@@ -97,31 +128,6 @@ async def stream_turn(
                 "use api chat_completions for a chat with tools",
             )
         )
-    key = api_key or resolve_api_key(spec)
-    cache = clients or ClientCache()
-    try:
-        translator: _Translator[Any]
-        open_stream: Callable[[], Awaitable[_SDKStream[Any]]]
-        # the SDK's read timeout is a backstop: chatd's own timeouts fire first
-        read = max(cache.read_timeout, startup_timeout + 1, (idle_timeout or 0) + 1)
-        if spec.wire == "messages":
-            translator, open_stream = anthropic_messages.prepare(cache, spec, key, messages, read, tools)
-        elif spec.wire == "responses":
-            translator, open_stream = openai_responses.prepare(cache, spec, key, messages, read)
-        else:
-            translator, open_stream = openai_chat.prepare(cache, spec, key, messages, read, tools)
-        output_chars = 0
-        async for event in _guarded(
-            provider, open_stream, translator, startup_timeout, idle_timeout
-        ):
-            if isinstance(event, Finished) and _unreported(event.usage):
-                event = replace(event, usage=estimate_usage(messages, output_chars))
-            elif isinstance(event, TextDelta | ReasoningDelta):
-                output_chars += len(event.text)
-            yield event
-    finally:
-        if clients is None:
-            await cache.aclose()
 
 
 def _unreported(usage: Usage) -> bool:

@@ -183,6 +183,8 @@ class Handler(BaseHTTPRequestHandler):
         plan: _Plan,
     ) -> None:
         """Send the planned reply as server-sent events, at the scripted pace."""
+        # Long on purpose: one scripted reply's frames in wire order (start,
+        # reasoning, text, tool calls, then the error, cut or finish), read top down.
         cut, stream_error, chunks, delay = plan.cut, plan.stream_error, plan.chunks, plan.delay
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")

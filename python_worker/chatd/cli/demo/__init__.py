@@ -7,11 +7,15 @@
 4. a worker and a client in this process;
 5. four chats at once: one streaming to the terminal, one with a queued
    second message, one interrupted mid-stream, one retried after a scripted
-   429; then the final state of each;
+   429; then two agent chats (agent.py): one calling a tool of the example
+   MCP server, one calling a client tool the demo answers; then the final
+   state of each;
 6. unless --no-serve: `chatd serve` on 127.0.0.1 with the worker still
    running, and the URL of the web page (with a signed token) to open;
    Ctrl-C ends it;
 7. everything it started is stopped and removed.
+
+Imports: anything below the CLI, and chatd.testing (the fake LLM it runs).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +36,14 @@ import psycopg
 from psycopg import sql as pgsql
 
 from chatd import migrate
+from chatd.cli.demo.agent import (
+    MCP_EXAMPLE,
+    AgentChat,
+    register_example_server,
+    run_agent_chats,
+    script_fake,
+)
+from chatd.cli.demo.page import serve_page
 from chatd.client import (
     Client,
     ErrorEvent,
@@ -232,9 +243,11 @@ async def _run(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(worker.ready.wait(), 30)
                 say("worker started; four chats at once:")
                 async with await Client.connect(app_dsn) as client:
-                    await _scenarios(client, user, org, llm, say)
+                    chats: list[Any] = await _scenarios(client, user, org, llm, say)
+                    chats += await _agent_chats(client, dsn, user, org, llm, say)
+                    await _final_states(client, user, chats)
                 if args.serve:
-                    await _serve(app_dsn, user, org, args.port, say)
+                    await serve_page(app_dsn, user, org, args.port, say)
             finally:
                 worker.stop()
                 await worker_task
@@ -246,31 +259,9 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(app_dsn: str, user: UUID, org: UUID, port: int, say: Callable[[str], None]) -> None:
-    """`chatd serve` in this process until Ctrl-C, with a fresh signing
-    secret and a token for the demo user in the printed URL."""
-    import secrets
-
-    import uvicorn
-
-    from chatd.http import ServeSettings, create_app, issue_token
-
-    secret = secrets.token_urlsafe(32)
-    app = create_app(ServeSettings(database_url=app_dsn, jwt_secret=secret, port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    # Ctrl-C ends the serving, then the demo cleans up and exits 0 (uvicorn's
-    # own handlers would re-raise the signal and skip the cleanup messages)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, lambda: setattr(server, "should_exit", True))
-    token = issue_token(user, org, secret=secret, ttl_seconds=24 * 3600)
-    say(f"chatd serve: open http://127.0.0.1:{port}/#token={token}")
-    say("(the worker keeps running; Ctrl-C stops the demo)")
-    await server.serve()
-
-
 async def _scenarios(
     client: Client, user: UUID, org: UUID, llm: Llm, say: Callable[[str], None]
-) -> None:
+) -> list[Scenario]:
     # Long on purpose: the four scenarios run side by side and read as the
     # demo's script; each callback is a few lines and belongs to its scenario.
     stream, queued, interrupted, retried = (
@@ -337,12 +328,24 @@ async def _scenarios(
         say(f"chat '{scenario.name}':")
         for line in scenario.log:
             print(f"     {line}")
-    await _final_states(client, user, [stream, queued, interrupted, retried])
+    return [stream, queued, interrupted, retried]
 
 
-async def _final_states(client: Client, user: UUID, scenarios: list[Scenario]) -> None:
+async def _agent_chats(
+    client: Client, owner_dsn: str, user: UUID, org: UUID, llm: Llm, say: Callable[[str], None]
+) -> list[AgentChat]:
+    with_mcp = await asyncio.to_thread(register_example_server, owner_dsn)
+    if not with_mcp:
+        say(f"no {MCP_EXAMPLE.name} in this installation: the MCP tool chat is left out")
+    if llm.fake is not None:
+        script_fake(llm.fake)
+    say("agent chats: a tool of the example MCP server, and a client tool this demo answers:")
+    return await run_agent_chats(client, user, org, with_mcp=with_mcp, say=say)
+
+
+async def _final_states(client: Client, user: UUID, scenarios: list[Any]) -> None:
     print("\nfinal states:")
-    print(f"  {'chat':<10} {'status':<8} {'messages':>8} {'tokens in/out':>14} {'cost ($)':>10}  last error")
+    print(f"  {'chat':<12} {'status':<8} {'messages':>8} {'tokens in/out':>14} {'cost ($)':>10}  last error")
     for scenario in scenarios:
         assert scenario.chat_id is not None
         snapshot = await client.snapshot(user, scenario.chat_id)
@@ -352,7 +355,7 @@ async def _final_states(client: Client, user: UUID, scenarios: list[Scenario]) -
         tokens_out = sum(m.output_tokens or 0 for m in assistant)
         cost = sum(m.total_cost_micros or 0 for m in assistant) / 1_000_000
         error = snapshot.chat.last_error.kind if snapshot.chat.last_error else "-"
-        print(f"  {scenario.name:<10} {snapshot.chat.status:<8} {len(visible):>8} "
+        print(f"  {scenario.name:<12} {snapshot.chat.status:<8} {len(visible):>8} "
               f"{f'{tokens_in}/{tokens_out}':>14} {cost:>10.6f}  {error}")
 
 

@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: help setup system-deps container-deps test test-containers test-python test-sdk-floors lint migrate db db-stop demo bench clean
+.PHONY: help setup system-deps container-deps ha-deps test test-containers test-ha test-python test-sdk-floors lint migrate db db-stop demo bench clean
 
 # The oldest SDKs pyproject.toml accepts: `make test-sdk-floors` runs the
 # provider tests against them in a throwaway virtualenv.
@@ -27,6 +27,7 @@ help:
 	@echo "make test     setup, then lint + the whole suite (pgTAP, Python, migrations)"
 	@echo "make lint     sqlfluff (migrations/, sql/, tests/sql/), squawk (new migrations), ruff, mypy"
 	@echo "make test-containers  pgTAP + migration suites through testcontainers, chatd image smoke test (root; starts a private Docker engine)"
+	@echo "make test-ha  the failover tests (pg_auto_failover monitor, primary, synchronous standby; about 1-2 minutes)"
 	@echo "make test-sdk-floors  provider tests against the oldest declared openai/anthropic SDKs"
 	@echo "make migrate  apply migrations to \$$DATABASE_URL"
 	@echo "make db       start a throwaway local PostgreSQL and print its URL (make db-stop removes it)"
@@ -77,6 +78,16 @@ test-containers: setup container-deps
 # (the package's init script is kept from starting a system-wide engine).
 container-deps:
 	scripts/container-engine.sh install
+
+# The failover tests (tests/ha) need pg_auto_failover next to the server;
+# `make test` leaves them out (CHATD_TEST_HA=1 lets pytest collect them).
+HA_APT_PACKAGES := postgresql-$(PG_MAJOR)-auto-failover pg-auto-failover-cli
+
+ha-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(HA_APT_PACKAGES)"
+
+test-ha: setup ha-deps
+	CHATD_TEST_HA=1 $(BIN)/pytest tests/ha -rP $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/sqlfluff lint --disable-progress-bar migrations/ sql/ tests/sql/

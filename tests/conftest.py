@@ -8,6 +8,7 @@ fixture factories (tests/sql/_*.sql) are handed to it here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ pytest_plugins = ["chatd.testing.pytest_plugin"]
 @pytest.fixture(scope="session")
 def chatd_sql_fixtures() -> list[Path]:
     return sorted((Path(__file__).parent / "sql").glob("_*.sql"))
+
+
+def pytest_ignore_collect(collection_path: Path, config: Any) -> bool | None:
+    """tests/ha (the failover tests) runs only through `make test-ha`
+    (CHATD_TEST_HA=1): it needs pg_auto_failover and a minute of its own."""
+    if collection_path.name == "ha" and collection_path.parent == Path(__file__).parent:
+        return os.environ.get("CHATD_TEST_HA") != "1"
+    return None
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

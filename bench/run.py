@@ -102,11 +102,12 @@ def run_selected(
     if "sse" in only:
         results["sse"] = bench_sse(dsn, fixture, args.sse_streams, args.sse_rounds)
     if "growth" in only:
+        # contention first: growth leaves 10 pending chats with 10^6 messages behind
+        log(f"finish contention: {args.contention_threads} concurrent finishers ...")
+        results["finish_contention"] = bench_finish_contention(dsn, fixture, args.contention_threads, 50)
         sizes = [int(x) for x in args.growth_sizes.split(",")]
         log(f"growth: admit_spend at {sizes} messages of one user ...")
         results["growth"] = bench_growth(dsn, fixture, sizes, args.growth_calls)
-        log(f"finish contention: {args.contention_threads} concurrent finishers ...")
-        results["finish_contention"] = bench_finish_contention(dsn, fixture, args.contention_threads, 50)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,7 +66,25 @@ def table(results: dict[str, Any]) -> str:
     hb = results.get("heartbeat", {})
     for size, v in hb.items():
         row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
+    _growth_rows(results.get("growth"), results.get("finish_contention"), row)
     return "\n".join(lines)
+
+
+def _growth_rows(
+    growth: dict[str, Any] | None, contention: dict[str, Any] | None, row: Callable[[str, str], None]
+) -> None:
+    if growth:
+        for size, v in growth["sizes"].items():
+            a, s = v["admit_spend"], v["scan_spend"]
+            row(f"admit_spend, {int(size):,} msgs: p50 / p99 ms (x smallest)",
+                f"{a['p50_ms']:.2f} / {a['p99_ms']:.2f} ({v['ratio_to_smallest']:.2f}x)")
+            row("  message scan (pre-ledger path) p50 ms; rebuild s", f"{s['p50_ms']:.1f}; {v['rebuild_s']:.2f}")
+    if contention:
+        for mode in ("one_user", "one_user_per_thread"):
+            v = contention[mode]
+            row(f"finish_turn, {contention['threads']} threads, {mode}: p50 / p99 ms",
+                f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f}")
+            row("  finishes / s", f"{v['finishes_per_s']:.1f}")
 
 
 def _sse_rows(sse: dict[str, Any] | None, row: Callable[[str, str], None]) -> None:

@@ -1,5 +1,6 @@
 """chatd benchmarks (`make bench`): dispatch throughput, pickup latency,
-streaming, round trips / transactions / WAL per turn, heartbeat cost, and the
+streaming, round trips / transactions / WAL per turn, heartbeat cost, spend
+admission as one user's history grows (growth), and the
 raw pgbench ceiling of the same cluster, and
 1,000 concurrent SSE streams on one `chatd serve`. See docs/benchmarks.md.
 
@@ -9,7 +10,7 @@ DATABASE_URL names a server; then it creates fresh databases on that server.
 Prints a table and writes bench/results/<timestamp>.json.
 
 One module per benchmark (dispatch, pickup, streaming, heartbeat,
-pgbench_ceiling); support and counters hold what they share; report prints
+pgbench_ceiling, growth); support and counters hold what they share; report prints
 the table. `--only NAME,...` runs some of them.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 import psycopg
 from dispatch import bench_dispatch
+from growth import bench_finish_contention, bench_growth
 from heartbeat import bench_heartbeat
 from pgbench_ceiling import bench_pgbench
 from pickup import bench_pickup
@@ -46,7 +48,7 @@ from support import (
 
 from chatd import migrate
 
-BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse")
+BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "growth")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sse-rounds", type=int, default=10, help="part batches per SSE stream")
     parser.add_argument("--pgbench-seconds", type=int, default=12)
     parser.add_argument("--pgbench-clients", type=int, default=4)
+    parser.add_argument("--growth-sizes", default="1000,10000,100000,1000000",
+                        help="messages of one user for the growth benchmark")
+    parser.add_argument("--growth-calls", type=int, default=200, help="admit_spend calls per growth size")
+    parser.add_argument("--contention-threads", type=int, default=8, help="concurrent finishers of one user")
     parser.add_argument("--only", default=",".join(BENCHMARKS))
     parser.add_argument("--track-all", action="store_true",
                         help="pg_stat_statements.track = all: also statements inside the chatd "
@@ -95,6 +101,13 @@ def run_selected(
         results["heartbeat"] = bench_heartbeat(dsn, fixture, (10, 100, 1000), 50)
     if "sse" in only:
         results["sse"] = bench_sse(dsn, fixture, args.sse_streams, args.sse_rounds)
+    if "growth" in only:
+        # contention first: growth leaves 10 pending chats with 10^6 messages behind
+        log(f"finish contention: {args.contention_threads} concurrent finishers ...")
+        results["finish_contention"] = bench_finish_contention(dsn, fixture, args.contention_threads, 50)
+        sizes = [int(x) for x in args.growth_sizes.split(",")]
+        log(f"growth: admit_spend at {sizes} messages of one user ...")
+        results["growth"] = bench_growth(dsn, fixture, sizes, args.growth_calls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -178,27 +178,50 @@ $$;
 -- every organization when p_organization_id is NULL. Soft-deleted messages
 -- count: deleting a message does not refund it. Unpriced messages add 0.
 -- A sum beyond the bigint range reads as 9223372036854775807.
+--
+-- When both bounds are UTC midnights (or infinite), as every period of
+-- spend_period_bounds is, the sum is read from chatd.spend_ledger: at most
+-- one row per day and organization of the range, independent of how many
+-- messages the user has (sql/52_spend_ledger.sql). Other bounds scan the
+-- user's messages in the range.
 CREATE OR REPLACE FUNCTION chatd.spend_in_period(
     p_user_id uuid,
     p_start timestamptz,
     p_end timestamptz,
     p_organization_id uuid DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
+DECLARE
+    v_start timestamp := p_start AT TIME ZONE 'UTC';
+    v_end timestamp := p_end AT TIME ZONE 'UTC';
+    v_spent numeric;
+BEGIN
+    IF v_start = date_trunc('day', v_start) AND v_end = date_trunc('day', v_end) THEN
+        SELECT sum(l.spent_micros) INTO v_spent
+        FROM chatd.spend_ledger AS l
+        WHERE
+            l.user_id = p_user_id
+            AND l.day >= v_start::date
+            AND l.day < v_end::date
+            AND (p_organization_id IS NULL OR l.organization_id = p_organization_id);
+    ELSE
+        SELECT sum(m.total_cost_micros) INTO v_spent
+        FROM chatd.chats AS c
+        INNER JOIN chatd.messages AS m ON m.chat_id = c.id
+        WHERE
+            c.owner_id = p_user_id
+            AND (p_organization_id IS NULL OR c.organization_id = p_organization_id)
+            AND m.created_at >= p_start
+            AND m.created_at < p_end
+            AND m.total_cost_micros IS NOT NULL;
+    END IF;
     -- saturates at the largest bigint instead of overflowing (22003)
-    SELECT least(coalesce(sum(m.total_cost_micros), 0), 9223372036854775807)::bigint
-    FROM chatd.chats AS c
-    INNER JOIN chatd.messages AS m ON m.chat_id = c.id
-    WHERE
-        c.owner_id = p_user_id
-        AND (p_organization_id IS NULL OR c.organization_id = p_organization_id)
-        AND m.created_at >= p_start
-        AND m.created_at < p_end
-        AND m.total_cost_micros IS NOT NULL
+    RETURN least(greatest(coalesce(v_spent, 0), 0), 9223372036854775807)::bigint;
+END
 $$;
 
 -- Limit, tier, spend and current period of (user, organization), without

@@ -14,50 +14,52 @@ CROSS JOIN LATERAL chatd.spend_period_bounds(c.period, now()) AS b
 WHERE c.singleton;
 
 -- Spend per organization (of the chats in it) in the current period; one
--- row per organization, zero when nothing was spent.
+-- row per organization, zero when nothing was spent. Read from
+-- chatd.spend_ledger (sql/52_spend_ledger.sql): one row per user and day of
+-- the period, whatever the number of messages.
 CREATE OR REPLACE VIEW chatd.spend_by_organization AS
 SELECT
     o.id AS organization_id,
     o.name AS organization_name,
     p.period_start,
     p.resets_at,
-    coalesce(s.spent_micros, 0)::bigint AS spent_micros,
+    least(coalesce(s.spent_micros, 0), 9223372036854775807)::bigint AS spent_micros,
     coalesce(s.users, 0)::bigint AS users,
     coalesce(s.priced_messages, 0)::bigint AS priced_messages
 FROM chatd.organizations AS o
 CROSS JOIN chatd.spend_current_period AS p
 LEFT JOIN LATERAL (
     SELECT
-        sum(m.total_cost_micros) AS spent_micros,
-        count(DISTINCT ch.owner_id) AS users,
-        count(*) AS priced_messages
-    FROM chatd.chats AS ch
-    INNER JOIN chatd.messages AS m ON ch.id = m.chat_id
+        sum(l.spent_micros) AS spent_micros,
+        count(DISTINCT l.user_id) FILTER (WHERE l.priced_messages > 0) AS users,
+        sum(l.priced_messages) AS priced_messages
+    FROM chatd.spend_ledger AS l
     WHERE
-        ch.organization_id = o.id
-        AND m.created_at >= p.period_start
-        AND m.created_at < p.resets_at
-        AND m.total_cost_micros IS NOT NULL
+        l.organization_id = o.id
+        AND l.day >= (p.period_start AT TIME ZONE 'UTC')::date
+        AND l.day < (p.resets_at AT TIME ZONE 'UTC')::date
 ) AS s ON TRUE;
 
 -- Spend per user in the current period over every organization (the scope
--- of user and default limits), for users who spent anything; with the limit
--- that applies when no organization is given (chatd.resolve_spend_limit
--- with a NULL organization: override, else smallest group limit anywhere,
--- else default) and its source tier.
+-- of user and default limits), for users who spent anything (at least one
+-- priced message); with the limit that applies when no organization is
+-- given (chatd.resolve_spend_limit with a NULL organization: override, else
+-- smallest group limit anywhere, else default) and its source tier. Read
+-- from chatd.spend_ledger.
 CREATE OR REPLACE VIEW chatd.spend_by_user AS
 WITH spend AS (
     SELECT
-        ch.owner_id AS user_id,
-        sum(m.total_cost_micros) AS spent_micros,
-        count(*) AS priced_messages,
-        count(DISTINCT ch.organization_id) AS organizations
+        l.user_id,
+        sum(l.spent_micros) AS spent_micros,
+        sum(l.priced_messages) AS priced_messages,
+        count(DISTINCT l.organization_id) FILTER (WHERE l.priced_messages > 0) AS organizations
     FROM chatd.spend_current_period AS p
-    INNER JOIN chatd.messages AS m
-        ON p.period_start <= m.created_at AND p.resets_at > m.created_at
-    INNER JOIN chatd.chats AS ch ON m.chat_id = ch.id
-    WHERE m.total_cost_micros IS NOT NULL
-    GROUP BY ch.owner_id
+    INNER JOIN chatd.spend_ledger AS l
+        ON
+            (p.period_start AT TIME ZONE 'UTC')::date <= l.day
+            AND (p.resets_at AT TIME ZONE 'UTC')::date > l.day
+    GROUP BY l.user_id
+    HAVING sum(l.priced_messages) > 0
 )
 
 SELECT
@@ -65,8 +67,8 @@ SELECT
     u.username,
     p.period_start,
     p.resets_at,
-    s.spent_micros::bigint AS spent_micros,
-    s.priced_messages,
+    least(s.spent_micros, 9223372036854775807)::bigint AS spent_micros,
+    s.priced_messages::bigint AS priced_messages,
     s.organizations,
     l.limit_micros,
     l.source AS limit_source

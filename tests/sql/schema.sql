@@ -8,7 +8,7 @@ SELECT tables_are(
     ARRAY[
         'organizations', 'users', 'organization_members', 'groups', 'group_members', 'workspaces',
         'providers', 'model_configs', 'chats', 'messages', 'queued_messages', 'stream_parts',
-        'usage_limit_config', 'settings', 'workers', 'mcp_servers'
+        'usage_limit_config', 'settings', 'workers', 'mcp_servers', 'spend_ledger'
     ]
 );
 SELECT enum_has_labels('chatd', 'chat_status', ARRAY['waiting', 'pending', 'running', 'error', 'requires_action']);

@@ -97,6 +97,12 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._spend_limits_enabled()', 'owner'),
 ('chatd._spend_refusal(uuid,uuid,bigint)', 'owner'),
 ('chatd._usage_limit_error(jsonb)', 'owner'),
+-- owner only: the spend ledger (sql/52_spend_ledger.sql); rebuild_spend_ledger
+-- is run by a DBA after a restore or a bulk load
+('chatd._spend_ledger_add(uuid,timestamp with time zone,bigint,integer)', 'owner'),
+('chatd.rebuild_spend_ledger(date,date)', 'owner'),
+('chatd._spend_ledger_trigger()', 'owner'),
+('chatd._spend_ledger_chat_delete()', 'owner'),
 -- owner only: administration, for the CLI run by a member of chatd_owner (sql/80_admin.sql)
 ('chatd._admin_is_uuid(text)', 'owner'),
 ('chatd.admin_resolve_identity(text,text,boolean)', 'owner'),

@@ -67,6 +67,7 @@ def table(results: dict[str, Any]) -> str:
     for size, v in hb.items():
         row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
     _growth_rows(results.get("growth"), results.get("finish_contention"), row)
+    _tool_rows(results.get("tool_step"), row)
     return "\n".join(lines)
 
 
@@ -95,3 +96,14 @@ def _sse_rows(sse: dict[str, Any] | None, row: Callable[[str, str], None]) -> No
         row("  part latency COMMIT -> HTTP client p50 / p99 ms", f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f}")
         row("  serve CPU s during the rounds; peak RSS MB",
             f"{sse['serve_cpu_s_during_rounds']}; {sse['serve_peak_rss_mb']}")
+
+
+def _tool_rows(tool: dict[str, Any] | None, row: Callable[[str, str], None]) -> None:
+    if tool:
+        lat, fin = tool["step_latency"], tool["finish_turn"]
+        row(f"tool step ({tool['chats']} chats x {tool['steps_per_turn']}): round trips; commits",
+            f"{tool['round_trips_per_step']}; {tool['commits_per_step']}")
+        row("  WAL bytes per step; latency p50 / p99 ms",
+            f"{tool['wal_bytes_per_step']}; {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}")
+        row("  finish_turn (no tools): commits; WAL bytes; p50 ms",
+            f"{fin['commits']}; {fin['wal_bytes']}; {fin['latency']['p50_ms']:.2f}")

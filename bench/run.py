@@ -1,6 +1,7 @@
 """chatd benchmarks (`make bench`): dispatch throughput, pickup latency,
 streaming, round trips / transactions / WAL per turn, heartbeat cost, spend
-admission as one user's history grows (growth), and the
+admission as one user's history grows (growth), the database cost of one
+tool step of the agent loop (tool_step), and the
 raw pgbench ceiling of the same cluster, and
 1,000 concurrent SSE streams on one `chatd serve`. See docs/benchmarks.md.
 
@@ -10,7 +11,7 @@ DATABASE_URL names a server; then it creates fresh databases on that server.
 Prints a table and writes bench/results/<timestamp>.json.
 
 One module per benchmark (dispatch, pickup, streaming, heartbeat,
-pgbench_ceiling, growth); support and counters hold what they share; report prints
+pgbench_ceiling, growth, tool_step); support and counters hold what they share; report prints
 the table. `--only NAME,...` runs some of them.
 """
 
@@ -45,10 +46,11 @@ from support import (
     server_settings,
     setup_fixture,
 )
+from tool_step import bench_tool_step
 
 from chatd import migrate
 
-BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "growth")
+BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "tool_step", "growth")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="messages of one user for the growth benchmark")
     parser.add_argument("--growth-calls", type=int, default=200, help="admit_spend calls per growth size")
     parser.add_argument("--contention-threads", type=int, default=8, help="concurrent finishers of one user")
+    parser.add_argument("--tool-chats", type=int, default=200, help="chats for the tool-step benchmark")
+    parser.add_argument("--tool-steps", type=int, default=3, help="tool steps per turn")
     parser.add_argument("--only", default=",".join(BENCHMARKS))
     parser.add_argument("--track-all", action="store_true",
                         help="pg_stat_statements.track = all: also statements inside the chatd "
@@ -101,6 +105,9 @@ def run_selected(
         results["heartbeat"] = bench_heartbeat(dsn, fixture, (10, 100, 1000), 50)
     if "sse" in only:
         results["sse"] = bench_sse(dsn, fixture, args.sse_streams, args.sse_rounds)
+    if "tool_step" in only:
+        log(f"tool steps: {args.tool_chats} chats x {args.tool_steps} steps ...")
+        results["tool_step"] = bench_tool_step(dsn, fixture, args.tool_chats, args.tool_steps)
     if "growth" in only:
         # contention first: growth leaves 10 pending chats with 10^6 messages behind
         log(f"finish contention: {args.contention_threads} concurrent finishers ...")

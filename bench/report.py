@@ -63,11 +63,10 @@ def table(results: dict[str, Any]) -> str:
         row("  from the LLM delta (incl. 50 ms coalescing) p50/p99", f"{ld['p50_ms']:.1f} / {ld['p99_ms']:.1f}")
         lines.append(f"  (subscriber: {st['subscriber']})")
     _sse_rows(results.get("sse"), row)
-    hb = results.get("heartbeat", {})
-    for size, v in hb.items():
+    _tool_rows(results.get("tool_step"), row)
+    for size, v in results.get("heartbeat", {}).items():
         row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
     _growth_rows(results.get("growth"), results.get("finish_contention"), row)
-    _tool_rows(results.get("tool_step"), row)
     return "\n".join(lines)
 
 

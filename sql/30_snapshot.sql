@@ -1,5 +1,32 @@
 -- Read functions (for chatd_app): the subscriber's snapshot and chat lists.
 
+-- A message as the application sees it (get_chat_snapshot,
+-- get_messages_before): one JSON shape in one place.
+CREATE OR REPLACE FUNCTION chatd._message_json(m chatd.messages)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'id', m.id,
+        'role', m.role,
+        'content', m.content,
+        'visibility', m.visibility,
+        'model_config_id', m.model_config_id,
+        'input_tokens', m.input_tokens,
+        'output_tokens', m.output_tokens,
+        'reasoning_tokens', m.reasoning_tokens,
+        'cache_read_tokens', m.cache_read_tokens,
+        'cache_write_tokens', m.cache_write_tokens,
+        'total_cost_micros', m.total_cost_micros,
+        'runtime_ms', m.runtime_ms,
+        'finish_reason', m.finish_reason,
+        'usage_estimated', m.usage_estimated,
+        'created_by', m.created_by,
+        'created_at', m.created_at
+    )
+$$;
+
 -- One consistent read (a single statement, so a single MVCC snapshot) of
 -- everything a subscriber needs after LISTEN: the chat row with its version,
 -- the user-visible, non-deleted messages with id > p_after_message_id, the
@@ -77,24 +104,7 @@ BEGIN
     FROM chatd.chats AS c
     CROSS JOIN LATERAL (
         SELECT
-            coalesce(jsonb_agg(jsonb_build_object(
-                'id', m.id,
-                'role', m.role,
-                'content', m.content,
-                'visibility', m.visibility,
-                'model_config_id', m.model_config_id,
-                'input_tokens', m.input_tokens,
-                'output_tokens', m.output_tokens,
-                'reasoning_tokens', m.reasoning_tokens,
-                'cache_read_tokens', m.cache_read_tokens,
-                'cache_write_tokens', m.cache_write_tokens,
-                'total_cost_micros', m.total_cost_micros,
-                'runtime_ms', m.runtime_ms,
-                'finish_reason', m.finish_reason,
-                'usage_estimated', m.usage_estimated,
-                'created_by', m.created_by,
-                'created_at', m.created_at
-            ) ORDER BY m.id), '[]'::jsonb) AS messages,
+            coalesce(jsonb_agg(chatd._message_json(m) ORDER BY m.id), '[]'::jsonb) AS messages,
             max(m.id) AS last_id
         FROM chatd._message_page(c.id, p_after_message_id, FALSE, p_max_messages, 4194304, TRUE) AS p
         INNER JOIN chatd.messages AS m ON m.id = p.id
@@ -119,6 +129,53 @@ BEGIN
         ) AS sp
     ) AS parts
     WHERE c.id = p_chat_id;
+    RETURN v_result;
+END
+$$;
+
+-- One page of a chat's messages going back in time, for a client that
+-- shows the newest messages first and loads older ones on demand: the
+-- user-visible, non-deleted messages with id < p_before_message_id (NULL:
+-- the newest), at most p_limit (1 to 1000, else CD007) of them, oldest
+-- first within the page. Returns {messages, more (older ones exist),
+-- before (the id to pass for the next older page; NULL when none)}. The
+-- authorization of get_chat_snapshot (CD001, CD002). An index range scan
+-- on messages (chat_id, id) read backwards: constant time in chat size.
+CREATE OR REPLACE FUNCTION chatd.get_messages_before(
+    p_user_id uuid,
+    p_chat_id uuid,
+    p_before_message_id bigint DEFAULT NULL,
+    p_limit integer DEFAULT 50
+)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'get_messages_before: invalid limit %: expected 1 to 1000', p_limit
+            USING ERRCODE = 'CD007';
+    END IF;
+    PERFORM chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
+    SELECT jsonb_build_object(
+        'messages', coalesce(jsonb_agg(chatd._message_json(page.m) ORDER BY (page.m).id)
+            FILTER (WHERE page.n <= p_limit), '[]'::jsonb),
+        'more', count(*) > p_limit,
+        'before', CASE WHEN count(*) > p_limit THEN min((page.m).id) FILTER (WHERE page.n <= p_limit) END
+    )
+    INTO v_result
+    FROM (
+        SELECT m, row_number() OVER (ORDER BY m.id DESC) AS n
+        FROM chatd.messages AS m
+        WHERE m.chat_id = p_chat_id
+            AND (p_before_message_id IS NULL OR m.id < p_before_message_id)
+            AND NOT m.deleted
+            AND m.visibility IN ('both', 'user')
+        ORDER BY m.id DESC
+        LIMIT p_limit + 1
+    ) AS page;
     RETURN v_result;
 END
 $$;

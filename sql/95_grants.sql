@@ -38,7 +38,7 @@ DECLARE
     v_app CONSTANT text [] := ARRAY[
         'create_chat', 'send_message', 'interrupt_chat', 'edit_message', 'delete_queued_message',
         'promote_queued_message', 'archive_chat', 'unarchive_chat', 'set_chat_title', 'delete_chat',
-        'get_chat_snapshot', 'get_stream_parts', 'list_chats', 'usage_limit_status', 'list_models',
+        'get_chat_snapshot', 'get_messages_before', 'get_stream_parts', 'list_chats', 'usage_limit_status', 'list_models',
         'submit_tool_results'
     ];
     -- Functions the spend views call: a view runs its functions with the

@@ -482,3 +482,33 @@ async def test_malformed_tool_definitions_are_a_422_and_create_nothing(
     bad = await api.post("/api/chats", json={"content": "x", "tools": [{"name": "", "input_schema": 3}]})
     assert bad.status_code == 422, bad.text
     assert conn.execute("SELECT count(*) FROM chatd.chats").fetchone() == before
+
+
+async def test_messages_page_back_in_time_with_before(
+    api: httpx.AsyncClient, conn: psycopg.Connection[Any]
+) -> None:
+    chat = (await api.post("/api/chats", json={"content": "first"})).json()["id"]
+    conn.execute(
+        "INSERT INTO chatd.messages (chat_id, role, content) "
+        "SELECT %s, 'assistant', jsonb_build_array(jsonb_build_object('type', 'text', 'text', 'm' || i)) "
+        "FROM generate_series(1, 30) AS i",
+        (chat,),
+    )
+    seen: list[int] = []
+    before = ""
+    for _ in range(10):  # 31 messages, 12 a page: 3 pages
+        page = await api.get(f"/api/chats/{chat}/messages", params={"before": before, "limit": 12})
+        assert page.status_code == 200, page.text
+        ids = [m["id"] for m in page.json()["messages"]]
+        assert ids == sorted(ids), "oldest first within a page"
+        seen = ids + seen
+        if not page.json()["more"]:
+            break
+        before = str(page.json()["before"])
+    everything = [r[0] for r in conn.execute(
+        "SELECT id FROM chatd.messages WHERE chat_id = %s ORDER BY id", (chat,)).fetchall()]
+    assert seen == everything and len(seen) == 31
+    both = await api.get(f"/api/chats/{chat}/messages", params={"before": 5, "after": 1})
+    assert both.status_code == 400
+    word = await api.get(f"/api/chats/{chat}/messages", params={"before": "abc"})
+    assert word.status_code == 400

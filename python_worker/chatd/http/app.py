@@ -130,8 +130,18 @@ class _Api:
     async def list_messages(self, request: Request) -> Response:
         me = await self.who(request)
         q = request.query_params
-        after = bounded_int(q.get("after"), "after", 0, 0, 2**62)
         limit = bounded_int(q.get("limit"), "limit", 50, 1, 1000)
+        if "before" in q:
+            if "after" in q:
+                raise invalid("pass either before or after, not both", 400)
+            before = bounded_int(q.get("before") or None, "before", 2**62, 1, 2**62)
+            rows = await (await self.client()).fetch(
+                queries.GET_MESSAGES_BEFORE, [me.user_id, self.chat_id(request), before, limit],
+            )
+            page = rows[0][0] if rows and isinstance(rows[0][0], dict) else {}
+            return _json({"messages": page.get("messages") or [], "more": bool(page.get("more")),
+                          "before": page.get("before")})
+        after = bounded_int(q.get("after"), "after", 0, 0, 2**62)
         rows = await (await self.client()).fetch(
             queries.GET_MESSAGES_PAGE, [me.user_id, self.chat_id(request), after, limit],
         )

@@ -77,8 +77,9 @@ def openapi_document() -> dict[str, Any]:
             },
             chat: {"get": _op("snapshot: chat, messages, queue, parts of the running turn", params=[_CHAT])},
             chat + "/messages": {
-                "get": _op("messages after a message id", params=[
-                    _CHAT, _query("after", "integer"), _query("limit", "integer")]),
+                "get": _op("messages after a message id, or (before=) the page before one, newest "
+                           "pages first", params=[
+                    _CHAT, _query("after", "integer"), _query("before", "integer"), _query("limit", "integer")]),
                 "post": _op("send a message (runs, or is queued; busy_behavior interrupt)", "202",
                             params=[_CHAT], body=_body({
                                 "content": _CONTENT, "busy_behavior": {"enum": ["queue", "interrupt"]},

@@ -186,6 +186,9 @@ SPEND_BY_MODEL: Final = (
 #: one page of messages after a message id (GET /api/chats/{id}/messages)
 GET_MESSAGES_PAGE: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s, %s)"
 
+#: one page of messages before a message id, newest first (GET .../messages?before=)
+GET_MESSAGES_BEFORE: Final = "SELECT chatd.get_messages_before(%s, %s, %s, %s)"
+
 APP_LIST_MODELS: Final = (
     "SELECT to_jsonb(m) FROM chatd.list_models(%s) AS m"
 )

@@ -24,6 +24,8 @@ from chatd.llm.types import (
     ModelSpec,
     PromptMessage,
     ReasoningDelta,
+    ReasoningSignature,
+    RedactedReasoning,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -54,6 +56,9 @@ class AnthropicTranslator:
         kind = getattr(event, "type", None)
         if kind == "content_block_start":
             block = getattr(event, "content_block", None)
+            if getattr(block, "type", None) == "redacted_thinking":
+                data = getattr(block, "data", None)
+                return [RedactedReasoning(data)] if isinstance(data, str) and data else []
             if getattr(block, "type", None) == "tool_use":
                 index = getattr(event, "index", 0) or 0
                 call_id = str(getattr(block, "id", None) or f"toolu_{index}")
@@ -87,6 +92,9 @@ class AnthropicTranslator:
             if delta_type == "thinking_delta":
                 thinking = getattr(delta, "thinking", None)
                 return [ReasoningDelta(thinking)] if isinstance(thinking, str) and thinking else []
+            if delta_type == "signature_delta":
+                signature = getattr(delta, "signature", None)
+                return [ReasoningSignature(signature)] if isinstance(signature, str) and signature else []
         elif kind == "message_delta":
             # message_delta usage is cumulative; absent fields keep message_start's.
             d, prev = getattr(event, "usage", None), self.usage
@@ -129,14 +137,29 @@ def _native_block(part: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _thinking_block(part: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A reasoning part the provider sealed, as the block it came in:
+    `thinking` with its signature, or `redacted_thinking` with its data; None
+    for reasoning without a seal (another provider's, or cut short)."""
+    if isinstance(part.get("redacted"), str) and part["redacted"]:
+        return {"type": "redacted_thinking", "data": part["redacted"]}
+    if isinstance(part.get("signature"), str) and part["signature"] and isinstance(part.get("text"), str):
+        return {"type": "thinking", "thinking": part["text"], "signature": part["signature"]}
+    return None
+
+
 def to_anthropic_messages(
-    messages: Iterable[PromptMessage], *, native_tools: bool = False
+    messages: Iterable[PromptMessage], *, native_tools: bool = False, thinking: bool = False
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """chatd messages -> (Anthropic `system`, `messages`).
 
     System messages are joined into `system`; tool messages become user turns;
-    consecutive turns of one role are merged; reasoning parts are dropped
-    (Anthropic needs the original signature to accept thinking blocks back).
+    consecutive turns of one role are merged. Reasoning parts are dropped,
+    except with `thinking` (a request with extended thinking on): then an
+    assistant message's sealed reasoning parts go back as the `thinking` /
+    `redacted_thinking` blocks they came as, signature and all, which the
+    Messages API requires before the `tool_use` blocks of a turn that
+    continues after a tool call.
     `native_tools`: tool calls and results as `tool_use` / `tool_result`
     blocks (a request that offers tools), else as text.
     """
@@ -153,6 +176,10 @@ def to_anthropic_messages(
                 blocks.append(native or {"type": "text", "text": tool_text(part) or ""})
             elif kind == "file":
                 blocks.append(_anthropic_file_block(part, message.role))
+            elif kind == "reasoning" and thinking and message.role == "assistant":
+                sealed = _thinking_block(part)
+                if sealed is not None:
+                    blocks.append(sealed)
         if not blocks:
             continue
         if message.role == "system":
@@ -192,7 +219,9 @@ def prepare(
     """The translator and the request of one streamed turn."""
     translator = AnthropicTranslator()
     client_a = cache.anthropic(spec, key)
-    system, conversation = to_anthropic_messages(messages, native_tools=bool(tools))
+    system, conversation = to_anthropic_messages(
+        messages, native_tools=bool(tools), thinking=spec.thinking_budget_tokens is not None
+    )
     tool_list = [
         {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)} for t in tools
     ]

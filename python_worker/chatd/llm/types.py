@@ -125,6 +125,24 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningSignature:
+    """The reasoning block streamed since the last signature ends here, sealed
+    by the provider (Anthropic's `signature_delta`). The signature must be
+    sent back with that exact text when the turn continues after a tool call
+    with extended thinking on; the worker stores it on the reasoning part."""
+
+    signature: str
+
+
+@dataclass(frozen=True)
+class RedactedReasoning:
+    """A reasoning block the provider encrypted (Anthropic `redacted_thinking`):
+    nothing to show, its `data` is sent back as it came."""
+
+    data: str
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     """A tool offered to the model: `{name, description, input_schema}`."""
 
@@ -201,7 +219,10 @@ class Finished:
         return _STOPS.get(self.finish_reason.lower(), "other")
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | Finished
+StreamEvent = (
+    TextDelta | ReasoningDelta | ReasoningSignature | RedactedReasoning | ToolCallStart | ToolCallDelta
+    | Finished
+)
 
 
 def resolve_api_key(spec: ModelSpec) -> str:

@@ -18,6 +18,9 @@ class Output:
     """What a turn has produced so far, and what is not yet published."""
 
     reasoning: list[str] = field(default_factory=list)
+    # reasoning blocks the provider sealed (signature or redacted data), in order
+    sealed: list[dict[str, str]] = field(default_factory=list)
+    unsealed_from: int = 0  # the index in `reasoning` after the last sealed block
     text: list[str] = field(default_factory=list)
     pending: list[dict[str, str]] = field(default_factory=list)
     pending_bytes: int = 0
@@ -36,10 +39,22 @@ class Output:
             self.pending.append({"type": kind, "text": delta})
         self.pending_bytes += len(delta.encode())
 
+    def seal(self, signature: str | None = None, redacted: str | None = None) -> None:
+        """Closes the reasoning streamed since the last seal with the
+        provider's signature, or records a redacted block: each becomes its
+        own reasoning part, carrying what the provider needs back."""
+        if redacted is not None:
+            self.sealed.append({"type": "reasoning", "text": "", "redacted": redacted})
+            return
+        text = "".join(self.reasoning[self.unsealed_from:])
+        self.unsealed_from = len(self.reasoning)
+        self.sealed.append({"type": "reasoning", "text": text, "signature": signature or ""})
+
     def content(self) -> list[dict[str, str]]:
-        parts = []
-        if self.reasoning:
-            parts.append({"type": "reasoning", "text": "".join(self.reasoning)})
+        parts = list(self.sealed)
+        rest = "".join(self.reasoning[self.unsealed_from:])
+        if rest:
+            parts.append({"type": "reasoning", "text": rest})
         text = "".join(self.text)
         if text:  # chatd refuses an empty text part (CD007)
             parts.append({"type": "text", "text": text})

@@ -20,6 +20,8 @@ from chatd.llm import (
     ChatTurnError,
     Finished,
     ReasoningDelta,
+    ReasoningSignature,
+    RedactedReasoning,
     TextDelta,
     ToolCallDelta,
     ToolCallStart,
@@ -143,6 +145,10 @@ class TurnRun:
                     output.add("text", event.text)
                 elif isinstance(event, ReasoningDelta):
                     output.add("reasoning", event.text)
+                elif isinstance(event, ReasoningSignature):
+                    output.seal(signature=event.signature)
+                elif isinstance(event, RedactedReasoning):
+                    output.seal(redacted=event.data)
                 elif isinstance(event, ToolCallStart | ToolCallDelta):
                     output.add_call(event)
                 elif isinstance(event, Finished):

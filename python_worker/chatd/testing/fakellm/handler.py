@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from chatd.testing.fakellm.anthropic_wire import AnthropicWire
+from chatd.testing.fakellm.anthropic_wire import AnthropicWire, thinking_refusal
 from chatd.testing.fakellm.frames import Totals, error_object
 from chatd.testing.fakellm.openai_wire import OpenAIWire
 from chatd.testing.fakellm.responses_wire import ResponsesWire
@@ -301,20 +301,6 @@ def _conversation(api: str, body: Mapping[str, Any]) -> tuple[list[Any], Any]:
         return (list(raw) if isinstance(raw, list) else []), body.get("instructions")
     raw = body.get("messages")
     return (list(raw) if isinstance(raw, list) else []), body.get("system")
-
-
-def thinking_refusal(body: Mapping[str, Any]) -> str | None:
-    """Why the Messages API would refuse the request's `thinking`, or None:
-    an enabled budget must be at least 1024 and below `max_tokens`."""
-    thinking = body.get("thinking")
-    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
-        return None
-    budget, max_tokens = thinking.get("budget_tokens"), body.get("max_tokens")
-    if not isinstance(budget, int) or budget < 1024:
-        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
-    if not isinstance(max_tokens, int) or max_tokens <= budget:
-        return "`max_tokens` must be greater than `thinking.budget_tokens`"
-    return None
 
 
 def auth_refusal(api: str, headers: Mapping[str, str], scheme: str | None) -> str | None:

@@ -78,23 +78,7 @@ class AnthropicTranslator:
                 cache_write_tokens=count_attr(u, "cache_creation_input_tokens"),
             )
         elif kind == "content_block_delta":
-            delta = getattr(event, "delta", None)
-            delta_type = getattr(delta, "type", None)
-            if delta_type == "text_delta":
-                text = getattr(delta, "text", None)
-                return [TextDelta(text)] if isinstance(text, str) and text else []
-            if delta_type == "input_json_delta":
-                fragment = getattr(delta, "partial_json", None)
-                owner = self.call_ids.get(getattr(event, "index", 0) or 0)
-                if owner is None or not isinstance(fragment, str) or not fragment:
-                    return []
-                return [ToolCallDelta(owner, fragment)]
-            if delta_type == "thinking_delta":
-                thinking = getattr(delta, "thinking", None)
-                return [ReasoningDelta(thinking)] if isinstance(thinking, str) and thinking else []
-            if delta_type == "signature_delta":
-                signature = getattr(delta, "signature", None)
-                return [ReasoningSignature(signature)] if isinstance(signature, str) and signature else []
+            return self._delta(event)
         elif kind == "message_delta":
             # message_delta usage is cumulative; absent fields keep message_start's.
             d, prev = getattr(event, "usage", None), self.usage
@@ -117,6 +101,27 @@ class AnthropicTranslator:
             )
         elif kind == "message_stop":
             self.stopped = True
+        return []
+
+    def _delta(self, event: RawMessageStreamEvent) -> list[StreamEvent]:
+        """A `content_block_delta`: text, tool input, thinking or its signature."""
+        delta = getattr(event, "delta", None)
+        delta_type = getattr(delta, "type", None)
+        if delta_type == "text_delta":
+            text = getattr(delta, "text", None)
+            return [TextDelta(text)] if isinstance(text, str) and text else []
+        if delta_type == "input_json_delta":
+            fragment = getattr(delta, "partial_json", None)
+            owner = self.call_ids.get(getattr(event, "index", 0) or 0)
+            if owner is None or not isinstance(fragment, str) or not fragment:
+                return []
+            return [ToolCallDelta(owner, fragment)]
+        if delta_type == "thinking_delta":
+            thinking = getattr(delta, "thinking", None)
+            return [ReasoningDelta(thinking)] if isinstance(thinking, str) and thinking else []
+        if delta_type == "signature_delta":
+            signature = getattr(delta, "signature", None)
+            return [ReasoningSignature(signature)] if isinstance(signature, str) and signature else []
         return []
 
     def finished(self) -> Finished | None:

@@ -27,6 +27,45 @@ AS $$
     )
 $$;
 
+-- The stream parts a snapshot carries: the part batches of turn p_lease of
+-- the chat, in seq order, at most 1000 batches and about 4 MB (always at
+-- least one); more is true when more remain (read them with
+-- get_stream_parts). None when p_running is false. On a hot standby (a read
+-- replica) none either, and more is p_running: stream_parts is UNLOGGED, so
+-- a standby has no rows for it and refuses even to plan a query on it; the
+-- caller reads the parts from the primary. plpgsql, so that the query on
+-- stream_parts is planned only where it runs.
+CREATE OR REPLACE FUNCTION chatd._running_parts(p_chat_id uuid, p_lease bigint, p_running boolean)
+RETURNS TABLE (parts jsonb, more boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    IF NOT p_running OR pg_is_in_recovery() THEN
+        RETURN QUERY SELECT '[]'::jsonb, coalesce(p_running, FALSE);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT
+        coalesce(jsonb_agg(jsonb_build_object('seq', sp.seq, 'parts', sp.parts) ORDER BY sp.seq)
+            FILTER (WHERE sp.total <= 4194304 OR sp.n = 1), '[]'::jsonb),
+        coalesce(bool_or(sp.total > 4194304 AND sp.n > 1), FALSE) OR count(*) = 1000
+    FROM (
+        SELECT
+            limited.seq,
+            limited.parts,
+            sum(octet_length(limited.parts::text)) OVER (ORDER BY limited.seq) AS total,
+            row_number() OVER (ORDER BY limited.seq) AS n
+        FROM (
+            SELECT p.seq, p.parts FROM chatd.stream_parts AS p
+            WHERE p.chat_id = p_chat_id AND p.lease = p_lease
+            ORDER BY p.seq
+            LIMIT 1000
+        ) AS limited
+    ) AS sp;
+END
+$$;
+
 -- One consistent read (a single statement, so a single MVCC snapshot) of
 -- everything a subscriber needs after LISTEN: the chat row with its version,
 -- the user-visible, non-deleted messages with id > p_after_message_id, the
@@ -38,7 +77,9 @@ $$;
 -- messages and about 4 MB of their content (always at least one message);
 -- messages_more is true when more remain (call again after the last id).
 -- Stream parts likewise: at most 1000 batches and 4 MB (parts_more; read
--- the rest with get_stream_parts).
+-- the rest with get_stream_parts). On a read replica (hot standby) the
+-- parts are never included: parts is empty and parts_more is true while the
+-- chat runs (see _running_parts); read them from the primary.
 DROP FUNCTION IF EXISTS chatd.get_chat_snapshot(uuid, uuid, bigint);
 CREATE OR REPLACE FUNCTION chatd.get_chat_snapshot(
     p_user_id uuid,
@@ -109,25 +150,7 @@ BEGIN
         FROM chatd._message_page(c.id, p_after_message_id, FALSE, p_max_messages, 4194304, TRUE) AS p
         INNER JOIN chatd.messages AS m ON m.id = p.id
     ) AS page
-    CROSS JOIN LATERAL (
-        SELECT
-            coalesce(jsonb_agg(jsonb_build_object('seq', sp.seq, 'parts', sp.parts) ORDER BY sp.seq)
-                FILTER (WHERE sp.total <= 4194304 OR sp.n = 1), '[]'::jsonb) AS parts,
-            coalesce(bool_or(sp.total > 4194304 AND sp.n > 1), FALSE) OR count(*) = 1000 AS more
-        FROM (
-            SELECT
-                limited.seq,
-                limited.parts,
-                sum(octet_length(limited.parts::text)) OVER (ORDER BY limited.seq) AS total,
-                row_number() OVER (ORDER BY limited.seq) AS n
-            FROM (
-                SELECT p.seq, p.parts FROM chatd.stream_parts AS p
-                WHERE c.status = 'running' AND p.chat_id = c.id AND p.lease = c.lease
-                ORDER BY p.seq
-                LIMIT 1000
-            ) AS limited
-        ) AS sp
-    ) AS parts
+    CROSS JOIN LATERAL chatd._running_parts(c.id, c.lease, c.status = 'running') AS parts
     WHERE c.id = p_chat_id;
     RETURN v_result;
 END

@@ -64,6 +64,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._error_hint(jsonb)', 'owner'),
 ('chatd._message_page(uuid,bigint,boolean,integer,bigint,boolean)', 'owner'),
 ('chatd._messages_after(uuid,bigint,boolean)', 'owner'),
+('chatd._running_parts(uuid,bigint,boolean)', 'owner'),
 ('chatd._message_json(chatd.messages)', 'owner'),
 ('chatd._written_by_this_xact(xid)', 'owner'),
 ('chatd._chat_payload(text,chatd.chats)', 'owner'),

@@ -32,6 +32,7 @@ __all__ = [
     "fail",
     "format_micros",
     "print_json",
+    "read_database_url",
     "preflight",
     "parse_usd",
     "resolve_identity",
@@ -85,6 +86,16 @@ def add_database_argument(parser: argparse.ArgumentParser) -> None:
         "--database-url", default=None,
         help="PostgreSQL URL (default: $DATABASE_URL, else $CHATD_DATABASE_URL)",
     )
+    parser.add_argument(
+        "--read-database-url", default=None,
+        help="a read replica for chat lists, snapshots and message pages, used while fresh "
+        "(default: $CHATD_READ_DATABASE_URL; none: everything reads the primary)",
+    )
+
+
+def read_database_url(args: argparse.Namespace) -> str | None:
+    """The read replica's URL, if one is configured (flag, then environment)."""
+    return getattr(args, "read_database_url", None) or os.environ.get("CHATD_READ_DATABASE_URL") or None
 
 
 def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +184,9 @@ def run_command(
     async def main() -> int:
         url = database_url(args)
         await preflight(url)
-        async with await Client.connect(url, application_name=f"chatd {prog}") as c:
+        async with await Client.connect(
+            url, application_name=f"chatd {prog}", read_dsn=read_database_url(args)
+        ) as c:
             return await body(c)
 
     try:

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "flags win."
     )
     parser.add_argument("--database-url", default=None, help="default: $CHATD_DATABASE_URL, else $DATABASE_URL")
+    parser.add_argument("--read-database-url", default=None,
+                        help="a read replica for snapshots, message pages and chat lists "
+                        "(default: $CHATD_READ_DATABASE_URL; none: the primary answers all)")
     parser.add_argument("--host", default=None, help="default: $CHATD_HOST, else 127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default: $CHATD_PORT, else 8080")
     parser.add_argument("--log-level", default="info",
@@ -32,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from chatd.http import ServeSettings, create_app
 
     try:
-        settings = ServeSettings.from_env(database_url=args.database_url, host=args.host, port=args.port)
+        settings = ServeSettings.from_env(
+            database_url=args.database_url, read_database_url=args.read_database_url,
+            host=args.host, port=args.port,
+        )
         if not settings.database_url:
             raise ValueError("no database: set CHATD_DATABASE_URL or DATABASE_URL, or pass --database-url")
         app = create_app(settings)

@@ -4,8 +4,6 @@ the one shared listener connection of its subscriptions."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -18,14 +16,15 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from chatd.client.hub import Hub
 from chatd.client.models import ChatSummary, Snapshot, StreamParts
+from chatd.client.pages import snapshot_pages
 from chatd.client.parts import PartsReader
-from chatd.client.subscription import _CLOSED, _RESYNC, Subscription
-from chatd.listener import Listener
-from chatd.protocol import names, queries
-from chatd.protocol.errors import ChatNotFound, error_from_psycopg
+from chatd.client.reads import DEFAULT_MAX_STALENESS, ReadRouter
+from chatd.client.subscription import Subscription
+from chatd.protocol import queries
+from chatd.protocol.errors import error_from_psycopg
 from chatd.protocol.errors import int_or_none as _int_or_none
-from chatd.protocol.names import chat_channel
 
 __all__ = ["DEFAULT_TIMEOUT", "Client", "Content"]
 
@@ -58,10 +57,17 @@ class Client:
         application_name: str = "chatd-client",
         listen_poll: float = 0.1,
         poll_interval: float | None = None,
+        read_dsn: str | None = None,
+        read_max_staleness: float = DEFAULT_MAX_STALENESS,
     ) -> None:
         """``poll_interval``: no LISTEN and no server-side prepared statements
         (for PgBouncer in transaction mode); each subscription re-reads its
-        chat every ``poll_interval`` seconds instead of waiting for hints."""
+        chat every ``poll_interval`` seconds instead of waiting for hints.
+        ``read_dsn``: a read replica for snapshots, message pages and chat
+        lists, used only when fresh enough (chatd.client.reads): it has
+        replayed this client's writes and the primary's position of at most
+        ``read_max_staleness`` seconds ago, and a snapshot is never older
+        than a notification seen; otherwise the primary answers."""
         if poll_interval is not None and poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.dsn = dsn
@@ -82,17 +88,16 @@ class Client:
             # restart the pool replaces dead ones instead of failing calls
             check=AsyncConnectionPool.check_connection,
         )
-        self._subs: dict[str, set[Subscription]] = {}
-        self._parts_reader = PartsReader(self)
-        self._listener = Listener(
-            dsn,
-            application_name=f"{application_name} listener",
-            on_notify=self._dispatch,
-            on_listening=self._on_listening,
-            poll_interval=listen_poll,
-            command_timeout=timeout,
+        self._reads = None if read_dsn is None else ReadRouter(
+            read_dsn, self._pool, timeout=timeout, max_staleness=read_max_staleness,
+            max_size=max_size, application_name=application_name,
+            prepare_threshold=poll_interval is None,
         )
-        self._listener_task: asyncio.Task[None] | None = None
+        self._parts_reader = PartsReader(self)
+        self._hub = Hub(
+            dsn, application_name=application_name, listen_poll=listen_poll, timeout=timeout,
+            poll_interval=poll_interval,
+        )
         self._closed = False
         #: Test hook: awaited by every subscription after its LISTEN is armed
         #: and before its snapshot is read.
@@ -108,18 +113,14 @@ class Client:
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=max(self.timeout, 10.0))
+        if self._reads is not None:
+            await self._reads.open()
 
     async def close(self) -> None:
         self._closed = True
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                sub._queue.put_nowait(_CLOSED)
-        if self._listener_task is not None:
-            self._listener.stop()
-            self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener_task
-            self._listener_task = None
+        await self._hub.close()
+        if self._reads is not None:
+            await self._reads.close()
         await self._pool.close()
 
     async def __aenter__(self) -> Client:
@@ -138,7 +139,12 @@ class Client:
     @property
     def listener_pid(self) -> int | None:
         """Backend pid of the listener connection (None when not connected)."""
-        return self._listener.backend_pid
+        return self._hub.listener_pid
+
+    @property
+    def read_stats(self) -> dict[str, int]:
+        """Routed reads by outcome (`ReadRouter.stats`); empty without a replica."""
+        return {} if self._reads is None else dict(self._reads.stats)
 
     # ------------------------------------------------------------------ calls
 
@@ -146,8 +152,34 @@ class Client:
         self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
         db_timeout: float | None = None,
     ) -> list[TupleRow]:
-        """Run one statement on a pooled connection under a deadline; chatd
-        errors (SQLSTATE class CD) are raised as ChatdError subclasses."""
+        """Run one statement on a pooled connection of the primary under a
+        deadline; chatd errors (SQLSTATE class CD) are raised as ChatdError
+        subclasses. Counted as a write: replica reads started afterwards
+        wait until the replica has replayed it."""
+        try:
+            return await self._primary(query, params, db_timeout)
+        finally:
+            if self._reads is not None:
+                self._reads.wrote()
+
+    async def read(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+        db_timeout: float | None = None,
+    ) -> list[TupleRow]:
+        """`fetch` for a read-only statement that may be answered by the read
+        replica (when there is one and it is fresh enough)."""
+        if self._reads is not None:
+            async def on_replica(conn: psycopg.AsyncConnection[Any]) -> list[TupleRow]:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchall() if cursor.description else []
+            rows = await self._reads.read(on_replica)
+            if rows is not None:
+                return rows
+        return await self._primary(query, params, db_timeout)
+
+    async def _primary(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any] | None, db_timeout: float | None
+    ) -> list[TupleRow]:
         try:
             async with asyncio.timeout(db_timeout if db_timeout is not None else self.timeout):
                 async with self._pool.connection() as conn:
@@ -268,7 +300,7 @@ class Client:
         pass the last row's ``updated_at`` as ``before`` and its ``id`` as
         ``before_id``: chats sharing an ``updated_at`` are never skipped
         (``before`` alone means ``updated_at < before``)."""
-        rows = await self.fetch(
+        rows = await self.read(
             queries.LIST_CHATS,
             [user_id, organization_id, include_archived, limit, before, before_id],
             db_timeout=db_timeout,
@@ -277,33 +309,32 @@ class Client:
 
     async def snapshot(
         self, user_id: UUID, chat_id: UUID, after_message_id: int = 0, *,
-        db_timeout: float | None = None,
+        min_version: int = 0, db_timeout: float | None = None,
     ) -> Snapshot:
         """``chatd.get_chat_snapshot``: the chat, its messages after
         ``after_message_id``, the queue and the running turn's stream parts.
 
         The function returns bounded pages; this reads pages until none
         remain (messages after the last one read, then the remaining stream
-        parts through ``chatd.get_stream_parts``). The chat, queue and parts
-        are those of the last page, so they are at least as new as every
-        message returned."""
-        messages: list[Any] = []
-        after = after_message_id
-        while True:
-            value = await self._scalar(
-                queries.GET_CHAT_SNAPSHOT,
-                [user_id, chat_id, after],
-                db_timeout,
-            )
-            if not isinstance(value, Mapping):
-                raise ChatNotFound(f"chat {chat_id} not found", sqlstate=names.CHAT_NOT_FOUND)
-            page = value.get("messages") or []
-            messages.extend(page)
-            ids = [m["id"] for m in page if isinstance(m, Mapping) and isinstance(m.get("id"), int)]
-            if not value.get("messages_more") or not ids:
-                break
-            after = max(ids)
-        obj = {**value, "messages": messages}
+        parts through ``chatd.get_stream_parts``, on the primary). With a read
+        replica, the pages come from it when it is fresh enough and its
+        chat version is at least ``min_version`` (the newest version of a
+        notification the caller has seen); else from the primary."""
+        value: dict[str, Any] | None = None
+        if self._reads is not None:
+            async def on_replica(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+                async def run(query: str, params: list[Any]) -> Any:
+                    row = await (await conn.execute(query, params)).fetchone()
+                    return row[0] if row else None
+                return await snapshot_pages(run, user_id, chat_id, after_message_id)
+            def new_enough(v: dict[str, Any]) -> bool:
+                return (_int_or_none(v.get("version")) or 0) >= min_version
+            value = await self._reads.read(on_replica, accept=new_enough)
+        if value is None:  # no replica, or its answer did not stand
+            async def on_primary(query: str, params: list[Any]) -> Any:
+                rows = await self._primary(query, params, db_timeout)
+                return rows[0][0] if rows else None
+            value = await snapshot_pages(on_primary, user_id, chat_id, after_message_id)
         lease = _int_or_none(value.get("parts_lease"))
         if value.get("parts_more") and lease is not None:
             parts = [p for p in value.get("parts") or [] if isinstance(p, Mapping)]
@@ -311,8 +342,8 @@ class Client:
             more = await self.stream_parts(
                 user_id, chat_id, lease, max(seqs, default=-1), db_timeout=db_timeout
             )
-            obj["parts"] = parts + [{"seq": p.seq, "parts": p.parts} for p in more]
-        return Snapshot.from_json(obj)
+            value["parts"] = parts + [{"seq": p.seq, "parts": p.parts} for p in more]
+        return Snapshot.from_json(value)
 
     async def stream_parts(
         self, user_id: UUID, chat_id: UUID, lease: int, after_seq: int = -1, *,
@@ -345,56 +376,3 @@ class Client:
         if self._closed:
             raise RuntimeError("client is closed")
         return Subscription(self, user_id, chat_id, after_message_id)
-
-    def _ensure_listener(self) -> None:
-        if self._listener_task is None or self._listener_task.done():
-            self._listener_task = asyncio.create_task(
-                self._listener.run(), name="chatd-client listener"
-            )
-
-    async def _register(self, sub: Subscription) -> None:
-        channel = chat_channel(sub.chat_id)
-        self._subs.setdefault(channel, set()).add(sub)
-        if self.poll_interval is not None:  # polling: nothing to arm
-            if not sub._armed.done():
-                sub._armed.set_result(None)
-            return
-        self._ensure_listener()
-        self._listener.listen(channel)
-        async with asyncio.timeout(self.timeout):
-            await asyncio.shield(sub._armed)
-
-    def _unregister(self, sub: Subscription) -> None:
-        channel = chat_channel(sub.chat_id)
-        subs = self._subs.get(channel)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[channel]
-                self._listener.unlisten(channel)
-
-    async def _on_listening(self, listening: frozenset[str], generation: int) -> None:
-        """Arm new subscriptions; tell the others to re-read after a
-        reconnect, since notifications sent while deaf are lost."""
-        for channel in listening:
-            for sub in list(self._subs.get(channel, ())):
-                if not sub._armed.done():
-                    sub._generation = generation
-                    sub._armed.set_result(None)
-                elif sub._generation != generation:
-                    sub._generation = generation
-                    sub._queue.put_nowait(_RESYNC)
-
-    def _dispatch(self, channel: str, payload: str) -> None:
-        subs = self._subs.get(channel)
-        if not subs:
-            return
-        try:
-            hint = json.loads(payload)
-        except ValueError:
-            log.warning("ignoring a malformed notification on %s", channel)
-            return
-        if not isinstance(hint, dict):
-            return
-        for sub in subs:
-            sub._queue.put_nowait(hint)

@@ -82,10 +82,10 @@ class PartsReader:
         batch: Mapping[tuple[UUID, UUID, int], tuple[int, list[tuple[int, asyncio.Future[tuple[list[StreamParts], bool]]]]]],
     ) -> None:
         try:
-            rows = await self._client.fetch(
+            rows = await self._client._primary(
                 queries.GET_STREAM_PARTS,
                 [user_id, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], PARTS_PAGE],
-                db_timeout=self._timeout,
+                self._timeout,
             )
         except Exception as exc:
             if len(items) > 1 and isinstance(exc, ChatdError):

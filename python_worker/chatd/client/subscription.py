@@ -78,6 +78,9 @@ class Subscription:
         # what has been emitted
         self.last_message_id = after_message_id or 0
         self.last_version = 0
+        #: the newest version a notification named: a snapshot older than
+        #: it (a lagging read replica's) is never applied
+        self.seen_version = 0
         self.last_parts: tuple[int, int] = (0, -1)
         self.chat: ChatInfo | None = None
         self._queue_ids: list[int] | None = None
@@ -108,7 +111,7 @@ class Subscription:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._client._unregister(self)
+        self._client._hub.unregister(self)
         gen, self._gen = self._gen, None
         if gen is not None:
             aclose = getattr(gen, "aclose", None)
@@ -120,7 +123,7 @@ class Subscription:
     async def _run(self) -> AsyncIterator[Event]:
         client = self._client
         try:
-            await client._register(self)
+            await client._hub.register(self)
             if client.after_listen is not None:
                 await client.after_listen(self.chat_id)
             snapshot = await client.snapshot(self.user_id, self.chat_id, self.last_message_id)
@@ -147,7 +150,7 @@ class Subscription:
                         if isinstance(event, ChatDeletedEvent):
                             return
         finally:
-            client._unregister(self)
+            client._hub.unregister(self)
 
     async def _next(self) -> _Item:
         """The next queued item; while the subscription is stale (a re-read
@@ -177,11 +180,12 @@ class Subscription:
         kind = hint.get("kind")
         if kind == "parts":
             return await self._on_parts(hint)
+        version = _int_or_none(hint.get("version")) or 0
+        self.seen_version = max(self.seen_version, version)
         if kind == "deleted":
             # a hint like any other (anyone can NOTIFY it): the chat is gone
             # only if the authorized re-read says so
             return await self._refresh()
-        version = _int_or_none(hint.get("version")) or 0
         if version <= self.last_version and not self._stale:
             return []  # already reflected in what was emitted
         return await self._refresh()
@@ -233,7 +237,8 @@ class Subscription:
         full = self._full
         try:
             snapshot = await self._client.snapshot(
-                self.user_id, self.chat_id, self._after if full else self.last_message_id
+                self.user_id, self.chat_id, self._after if full else self.last_message_id,
+                min_version=self.seen_version,
             )
         except ChatNotFound:
             return [ChatDeletedEvent(self.chat_id)]  # it existed at the snapshot: deleted since

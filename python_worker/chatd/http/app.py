@@ -70,6 +70,8 @@ class _Api:
                     self._client = await Client.connect(
                         self.settings.database_url, timeout=self.settings.db_timeout,
                         max_size=self.settings.pool_size, application_name="chatd-serve",
+                        read_dsn=self.settings.read_database_url or None,
+                        read_max_staleness=self.settings.read_max_staleness,
                     )
         return self._client
 
@@ -135,14 +137,14 @@ class _Api:
             if "after" in q:
                 raise invalid("pass either before or after, not both", 400)
             before = bounded_int(q.get("before") or None, "before", 2**62, 1, 2**62)
-            rows = await (await self.client()).fetch(
+            rows = await (await self.client()).read(
                 queries.GET_MESSAGES_BEFORE, [me.user_id, self.chat_id(request), before, limit],
             )
             page = rows[0][0] if rows and isinstance(rows[0][0], dict) else {}
             return _json({"messages": page.get("messages") or [], "more": bool(page.get("more")),
                           "before": page.get("before")})
         after = bounded_int(q.get("after"), "after", 0, 0, 2**62)
-        rows = await (await self.client()).fetch(
+        rows = await (await self.client()).read(
             queries.GET_MESSAGES_PAGE, [me.user_id, self.chat_id(request), after, limit],
         )
         page = rows[0][0] if rows and isinstance(rows[0][0], dict) else {}

@@ -16,6 +16,11 @@ class ServeSettings:
     field, and ``DATABASE_URL`` for the database when CHATD_DATABASE_URL is unset."""
 
     database_url: str = ""
+    # a read replica for snapshots, message pages and chat lists, used only
+    # while it has replayed the primary's position of at most
+    # read_max_staleness seconds ago (chatd.client.reads; docs/scale.md)
+    read_database_url: str = ""
+    read_max_staleness: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8080
     # authentication: HS* with jwt_secret, RS*/ES* with jwt_public_key (PEM)

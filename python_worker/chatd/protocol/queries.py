@@ -214,3 +214,14 @@ ADD_MODEL_MCP_SERVER: Final = (
     "SELECT array_agg(DISTINCT x) FROM chatd.model_configs AS m, unnest(m.mcp_servers) AS x "
     "WHERE m.model = %s::text), '{}'), %s::text))"
 )
+
+# ---------------------------------------------------------------------- read replicas (chatd.client.reads)
+
+#: the primary's WAL position now: the watermark a replica must have replayed
+PRIMARY_WAL_LSN: Final = "SELECT pg_current_wal_lsn()::text"
+
+#: on the read server: true when it has replayed the watermark, or is itself
+#: a primary (not in recovery: then it is current)
+REPLICA_HAS_REPLAYED: Final = (
+    "SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, NOT pg_is_in_recovery())"
+)

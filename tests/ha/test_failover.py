@@ -11,48 +11,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
 from autofailover import Formation
-from repo_support import fixture_files
 from worker_support import running_worker, text_of, worker_config
 
-from chatd import migrate
 from chatd.client import Client, MessageEvent
-from chatd.testing import Factory, as_role, ensure_login_roles
+from chatd.testing import Factory, as_role
 from chatd.testing.fakellm import FakeLLM, Text
 
 pytestmark = pytest.mark.timeout(600)
 
 CHATS = 50
 STREAM = dict(chunks=30, delay=0.1)  # a 3 s stream: every failure lands mid-stream
-
-
-@pytest.fixture(scope="module")
-def formation() -> Iterator[Formation]:
-    started = time.monotonic()
-    formation = Formation.create()
-    print(f"formation ready in {time.monotonic() - started:.1f}s")
-    try:
-        dsn = formation.dsn()
-        migrate.apply(dsn, log=lambda _m: None)
-        ensure_login_roles(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for path in fixture_files():
-                conn.execute(path.read_text().encode())
-        yield formation
-    finally:
-        formation.destroy()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeLLM]:
-    with FakeLLM() as server:
-        yield server
 
 
 async def _query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]] | None:

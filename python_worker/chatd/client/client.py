@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -142,9 +143,10 @@ class Client:
         return self._hub.listener_pid
 
     @property
-    def read_stats(self) -> dict[str, int]:
-        """Routed reads by outcome (`ReadRouter.stats`); empty without a replica."""
-        return {} if self._reads is None else dict(self._reads.stats)
+    def read_stats(self) -> Counter[str]:
+        """A copy of the routed reads by outcome (`ReadRouter.stats`; a
+        missing outcome counts 0); empty without a replica."""
+        return Counter() if self._reads is None else Counter(self._reads.stats)
 
     # ------------------------------------------------------------------ calls
 

@@ -67,7 +67,22 @@ def table(results: dict[str, Any]) -> str:
     for size, v in results.get("heartbeat", {}).items():
         row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
     _growth_rows(results.get("growth"), results.get("finish_contention"), row)
+    _growth_table_rows(results.get("growth_table"), lines)
     return "\n".join(lines)
+
+
+def _growth_table_rows(growth: dict[str, Any] | None, lines: list[str]) -> None:
+    """One line per statement: p50 ms at each size, and the largest size's
+    p50 as a multiple of the smallest's (flat: at most 2)."""
+    if not growth:
+        return
+    for title, table in (("messages in the chat", growth["messages"]), ("chats stored", growth["chats"])):
+        sizes = sorted(table, key=int)
+        lines.append(f"growth table, p50 ms by {title}: " + " | ".join(f"{int(s):,}" for s in sizes)
+                     + " | largest/smallest")
+        for name in table[sizes[0]]:
+            cells = " | ".join(f"{table[s][name]['p50_ms']:.2f}" for s in sizes)
+            lines.append(f"  {name:<22} {cells} | {table[sizes[-1]][name]['ratio_p50']:.2f}x")
 
 
 def _growth_rows(

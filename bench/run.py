@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from dispatch import bench_dispatch
 from growth import bench_finish_contention, bench_growth
+from growth_table import bench_growth_table
 from heartbeat import bench_heartbeat
 from pgbench_ceiling import bench_pgbench
 from pickup import bench_pickup
@@ -50,7 +51,8 @@ from tool_step import bench_tool_step
 
 from chatd import migrate
 
-BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "tool_step", "growth")
+BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "tool_step", "growth",
+              "growth_table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--growth-sizes", default="1000,10000,100000,1000000",
                         help="messages of one user for the growth benchmark")
     parser.add_argument("--growth-calls", type=int, default=200, help="admit_spend calls per growth size")
+    parser.add_argument("--growth-table-messages", default="1000,10000,100000,1000000",
+                        help="messages in one chat for the growth table")
+    parser.add_argument("--growth-table-chats", default="1000,10000,100000",
+                        help="waiting chats for the growth table's claim and recovery scans")
+    parser.add_argument("--growth-table-cycles", type=int, default=20, help="timed turns per growth-table size")
     parser.add_argument("--contention-threads", type=int, default=8, help="concurrent finishers of one user")
     parser.add_argument("--tool-chats", type=int, default=200, help="chats for the tool-step benchmark")
     parser.add_argument("--tool-steps", type=int, default=3, help="tool steps per turn")
@@ -115,6 +122,12 @@ def run_selected(
         sizes = [int(x) for x in args.growth_sizes.split(",")]
         log(f"growth: admit_spend at {sizes} messages of one user ...")
         results["growth"] = bench_growth(dsn, fixture, sizes, args.growth_calls)
+    if "growth_table" in only:
+        log("growth table: per-chat statements at 10^3..10^6 messages, scans at 10^3..10^5 chats ...")
+        results["growth_table"] = bench_growth_table(
+            server, [int(x) for x in args.growth_table_messages.split(",")],
+            [int(x) for x in args.growth_table_chats.split(",")], args.growth_table_cycles,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

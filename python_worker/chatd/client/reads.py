@@ -38,7 +38,7 @@ from psycopg_pool import AsyncConnectionPool
 from chatd.protocol import queries
 from chatd.protocol.errors import ChatdError
 
-__all__ = ["DEFAULT_MAX_STALENESS", "RETRY_CAP", "ReadRouter"]
+__all__ = ["CONNECT_WAIT", "DEFAULT_MAX_STALENESS", "RETRY_CAP", "ReadRouter"]
 
 log = logging.getLogger("chatd.client")
 
@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 #: Seconds of commits a replica answer may miss (from other clients).
 DEFAULT_MAX_STALENESS: Final = 1.0
+#: Seconds a read waits for a replica connection before reading the primary.
+CONNECT_WAIT: Final = 1.0
 #: Longest pause, in seconds, before an unreachable replica is tried again.
 RETRY_CAP: Final = 30.0
 
@@ -157,7 +159,9 @@ class ReadRouter:
         try:
             async with asyncio.timeout(self.timeout):
                 lsn = await self._required_lsn()
-                async with self.pool.connection() as conn:
+                # a short wait for a connection: a replica that cannot give
+                # one soon is treated as down (the primary answers instead)
+                async with self.pool.connection(timeout=min(self.timeout, CONNECT_WAIT)) as conn:
                     cursor = await conn.execute(queries.REPLICA_HAS_REPLAYED, [lsn])
                     row = await cursor.fetchone()
                     if row is None or not row[0]:

@@ -67,8 +67,23 @@ def table(results: dict[str, Any]) -> str:
     for size, v in results.get("heartbeat", {}).items():
         row(f"heartbeat() covering {size} chats: ms / WAL bytes", f"{v['ms_per_call']:.2f} / {v['wal_bytes_per_call']:.0f}")
     _growth_rows(results.get("growth"), results.get("finish_contention"), row)
+    _subscriber_rows(results.get("subscribers"), row)
     _growth_table_rows(results.get("growth_table"), lines)
     return "\n".join(lines)
+
+
+def _subscriber_rows(subs: dict[str, Any] | None, row: Callable[[str, str], None]) -> None:
+    if not subs:
+        return
+    many, one = subs["many_chats"], subs["one_chat"]
+    row(f"one client following {many['chats']} chats: batches received",
+        f"{many['batches_received']} / {many['batches_published']}")
+    row("  part latency commit -> subscriber p50 / p99 ms", f"{many['latency']['p50_ms']:.1f} / {many['latency']['p99_ms']:.1f}")
+    row(f"{one['subscribers']} subscribers on one chat: deliveries", f"{one['deliveries']} / {one['subscribers'] * one['batches']}")
+    row("  part latency commit -> subscriber p50 / p99 ms", f"{one['latency']['p50_ms']:.1f} / {one['latency']['p99_ms']:.1f}")
+    for level, v in subs["listen_cost"].items():
+        row(f"one connection LISTENing on {int(level):,} channels: ms per LISTEN; notifications/s received",
+            f"{v['listen_ms']:.3f}; {v['received_per_s']:.0f}")
 
 
 def _growth_table_rows(growth: dict[str, Any] | None, lines: list[str]) -> None:

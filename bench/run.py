@@ -1,9 +1,12 @@
 """chatd benchmarks (`make bench`): dispatch throughput, pickup latency,
 streaming, round trips / transactions / WAL per turn, heartbeat cost, spend
 admission as one user's history grows (growth), the database cost of one
-tool step of the agent loop (tool_step), and the
-raw pgbench ceiling of the same cluster, and
-1,000 concurrent SSE streams on one `chatd serve`. See docs/benchmarks.md.
+tool step of the agent loop (tool_step), the raw pgbench ceiling of the
+same cluster, 1,000 concurrent SSE streams on one `chatd serve`, the growth
+table (growth_table: per-chat statements at 10^3..10^6 messages, scans at
+10^3..10^5 chats) and many subscribers (subscribers: one client following
+2,000 chats, 200 on one chat, LISTEN on thousands of channels). See
+docs/benchmarks.md.
 
 Starts its own throwaway cluster (default durability: fsync, synchronous
 commit and full page writes on) unless CHATD_BENCH_DATABASE_URL or
@@ -11,7 +14,7 @@ DATABASE_URL names a server; then it creates fresh databases on that server.
 Prints a table and writes bench/results/<timestamp>.json.
 
 One module per benchmark (dispatch, pickup, streaming, heartbeat,
-pgbench_ceiling, growth, tool_step); support and counters hold what they share; report prints
+pgbench_ceiling, growth, growth_table, subscribers, tool_step); support and counters hold what they share; report prints
 the table. `--only NAME,...` runs some of them.
 """
 
@@ -36,6 +39,7 @@ from pickup import bench_pickup
 from report import table
 from sse import bench_sse
 from streaming import bench_streaming
+from subscribers import bench_subscribers
 from support import (
     CLUSTER_SETTINGS,
     HERE,
@@ -52,7 +56,7 @@ from tool_step import bench_tool_step
 from chatd import migrate
 
 BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "tool_step", "growth",
-              "growth_table")
+              "growth_table", "subscribers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--growth-table-chats", default="1000,10000,100000",
                         help="waiting chats for the growth table's claim and recovery scans")
     parser.add_argument("--growth-table-cycles", type=int, default=20, help="timed turns per growth-table size")
+    parser.add_argument("--follow-chats", type=int, default=2000, help="chats one client follows (subscribers)")
+    parser.add_argument("--follow-rounds", type=int, default=5, help="part batches per followed chat")
     parser.add_argument("--contention-threads", type=int, default=8, help="concurrent finishers of one user")
     parser.add_argument("--tool-chats", type=int, default=200, help="chats for the tool-step benchmark")
     parser.add_argument("--tool-steps", type=int, default=3, help="tool steps per turn")
@@ -122,6 +128,9 @@ def run_selected(
         sizes = [int(x) for x in args.growth_sizes.split(",")]
         log(f"growth: admit_spend at {sizes} messages of one user ...")
         results["growth"] = bench_growth(dsn, fixture, sizes, args.growth_calls)
+    if "subscribers" in only:
+        log(f"subscribers: one client following {args.follow_chats} chats; 200 on one chat; LISTEN cost ...")
+        results["subscribers"] = bench_subscribers(dsn, fixture, args.follow_chats, args.follow_rounds)
     if "growth_table" in only:
         log("growth table: per-chat statements at 10^3..10^6 messages, scans at 10^3..10^5 chats ...")
         results["growth_table"] = bench_growth_table(

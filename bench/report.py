@@ -8,9 +8,9 @@ from typing import Any
 # --------------------------------------------------------------------------- report
 
 
-def table(results: dict[str, Any]) -> str:
-    ceiling = results.get("pgbench", {}).get("tps") or float("nan")
-    lines = []
+def _header(results: dict[str, Any]) -> list[str]:
+    """Machine, server settings and library versions: what the numbers ran on."""
+    lines: list[str] = []
     m, s = results["machine"], results["postgres"]
     lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; "
                  f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')}")
@@ -20,15 +20,22 @@ def table(results: dict[str, Any]) -> str:
                  f"wal_buffers={s['wal_buffers']}")
     lines.append(f"Python {m['python']}, psycopg {m['psycopg']}, psycopg_pool {m['psycopg_pool']}")
     lines.append("")
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    ceiling = results.get("pgbench", {}).get("tps") or 0.0
+    lines = _header(results)
     lines.append(f"{'measurement':<52} {'value':>14} {'vs pgbench':>11}")
     lines.append("-" * 79)
 
     def row(name: str, value: float | str, unit: str = "", ratio: bool = False) -> None:
         shown = f"{value:,.1f}" if isinstance(value, float | int) else str(value)
-        r = f"{float(value) / ceiling:.1%}" if ratio and isinstance(value, float | int) else ""
+        r = f"{float(value) / ceiling:.1%}" if ratio and ceiling and isinstance(value, float | int) else ""
         lines.append(f"{name:<52} {shown + unit:>14} {r:>11}")
 
-    row("pgbench -N (simple update) tps", ceiling, "", True)
+    if ceiling:  # not with --only without pgbench
+        row("pgbench -N (simple update) tps", ceiling, "", True)
     notify_tps = results.get("pgbench", {}).get("with_notify", {}).get("tps")
     if notify_tps:
         row("pgbench -N + pg_notify() tps", notify_tps, "", True)

@@ -181,6 +181,26 @@ async def test_list_chats_pages_through_chats_sharing_an_updated_at(client: Clie
     assert sorted(seen) == sorted([root, *children])
 
 
+async def test_messages_before_pages_back_from_the_newest_message(
+    client: Client, setup: Setup, factory: Factory
+) -> None:
+    chat = await client.create_chat(setup.user, setup.org, "m0")
+    for i in range(1, 7):
+        factory.message(chat, text=f"m{i}")
+    pages = []
+    page = await client.messages_before(setup.user, chat, limit=3)
+    pages.append([m.text for m in page.messages])
+    while page.more:
+        page = await client.messages_before(setup.user, chat, page.before, limit=3)
+        pages.append([m.text for m in page.messages])
+    assert pages == [["m4", "m5", "m6"], ["m1", "m2", "m3"], ["m0"]]
+    assert page.before is None
+    with pytest.raises(ChatNotFound):
+        await client.messages_before(setup.user, uuid.uuid4())
+    with pytest.raises(InvalidInput):
+        await client.messages_before(setup.user, chat, limit=0)
+
+
 async def test_typed_errors(client: Client, setup: Setup, factory: Factory,
                             conn: psycopg.Connection[Any]) -> None:
     chat = await client.create_chat(setup.user, setup.org, "hi")

@@ -70,7 +70,15 @@ from chatd.client.events import (
     TitleEvent,
     ToolCallsEvent,
 )
-from chatd.client.models import ChatInfo, ChatSummary, Message, QueuedMessage, Snapshot, StreamParts
+from chatd.client.models import (
+    ChatInfo,
+    ChatSummary,
+    Message,
+    MessagePage,
+    QueuedMessage,
+    Snapshot,
+    StreamParts,
+)
 from chatd.client.subscription import Subscription
 from chatd.protocol.names import chat_channel
 
@@ -93,6 +101,7 @@ __all__ = [
     "InvalidTransition",
     "LeaseLost",
     "Message",
+    "MessagePage",
     "MessageEvent",
     "MessagesDeletedEvent",
     "PartsEvent",

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from chatd.client.hub import Hub
-from chatd.client.models import ChatSummary, Snapshot, StreamParts
+from chatd.client.models import ChatSummary, MessagePage, Snapshot, StreamParts
 from chatd.client.pages import snapshot_pages
 from chatd.client.parts import PartsReader
 from chatd.client.reads import DEFAULT_MAX_STALENESS, ReadRouter
@@ -346,6 +346,21 @@ class Client:
             )
             value["parts"] = parts + [{"seq": p.seq, "parts": p.parts} for p in more]
         return Snapshot.from_json(value)
+
+    async def messages_before(
+        self, user_id: UUID, chat_id: UUID, before_message_id: int | None = None, *,
+        limit: int = 50, db_timeout: float | None = None,
+    ) -> MessagePage:
+        """``chatd.get_messages_before``: the newest ``limit`` (1 to 1000)
+        visible messages before ``before_message_id`` (None: the newest), for
+        a view that opens on the newest messages and loads older ones on
+        demand (pass the page's ``before`` for the next older page). Constant
+        time in the chat's length; may be served by the read replica."""
+        rows = await self.read(
+            queries.GET_MESSAGES_BEFORE, [user_id, chat_id, before_message_id, limit], db_timeout=db_timeout,
+        )
+        value = rows[0][0] if rows else None
+        return MessagePage.from_json(value if isinstance(value, Mapping) else {})
 
     async def stream_parts(
         self, user_id: UUID, chat_id: UUID, lease: int, after_seq: int = -1, *,

@@ -180,6 +180,26 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class MessagePage:
+    """``chatd.get_messages_before``: one page of a chat's messages going
+    back in time, oldest first within the page; ``before`` is the cursor for
+    the next older page (None when ``more`` is false)."""
+
+    messages: list[Message]
+    more: bool
+    before: int | None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> MessagePage:
+        before = obj.get("before")
+        return cls(
+            messages=sorted((Message.from_json(m) for m in obj.get("messages") or []), key=lambda m: m.id),
+            more=bool(obj.get("more")),
+            before=int(before) if isinstance(before, int) else None,
+        )
+
+
+@dataclass(frozen=True)
 class ChatSummary:
     """One row of ``chatd.list_chats``."""
 

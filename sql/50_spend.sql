@@ -359,6 +359,12 @@ BEGIN
     IF NOT chatd._spend_limits_enabled() THEN
         RETURN NULL;
     END IF;
+    -- The ledger trigger is deferred to commit (sql/52_spend_ledger.sql):
+    -- costs this transaction already wrote (a finish before the promotion of
+    -- its queue) go into the ledger now, so they count here. Later cost
+    -- writes of the transaction are deferred again.
+    SET CONSTRAINTS chatd.messages_spend_ledger IMMEDIATE;
+    SET CONSTRAINTS chatd.messages_spend_ledger DEFERRED;
 
     IF current_setting('transaction_isolation') = 'repeatable read' THEN
         RAISE EXCEPTION 'chatd.admit_spend cannot run under REPEATABLE READ'

@@ -43,12 +43,15 @@ END
 $$;
 
 -- Row trigger of chatd.messages: moves the old cost out of the ledger and
--- the new cost in. Soft deletes (deleted = true) do not fire it: they keep
+-- the new cost in. SECURITY DEFINER: the trigger is deferred to commit (see
+-- below), which runs as the committing login (a worker or app role without
+-- rights on the ledger), no longer inside the SECURITY DEFINER function that
+-- wrote the message; a trigger function cannot be called directly. Soft deletes (deleted = true) do not fire it: they keep
 -- their cost. An update that changes none of cost, created_at and chat_id
 -- writes nothing.
 CREATE OR REPLACE FUNCTION chatd._spend_ledger_trigger()
 RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 BEGIN
@@ -68,20 +71,38 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER messages_spend_ledger
+-- Deferred to commit (a constraint trigger, INITIALLY DEFERRED): every cost
+-- write of a user on a day updates the same ledger row, and a row lock is
+-- held until commit, so an immediate trigger made concurrent finishes of
+-- one user wait for each other's whole transaction (a finish_turns batch of
+-- 32 turns included). Deferred, the lock is taken at commit and held only
+-- for the commit itself: dispatch of one busy user went from about 800 to
+-- about 1,100 turns/s on the bench machine (docs/benchmarks.md). Still in
+-- the writing transaction: the ledger and the messages commit together.
+-- Within that transaction the ledger does not show the write until commit
+-- (or SET CONSTRAINTS chatd.messages_spend_ledger IMMEDIATE). Constraint
+-- triggers cannot be CREATE OR REPLACEd: dropped and created again, in the
+-- transaction that applies this file.
+DROP TRIGGER IF EXISTS messages_spend_ledger ON chatd.messages;
+CREATE CONSTRAINT TRIGGER messages_spend_ledger
 AFTER INSERT OR DELETE OR UPDATE OF total_cost_micros, created_at, chat_id ON chatd.messages
+DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION chatd._spend_ledger_trigger();
 
 -- Row trigger of chatd.chats, BEFORE DELETE: subtracts the spend of the
 -- chat's priced messages, which the cascade then deletes (their own trigger
 -- no longer finds the chat). chatd's own delete_chat is a soft delete; this
--- covers a DBA's hard delete.
+-- covers a DBA's hard delete. The deferred ledger writes of this transaction
+-- run first (SET CONSTRAINTS ... IMMEDIATE fires them now, while the chat
+-- still exists): a message priced earlier in the same transaction is added
+-- before it is subtracted, instead of never added and still subtracted.
 CREATE OR REPLACE FUNCTION chatd._spend_ledger_chat_delete()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 BEGIN
+    SET CONSTRAINTS chatd.messages_spend_ledger IMMEDIATE;
     UPDATE chatd.spend_ledger AS l
     SET
         spent_micros = l.spent_micros - d.spent,

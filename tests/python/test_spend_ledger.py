@@ -12,18 +12,16 @@ admission over the limit) are part of the sequence: they must leave the
 ledger exact too.
 
 Contention: concurrent finishes of one user on one day update one ledger
-row, so they serialize on it until each commits (shown with an explicit
-interleaving: one transaction holds its finish open, the other waits on a
-row lock; nothing sleeps).
+row, but only at commit (the trigger is deferred): a finish whose
+transaction is open holds no ledger lock, so another commits past it (an
+explicit interleaving with two connections; nothing sleeps).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -174,9 +172,13 @@ def running_chat(conn: psycopg.Connection[Any], user: uuid.UUID, org: uuid.UUID,
     return row[0], claimed[0]
 
 
-def test_concurrent_finishes_of_one_user_serialize_on_the_ledger_row(
+def test_concurrent_finishes_of_one_user_do_not_wait_for_each_others_transactions(
     db: str, conn: psycopg.Connection[Any], factory: Factory
 ) -> None:
+    """The ledger trigger is deferred to commit: a finish whose transaction
+    is still open holds no ledger row, so another finish of the same user
+    commits without waiting for it (with an immediate trigger it waited on
+    the row lock until the first one committed)."""
     org = factory.org()
     user = factory.user(org)
     model = factory.model_config()
@@ -184,31 +186,39 @@ def test_concurrent_finishes_of_one_user_serialize_on_the_ledger_row(
     second = running_chat(conn, user, org, model)
     conn.commit()
     finish = "SELECT chatd.finish_turn(%s, %s, '\"answer\"', '{\"input_tokens\": 100}')"
-    with (
-        psycopg.connect(db) as holder,
-        psycopg.connect(db) as waiter,
-        ThreadPoolExecutor(max_workers=1) as pool,
-    ):
-        holder.execute(finish, first)  # open: holds the ledger row of (user, today, org)
-
-        def finish_second() -> None:
-            waiter.execute(finish, second)
-            waiter.commit()
-
-        pending = pool.submit(finish_second)
-        deadline = time.monotonic() + 30
-        while True:
-            assert not pending.done(), "the second finish did not wait for the first one's ledger row"
-            row = conn.execute(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (waiter.info.backend_pid,)
-            ).fetchone()
-            conn.commit()
-            if row == ("Lock",):
-                break
-            assert time.monotonic() < deadline, "the second finish never waited on a lock"
+    with psycopg.connect(db) as holder, psycopg.connect(db) as other:
+        holder.execute(finish, first)  # open, not committed
+        other.execute("SET lock_timeout = '5s'")  # a wait would fail the test, not hang it
+        other.execute(finish, second)
+        other.commit()
+        assert conn.execute(
+            "SELECT spent_micros, priced_messages FROM chatd.spend_ledger WHERE user_id = %s", (user,)
+        ).fetchone() == (100, 1)
+        conn.commit()
         holder.commit()
-        pending.result(timeout=30)
     spent = conn.execute(
         "SELECT spent_micros, priced_messages FROM chatd.spend_ledger WHERE user_id = %s", (user,)
     ).fetchone()
     assert spent == (200, 2)
+
+
+def test_a_chat_hard_deleted_in_the_transaction_that_priced_its_message_leaves_the_ledger_exact(
+    conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """The priced message's ledger write is deferred to commit, and by then
+    its chat is gone; the chat's delete trigger fires the pending ledger
+    writes first, so the cost is added and then subtracted."""
+    org = factory.org()
+    user = factory.user(org)
+    model = factory.model_config()
+    keep = running_chat(conn, user, org, model)
+    gone = running_chat(conn, user, org, model)
+    finish = "SELECT chatd.finish_turn(%s, %s, '\"answer\"', '{\"input_tokens\": 100}')"
+    conn.execute(finish, keep)  # committed: the ledger row of (user, today, org) exists
+    with conn.transaction():
+        conn.execute(finish, gone)
+        conn.execute("DELETE FROM chatd.chats WHERE id = %s", (gone[0],))
+    assert conn.execute(LEDGER_MISMATCH).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT spent_micros, priced_messages FROM chatd.spend_ledger WHERE user_id = %s", (user,)
+    ).fetchone() == (100, 1)

@@ -3,6 +3,9 @@
 -- limits are enabled) is observed from other connections in
 -- tests/python/test_spend_race.py.
 BEGIN;
+-- the ledger trigger is deferred to commit; this file reads the ledger
+-- inside its one transaction, so the trigger fires at once here
+SET CONSTRAINTS chatd.messages_spend_ledger IMMEDIATE;
 SELECT plan(19);
 
 -- The DETAIL of the admission error, parsed as jsonb (the cast fails on

@@ -3,6 +3,9 @@
 -- UTC day, organization); rebuild_spend_ledger recomputes it; admission and
 -- usage_limit_status read it.
 BEGIN;
+-- the ledger trigger is deferred to commit; this file reads the ledger
+-- inside its one transaction, so the trigger fires at once here
+SET CONSTRAINTS chatd.messages_spend_ledger IMMEDIATE;
 SELECT plan(16);
 
 SELECT chatd_test.spend_config(p_enabled => TRUE, p_period => 'month');

@@ -4,6 +4,9 @@
 -- claimed, and frozen. The notifications are observed in
 -- tests/python/test_state_notify.py.
 BEGIN;
+-- the ledger trigger is deferred to commit; this file reads the ledger
+-- inside its one transaction, so the trigger fires at once here
+SET CONSTRAINTS chatd.messages_spend_ledger IMMEDIATE;
 SELECT plan(56);
 
 CREATE TEMP TABLE t AS

@@ -98,7 +98,9 @@ class ReadRouter:
         #: ``lag`` (replica behind the watermark), ``version`` (older than a
         #: notification seen), ``error`` (the replica refused the read) and
         #: ``unavailable`` (unreachable or too slow, or in its backoff); and
-        #: ``watermark``, the reads of the primary's WAL position.
+        #: ``watermark``, the reads of the primary's WAL position, and
+        #: ``watermark_failed``, reads that went to the primary because that
+        #: position could not be read.
         self.stats: Counter[str] = Counter()
 
     async def open(self) -> None:
@@ -159,6 +161,13 @@ class ReadRouter:
         try:
             async with asyncio.timeout(self.timeout):
                 lsn = await self._required_lsn()
+        except (*_UNAVAILABLE, psycopg.Error):
+            # the primary did not give its position: not the replica's fault
+            # (no backoff); the caller's read of the primary will tell
+            self.stats["watermark_failed"] += 1
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
                 # a short wait for a connection: a replica that cannot give
                 # one soon is treated as down (the primary answers instead)
                 async with self.pool.connection(timeout=min(self.timeout, CONNECT_WAIT)) as conn:

@@ -20,7 +20,7 @@ import pytest
 from autofailover import Formation
 from worker_support import running_worker, text_of, worker_config
 
-from chatd.client import Client, MessageEvent
+from chatd.client import Client, MessageEvent, Subscription
 from chatd.testing import Factory, as_role
 from chatd.testing.fakellm import FakeLLM, Text
 
@@ -47,8 +47,10 @@ async def _poll(condition: Callable[[], Any], timeout: float, what: str) -> None
         await asyncio.sleep(0.05)
 
 
-async def _final_message(client: Client, owner: UUID, chat: UUID, timeout: float) -> str:
+async def _final_message(client: Client, owner: UUID, chat: UUID, timeout: float,
+                         subs: dict[UUID, Subscription]) -> str:
     async with client.subscribe(owner, chat) as sub:
+        subs[chat] = sub  # for the report of a subscriber that missed its final message
         async with asyncio.timeout(timeout):
             async for event in sub:
                 if isinstance(event, MessageEvent) and event.message.role == "assistant":
@@ -90,7 +92,8 @@ async def _run_through(formation: Formation, fake: FakeLLM, fail: Callable[[], N
     old_primary = formation.primary()
 
     async with await Client.connect(as_role(dsn, "app"), timeout=2.0, max_size=8) as client:
-        seen = {chat: asyncio.create_task(_final_message(client, owner, chat, 180)) for chat in chats}
+        subs: dict[UUID, Subscription] = {}
+        seen = {chat: asyncio.create_task(_final_message(client, owner, chat, 180, subs)) for chat in chats}
         configs = [worker_config(dsn, worker_id=f"ha-worker-{n}", max_chats=15, pool_size=6, db_timeout=2.0)
                    for n in (1, 2)]
         async with running_worker(configs[0]), running_worker(configs[1]):
@@ -155,6 +158,12 @@ async def _run_through(formation: Formation, fake: FakeLLM, fail: Callable[[], N
         "turns": len(everything),
         "subscribers_missing_final": CHATS - len(texts),
     }
+    for chat in [c for c in chats if c not in texts]:  # what a missing subscriber knew, for the diagnosis
+        sub = subs.get(chat)
+        state = None if sub is None or sub.chat is None else (sub.chat.status, sub.chat.version, sub.chat.lease)
+        print(f"missed {chat}: subscribed={sub is not None} last_message_id="
+              f"{None if sub is None else sub.last_message_id} chat(status, version, lease)={state} "
+              f"refresh_failures={None if sub is None else sub.refresh_failures}")
     print(f"figures: {figures}")
     assert set(answers) == set(everything), "no acknowledged chat was lost"
     assert [c for c, n in answers.items() if n != 1] == [], "every turn answered exactly once"

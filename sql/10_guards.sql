@@ -51,7 +51,19 @@ AS $$
             'pending>waiting',
             -- acquire_chats: the chat's model or provider is disabled;
             -- interrupt_chat: the spend limit refused to send the queue head
-            'pending>error'
+            'pending>error',
+            -- commit_tool_step, commit_tool_results: only spawn_agent calls
+            -- pending (sql/34_agents.sql)
+            'running>awaiting_agents',
+            -- submit_tool_results: client calls answered, spawn calls remain
+            'requires_action>awaiting_agents',
+            -- chats_agent_answer (the last child answered), edit_message
+            'awaiting_agents>pending',
+            -- chats_agent_answer: the spend limit refused the next step
+            'awaiting_agents>error',
+            -- interrupt_chat, archive_chat, delete_chat (the pending spawn
+            -- calls are cancelled)
+            'awaiting_agents>waiting'
         )
 $$;
 

@@ -5,7 +5,8 @@
 --   chatd_chat_<chat id>    status, message, queue, retry, error, parts,
 --                           title, archived, deleted (subscribers of a chat;
 --                           deleted: chatd.delete_chat, or a row deleted
---                           directly)
+--                           directly), child (a sub-agent chat of this
+--                           chat was created or changed)
 --   chatd_user_<owner id>   created, status, title, archived, deleted (lists)
 --
 -- Payloads are small JSON hints that carry no content, not even streamed
@@ -54,6 +55,26 @@ AS $$
     )
 $$;
 
+-- The hint on a parent's channel that one of its sub-agent chats was
+-- created or changed status, archived flag or title (a snapshot of the
+-- parent lists its children): kind child, the parent's id as chat_id, and
+-- the child's id, status and version. It carries no parent version (the
+-- parent did not change); subscribers re-read the parent's snapshot.
+CREATE OR REPLACE FUNCTION chatd._child_payload(p_child chatd.chats)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'kind', 'child',
+        'chat_id', p_child.parent_chat_id,
+        'child_chat_id', p_child.id,
+        'status', p_child.status,
+        'archived', p_child.archived,
+        'child_version', p_child.version
+    )
+$$;
+
 -- The error of a retry or error notification: its kind and whether it is
 -- retried, never its message or detail (they may quote the conversation;
 -- subscribers read last_error through get_chat_snapshot).
@@ -88,6 +109,9 @@ BEGIN
 
     IF TG_OP = 'INSERT' THEN
         PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload('created', NEW)::text);
+        IF NEW.parent_chat_id IS NOT NULL THEN
+            PERFORM pg_notify(chatd._chat_channel(NEW.parent_chat_id), chatd._child_payload(NEW)::text);
+        END IF;
         IF NEW.status = 'pending' AND NOT NEW.archived THEN
             PERFORM pg_notify('chatd_wake', jsonb_build_object('chat_id', NEW.id)::text);
         END IF;
@@ -160,6 +184,9 @@ BEGIN
 
     IF v_owner_kind IS NOT NULL THEN
         PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload(v_owner_kind, NEW)::text);
+    END IF;
+    IF NEW.parent_chat_id IS NOT NULL AND v_owner_kind IN ('status', 'archived', 'title') THEN
+        PERFORM pg_notify(chatd._chat_channel(NEW.parent_chat_id), chatd._child_payload(NEW)::text);
     END IF;
 
     IF NEW.status = 'pending' AND NOT NEW.archived AND (OLD.status <> 'pending' OR OLD.archived) THEN

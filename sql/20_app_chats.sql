@@ -8,7 +8,12 @@
 -- given) lives in the parent's organization and inherits its client type
 -- and root. Admission (spend) is checked first. Locks follow the tree lock
 -- order of archive_chat (the root first, then the parent): creating a
--- sub-agent chat and archiving its tree never deadlock.
+-- sub-agent chat and archiving its tree never deadlock. p_agents: the
+-- model may spawn sub-agents (the built-in tool spawn_agent,
+-- docs/agents.md); NULL: as the model config says (model_configs.agents).
+DROP FUNCTION IF EXISTS chatd.create_chat(
+    uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type, jsonb, text []
+);
 CREATE OR REPLACE FUNCTION chatd.create_chat(
     p_user_id uuid,
     p_organization_id uuid,
@@ -20,7 +25,8 @@ CREATE OR REPLACE FUNCTION chatd.create_chat(
     p_parent_chat_id uuid DEFAULT NULL,
     p_client_type chatd.client_type DEFAULT NULL,
     p_tools jsonb DEFAULT NULL,
-    p_mcp_servers text[] DEFAULT NULL
+    p_mcp_servers text [] DEFAULT NULL,
+    p_agents boolean DEFAULT NULL
 )
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -102,11 +108,11 @@ BEGIN
 
     INSERT INTO chatd.chats (
         id, organization_id, owner_id, workspace_id, parent_chat_id, root_chat_id,
-        title, status, client_type, model_config_id, tools, mcp_servers
+        title, status, client_type, model_config_id, tools, mcp_servers, agents
     )
     VALUES (
         v_id, v_org, p_user_id, p_workspace_id, p_parent_chat_id, v_root,
-        coalesce(p_title, ''), 'pending', v_client_type, v_model, v_tools, v_servers
+        coalesce(p_title, ''), 'pending', v_client_type, v_model, v_tools, v_servers, coalesce(p_agents, FALSE)
     );
     INSERT INTO chatd.messages (chat_id, role, content, visibility, created_by)
     SELECT v_id, m.role, m.content, m.visibility, p_user_id
@@ -122,43 +128,39 @@ BEGIN
 END
 $$;
 
--- Stops the current turn: pending or running -> waiting. When messages are
--- queued, the turn is over and the queue head goes out at once (-> pending),
--- an admission of the chat's owner (docs/spend-limits.md): when the spend
--- limit refuses it, the turn still stops, the chat goes to error with a
+-- Stops the current turn of p_chat (locked; pending, running,
+-- requires_action or awaiting_agents) -> waiting. When messages are queued,
+-- the turn is over and the queue head goes out at once (-> pending), an
+-- admission of the chat's owner (docs/spend-limits.md): when the spend limit
+-- refuses it, the turn still stops, the chat goes to error with a
 -- usage_limit ChatError and the queue stays. The lease is NOT bumped: the
 -- worker of an interrupted running turn may still save its partial message
 -- with save_interrupted_turn (once) until the next claim (chats.interrupted_*
--- records that turn). Waiting, error and requires_action chats are left as
--- they are. requires_action: the pending client calls are answered with
--- is_error results ("cancelled: the chat was interrupted") so the history
--- stays well formed, then as from running. Returns the new status.
-CREATE OR REPLACE FUNCTION chatd.interrupt_chat(p_user_id uuid, p_chat_id uuid)
+-- records that turn). The pending tool calls (client calls of
+-- requires_action, spawn calls of awaiting_agents) are answered with
+-- is_error results saying p_reason, so the history stays well formed.
+-- Returns the new status. Used by interrupt_chat and _interrupt_agents.
+CREATE OR REPLACE FUNCTION chatd._stop_turn(p_chat chatd.chats, p_reason text)
 RETURNS chatd.chat_status
-LANGUAGE plpgsql SECURITY DEFINER
+LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
-    v_chat chatd.chats;
     v_head chatd.queued_messages;
     v_refusal jsonb;
     v_status chatd.chat_status;
     v_turn_last bigint;
 BEGIN
-    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
-    IF v_chat.status NOT IN ('pending', 'running', 'requires_action') THEN
-        RETURN v_chat.status;
-    END IF;
     SELECT q.* INTO v_head FROM chatd.queued_messages AS q
-    WHERE q.chat_id = p_chat_id ORDER BY q.position LIMIT 1;
+    WHERE q.chat_id = p_chat.id ORDER BY q.position LIMIT 1;
     IF v_head.id IS NOT NULL THEN
-        v_refusal := chatd._spend_refusal(v_chat.owner_id, v_chat.organization_id);
+        v_refusal := chatd._spend_refusal(p_chat.owner_id, p_chat.organization_id);
     END IF;
-    v_turn_last := chatd._last_message_id(p_chat_id);
+    v_turn_last := chatd._last_message_id(p_chat.id);
     -- the promoted message first, the status last (its notification names it)
-    PERFORM chatd._cancel_pending_calls(v_chat, 'cancelled: the chat was interrupted');
+    PERFORM chatd._cancel_pending_calls(p_chat, p_reason);
     IF v_head.id IS NOT NULL AND v_refusal IS NULL THEN
-        PERFORM chatd._promote_queue_head(p_chat_id);
+        PERFORM chatd._promote_queue_head(p_chat.id);
     END IF;
     UPDATE chatd.chats AS c
     SET (
@@ -181,8 +183,33 @@ BEGIN
             p_turn_last_message_id => v_turn_last
         ) AS r
     )
-    WHERE c.id = p_chat_id
+    WHERE c.id = p_chat.id
     RETURNING c.status INTO v_status;
+    RETURN v_status;
+END
+$$;
+
+-- Stops the current turn (_stop_turn): pending, running, requires_action
+-- or awaiting_agents -> waiting (or pending/error when messages are
+-- queued, see _stop_turn). Waiting and error chats are left as they are.
+-- The busy sub-agents the chat spawned (and theirs) are interrupted too
+-- (_interrupt_agents): their spawn calls are answered with "cancelled"
+-- results first. Returns the new status.
+CREATE OR REPLACE FUNCTION chatd.interrupt_chat(p_user_id uuid, p_chat_id uuid)
+RETURNS chatd.chat_status
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_chat chatd.chats;
+    v_status chatd.chat_status;
+BEGIN
+    v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
+    IF v_chat.status NOT IN ('pending', 'running', 'requires_action', 'awaiting_agents') THEN
+        RETURN v_chat.status;
+    END IF;
+    v_status := chatd._stop_turn(v_chat, 'cancelled: the chat was interrupted');
+    PERFORM chatd._interrupt_agents(p_chat_id);
     RETURN v_status;
 END
 $$;
@@ -254,6 +281,8 @@ BEGIN
         ) AS r
     )
     WHERE c.id = p_chat_id;
+    -- the sub-agents of the edited-away turn answer calls that no longer exist
+    PERFORM chatd._interrupt_agents(p_chat_id);
     RETURN v_id;
 END
 $$;
@@ -282,8 +311,8 @@ BEGIN
 END
 $$;
 
--- Archives the chat and its descendants. A busy member (pending, running)
--- goes to waiting in the same UPDATE (no lease bump: the worker of a running
+-- Archives the chat and its descendants. A busy member (pending, running,
+-- awaiting_agents) goes to waiting in the same UPDATE (no lease bump: the worker of a running
 -- member may still save the partial message once, see interrupt_chat);
 -- queued messages of the tree are dropped.
 -- Returns how many chats were archived by this call.
@@ -300,6 +329,11 @@ BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, FALSE);
     v_tree := chatd._lock_subtree(v_chat);
     DELETE FROM chatd.queued_messages AS q WHERE q.chat_id = ANY (v_tree);
+    -- a member awaiting its sub-agents stops waiting: its spawn calls are
+    -- answered "cancelled" (the history stays well formed), so the
+    -- children archived below answer nothing
+    PERFORM chatd._cancel_pending_calls(c, 'cancelled: the chat was archived')
+    FROM chatd.chats AS c WHERE c.id = ANY (v_tree) AND c.status = 'awaiting_agents' AND NOT c.archived;
     -- a busy member's turn stops (keeping its last error and due time); the
     -- turn columns of any other member stay as they are
     UPDATE chatd.chats AS c
@@ -315,7 +349,7 @@ BEGIN
                 r.model_config_id
             FROM chatd._turn_reset(
                 c,
-                CASE WHEN c.status IN ('pending', 'running') THEN 'waiting' END::chatd.chat_status,
+                CASE WHEN c.status IN ('pending', 'running', 'awaiting_agents') THEN 'waiting' END::chatd.chat_status,
                 p_last_error => c.last_error,
                 p_next_attempt_at => c.next_attempt_at
             ) AS r

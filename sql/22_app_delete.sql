@@ -20,7 +20,8 @@
 -- like every application function (CD001 unknown or already deleted chat,
 -- CD002 not the owner or not a member of its organization). Locks in the
 -- tree lock order (the root first, then the subtree in id order), then
--- re-checks the chat under its lock. A pending or running member stops: it
+-- re-checks the chat under its lock. A pending, running or awaiting_agents
+-- member stops: it
 -- goes to waiting with its lease bumped, so its worker's finish_turn,
 -- publish_parts, record_failure and save_interrupted_turn fail with CD004
 -- and its heartbeat reports the chat lost. Notifies kind "deleted" on the
@@ -48,7 +49,9 @@ BEGIN
     SET deleted_at = now(),
         archived = TRUE,
         title = '',
-        status = CASE WHEN c.status IN ('pending', 'running') THEN 'waiting' ELSE c.status END::chatd.chat_status,
+        status = CASE
+            WHEN c.status IN ('pending', 'running', 'awaiting_agents') THEN 'waiting' ELSE c.status
+        END::chatd.chat_status,
         worker_id = NULL,
         heartbeat_at = NULL,
         lease = c.lease + 1,

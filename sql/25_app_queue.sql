@@ -101,7 +101,8 @@ $$;
 --   the queue head goes out at once): -> pending.
 -- Without p_model_config_id the chat's model must be enabled, with an
 -- enabled provider (CD007 otherwise, as create_chat). requires_action (the
--- turn waits for client tool results) is busy: the message is queued; with
+-- turn waits for client tool results) and awaiting_agents (for sub-agents;
+-- with busy_behavior 'interrupt' they are interrupted too) are busy: the message is queued; with
 -- busy_behavior 'interrupt' the pending calls are answered with is_error
 -- results ("cancelled") and the message goes out. p_tools (NULL: keep)
 -- replaces the chat's client tools (chatd._tool_definitions, CD007).
@@ -154,13 +155,14 @@ BEGIN
     -- after the chat row lock, before anything is written, queued or not
     PERFORM chatd.admit_spend(p_user_id, v_chat.organization_id);
     SELECT count(*) INTO v_queue_length FROM chatd.queued_messages AS q WHERE q.chat_id = p_chat_id;
-    v_busy := v_chat.status IN ('pending', 'running', 'requires_action');
+    v_busy := v_chat.status IN ('pending', 'running', 'requires_action', 'awaiting_agents');
     v_interrupt := v_busy AND p_busy_behavior = 'interrupt';
     IF v_tools IS NOT NULL THEN
         UPDATE chatd.chats AS c SET tools = v_tools WHERE c.id = p_chat_id;
     END IF;
     IF v_interrupt THEN
         PERFORM chatd._cancel_pending_calls(v_chat, 'cancelled: the user sent a new message');
+        PERFORM chatd._interrupt_agents(p_chat_id);
     END IF;
 
     IF v_queue_length = 0 AND (NOT v_busy OR v_interrupt) THEN
@@ -218,7 +220,7 @@ $$;
 -- (no lease bump, as interrupt_chat). A new turn, so an admission: at the
 -- spend limit CD006 and nothing changes (the message stays queued). Its
 -- model (or, without one, the chat's) must be enabled (CD007).
--- requires_action: CD003. Returns the message id.
+-- requires_action, awaiting_agents: CD003. Returns the message id.
 CREATE OR REPLACE FUNCTION chatd.promote_queued_message(p_user_id uuid, p_chat_id uuid, p_queued_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -234,9 +236,9 @@ BEGIN
     IF v_chat.archived THEN
         RAISE EXCEPTION 'chat % is archived: promote_queued_message refused', p_chat_id USING ERRCODE = 'CD008';
     END IF;
-    IF v_chat.status = 'requires_action' THEN
-        RAISE EXCEPTION 'chat %: invalid status transition from requires_action to pending (promote_queued_message)',
-            p_chat_id
+    IF v_chat.status IN ('requires_action', 'awaiting_agents') THEN
+        RAISE EXCEPTION 'chat %: invalid status transition from % to pending (promote_queued_message)',
+            p_chat_id, v_chat.status
             USING ERRCODE = 'CD003';
     END IF;
     SELECT q.* INTO v_queued FROM chatd.queued_messages AS q WHERE q.id = p_queued_id AND q.chat_id = p_chat_id;

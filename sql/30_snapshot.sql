@@ -69,7 +69,9 @@ $$;
 -- One consistent read (a single statement, so a single MVCC snapshot) of
 -- everything a subscriber needs after LISTEN: the chat row with its version,
 -- the user-visible, non-deleted messages with id > p_after_message_id, the
--- queue, and the stream parts of the running turn. Apply afterwards only
+-- queue, the sub-agent chats (children, _children_json: a "child"
+-- notification says one changed) and the stream parts of the running
+-- turn. Apply afterwards only
 -- notifications with a version greater than "version" (parts: lease equal
 -- to parts_lease and seq greater than the last seq here, or a newer lease).
 --
@@ -80,6 +82,34 @@ $$;
 -- the rest with get_stream_parts). On a read replica (hot standby) the
 -- parts are never included: parts is empty and parts_more is true while the
 -- chat runs (see _running_parts); read them from the primary.
+-- The sub-agent chats of a chat, for its snapshot: the newest 100 live
+-- (not deleted) children, oldest first, each {id, title, status, archived,
+-- version, parent_tool_call_id (the spawn_agent call it answers; NULL for a
+-- child the application created), error (kind and retryable of its
+-- last_error), created_at}. One index range scan (chats_parent_idx).
+CREATE OR REPLACE FUNCTION chatd._children_json(p_chat_id uuid)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'id', k.id,
+        'title', k.title,
+        'status', k.status,
+        'archived', k.archived,
+        'version', k.version,
+        'parent_tool_call_id', k.parent_tool_call_id,
+        'error', chatd._error_hint(k.last_error),
+        'created_at', k.created_at
+    ) ORDER BY k.created_at, k.id), '[]'::jsonb)
+    FROM (
+        SELECT c.* FROM chatd.chats AS c
+        WHERE c.parent_chat_id = p_chat_id AND c.deleted_at IS NULL
+        ORDER BY c.created_at DESC, c.id DESC
+        LIMIT 100
+    ) AS k
+$$;
+
 DROP FUNCTION IF EXISTS chatd.get_chat_snapshot(uuid, uuid, bigint);
 CREATE OR REPLACE FUNCTION chatd.get_chat_snapshot(
     p_user_id uuid,
@@ -107,6 +137,8 @@ BEGIN
             'workspace_id', c.workspace_id,
             'parent_chat_id', c.parent_chat_id,
             'root_chat_id', c.root_chat_id,
+            'parent_tool_call_id', c.parent_tool_call_id,
+            'agents', c.agents,
             'title', c.title,
             'status', c.status,
             'client_type', c.client_type,
@@ -137,6 +169,7 @@ BEGIN
             ) ORDER BY q.position)
             FROM chatd.queued_messages AS q WHERE q.chat_id = c.id
         ), '[]'::jsonb),
+        'children', chatd._children_json(c.id),
         'parts_lease', CASE WHEN c.status = 'running' THEN c.lease END,
         'parts', parts.parts,
         'parts_more', parts.more

@@ -246,22 +246,31 @@ BEGIN
 END
 $$;
 
--- After a tool step or result is committed on a running chat: when calls
--- are pending and every one of them is a client call, the turn waits for
--- the application: running -> requires_action (lease bumped; the
--- notification names the pending call ids). Returns the chat's status and
+-- After a tool step or result is committed on a running chat, what comes
+-- next, from the calls still pending: none, or some the worker runs (mcp):
+-- the chat stays running; else some client calls: the turn waits for the
+-- application, running -> requires_action; else only spawn_agent calls
+-- (their children are running): running -> awaiting_agents (sql/34_agents.sql).
+-- Both bump the lease (the worker's turn is over; the notification of
+-- requires_action names the pending call ids). Returns the chat's status and
 -- its pending call ids.
 CREATE OR REPLACE FUNCTION chatd._tool_loop_next(p_chat_id uuid, OUT o_status chatd.chat_status, OUT o_pending jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
-    v_client_only boolean;
+    v_worker boolean;
+    v_client boolean;
+    v_next chatd.chat_status;
 BEGIN
-    SELECT coalesce(jsonb_agg(p.tool_call_id), '[]'), coalesce(bool_and(p.source = 'client'), FALSE)
-    INTO o_pending, v_client_only
+    SELECT
+        coalesce(jsonb_agg(p.tool_call_id), '[]'),
+        coalesce(bool_or(p.source NOT IN ('client', 'builtin')), FALSE),
+        coalesce(bool_or(p.source = 'client'), FALSE)
+    INTO o_pending, v_worker, v_client
     FROM chatd._pending_tool_calls(p_chat_id) AS p;
-    IF v_client_only THEN
+    IF o_pending <> '[]'::jsonb AND NOT v_worker THEN
+        v_next := (CASE WHEN v_client THEN 'requires_action' ELSE 'awaiting_agents' END)::chatd.chat_status;
         UPDATE chatd.chats AS c
         SET (
             status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
@@ -271,7 +280,7 @@ BEGIN
             SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state,
                 r.last_error, r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id,
                 r.interrupted_last_message_id, r.model_config_id
-            FROM chatd._turn_reset(c, 'requires_action', p_bump_lease => TRUE) AS r
+            FROM chatd._turn_reset(c, v_next, p_bump_lease => TRUE) AS r
         )
         WHERE c.id = p_chat_id;
     END IF;
@@ -286,15 +295,20 @@ $$;
 -- Each tool-call part: tool_call_id (1 to 100 characters of
 -- [A-Za-z0-9_.:-], unique in the step), tool_name (1 to 128 of
 -- [A-Za-z0-9_-]), input (an object), source client (must name one of the
--- chat's tools), mcp or builtin; 1 to 64 calls. CD007 otherwise.
+-- chat's tools), mcp or builtin (only spawn_agent); 1 to 64 calls. CD007
+-- otherwise. A step with spawn_agent calls first locks the tree's root
+-- (FOR KEY SHARE, before the chat: the lock order of archive_chat), then
+-- creates the children in the same transaction (_spawn_agents: a call that
+-- cannot run gets its is_error result at once).
 -- Then:
 --   * the step is tool step number settings.max_tool_steps + 1 of the turn
 --     (steps since the last user message): its calls are answered with
 --     is_error results and the chat goes to error, ChatError kind
 --     step_limit (not retryable);
---   * every call is a client call: running -> requires_action;
---   * else the chat stays running and the worker runs its mcp and builtin
---     calls (commit_tool_results).
+--   * no mcp call is pending and a client call is: running ->
+--     requires_action; only spawn calls: running -> awaiting_agents;
+--   * else the chat stays running and the worker runs its mcp calls
+--     (commit_tool_results).
 -- Returns {message_id, status, pending: [call ids]}.
 CREATE OR REPLACE FUNCTION chatd.commit_tool_step(
     p_chat_id uuid,
@@ -317,6 +331,16 @@ DECLARE
     v_max integer;
     v_next record;
 BEGIN
+    IF jsonb_typeof(p_content) = 'array' AND EXISTS (
+        SELECT 1 FROM jsonb_array_elements(p_content) AS e (value)
+        WHERE e.value ->> 'type' = 'tool-call' AND e.value ->> 'source' = 'builtin'
+    ) THEN
+        -- the root before the chat, as archive_chat and create_chat: the
+        -- children's foreign keys lock the root too
+        PERFORM 1 FROM chatd.chats AS r
+        WHERE r.id = (SELECT c.root_chat_id FROM chatd.chats AS c WHERE c.id = p_chat_id) AND r.id <> p_chat_id
+        FOR KEY SHARE;
+    END IF;
     v_chat := chatd._fenced_chat(p_chat_id, p_lease, 'commit_tool_step');
     IF jsonb_typeof(p_content) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'commit_tool_step: content must be an array of parts' USING ERRCODE = 'CD007';
@@ -332,6 +356,10 @@ BEGIN
             OR coalesce(v_part ->> 'source', '') NOT IN ('client', 'mcp', 'builtin') THEN
             RAISE EXCEPTION 'commit_tool_step: invalid tool-call part % (tool_call_id, tool_name, input object, '
                 'source client|mcp|builtin)', left(v_part::text, 200)
+                USING ERRCODE = 'CD007';
+        END IF;
+        IF v_part ->> 'source' = 'builtin' AND v_part ->> 'tool_name' <> 'spawn_agent' THEN
+            RAISE EXCEPTION 'commit_tool_step: % is not a built-in tool (built-in: spawn_agent)', v_part ->> 'tool_name'
                 USING ERRCODE = 'CD007';
         END IF;
         IF (v_part ->> 'tool_call_id') = ANY (v_ids) THEN
@@ -389,6 +417,7 @@ BEGIN
         WHERE c.id = p_chat_id;
         RETURN jsonb_build_object('message_id', v_id, 'status', 'error', 'pending', '[]'::jsonb);
     END IF;
+    PERFORM chatd._spawn_agents(v_chat, v_id);
     SELECT * INTO v_next FROM chatd._tool_loop_next(p_chat_id) AS n;
     RETURN jsonb_build_object('message_id', v_id, 'status', v_next.o_status, 'pending', v_next.o_pending);
 END
@@ -435,7 +464,8 @@ $$;
 -- are truncated with a marker. A new model step will run, so it is an
 -- admission (CD006). A partial answer keeps the chat in requires_action;
 -- when every pending call has a result the chat goes to pending and a
--- worker continues the turn. Returns {message_id, status, pending: [call
+-- worker continues the turn; when only spawn_agent calls remain (their
+-- sub-agents still run), to awaiting_agents. Returns {message_id, status, pending: [call
 -- ids still unanswered], version}.
 CREATE OR REPLACE FUNCTION chatd.submit_tool_results(p_user_id uuid, p_chat_id uuid, p_results jsonb)
 RETURNS jsonb
@@ -447,6 +477,7 @@ DECLARE
     v_parts jsonb;
     v_id bigint;
     v_pending jsonb;
+    v_agents_only boolean;
     v_result jsonb;
 BEGIN
     v_chat := chatd._authorized_chat(p_user_id, p_chat_id, TRUE);
@@ -463,8 +494,10 @@ BEGIN
     INSERT INTO chatd.messages (chat_id, role, content, model_config_id, created_by)
     VALUES (p_chat_id, 'tool', v_parts, v_chat.model_config_id, p_user_id)
     RETURNING id INTO v_id;
-    SELECT coalesce(jsonb_agg(p.tool_call_id), '[]') INTO v_pending FROM chatd._pending_tool_calls(p_chat_id) AS p;
-    IF v_pending = '[]'::jsonb THEN
+    SELECT coalesce(jsonb_agg(p.tool_call_id), '[]'), coalesce(bool_and(p.source = 'builtin'), FALSE)
+    INTO v_pending, v_agents_only
+    FROM chatd._pending_tool_calls(p_chat_id) AS p;
+    IF v_pending = '[]'::jsonb OR v_agents_only THEN
         UPDATE chatd.chats AS c
         SET (
             status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
@@ -474,7 +507,9 @@ BEGIN
             SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state,
                 r.last_error, r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id,
                 r.interrupted_last_message_id, r.model_config_id
-            FROM chatd._turn_reset(c, 'pending') AS r
+            FROM chatd._turn_reset(
+                c, CASE WHEN v_agents_only THEN 'awaiting_agents' ELSE 'pending' END::chatd.chat_status
+            ) AS r
         )
         WHERE c.id = p_chat_id;
     END IF;
@@ -487,18 +522,21 @@ END
 $$;
 
 -- What a claimed turn needs to offer tools: NULL when the chat has no
--- client tools and no MCP server (a plain chat), else {client: [tool
--- definitions], mcp_servers: [{name, url, command, secret_env}] (enabled
--- servers named by the chat or its model config), limits: {max_tool_steps,
--- tool_timeout_ms, tool_result_max_bytes}}. Read by acquire_chats.
+-- client tools, no MCP server and may not spawn sub-agents (a plain chat),
+-- else {client: [tool definitions], mcp_servers: [{name, url, command,
+-- secret_env}] (enabled servers named by the chat or its model config),
+-- builtin: [spawn_agent's definition when _agents_allowed, else none],
+-- limits: {max_tool_steps, tool_timeout_ms, tool_result_max_bytes}}. Read
+-- by acquire_chats.
 CREATE OR REPLACE FUNCTION chatd._turn_tools(p_chat_id uuid)
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT CASE WHEN jsonb_array_length(c.tools) > 0 OR srv.list IS NOT NULL THEN jsonb_build_object(
+    SELECT CASE WHEN jsonb_array_length(c.tools) > 0 OR srv.list IS NOT NULL OR agents.allowed THEN jsonb_build_object(
         'client', c.tools,
         'mcp_servers', coalesce(srv.list, '[]'),
+        'builtin', CASE WHEN agents.allowed THEN jsonb_build_array(chatd._spawn_agent_tool()) ELSE '[]' END,
         'limits', (
             SELECT jsonb_build_object(
                 'max_tool_steps', s.max_tool_steps,
@@ -517,5 +555,8 @@ AS $$
         FROM chatd.mcp_servers AS s
         WHERE s.enabled AND (s.name = ANY (c.mcp_servers) OR s.name = ANY (m.mcp_servers))
     ) AS srv
+    CROSS JOIN LATERAL (
+        SELECT (c.agents OR m.agents) AND coalesce(chatd._agents_allowed(c), FALSE) AS allowed
+    ) AS agents
     WHERE c.id = p_chat_id
 $$;

@@ -146,9 +146,13 @@ $$;
 
 -- p_thinking_budget_tokens: Anthropic extended thinking (NULL: off); CD007
 -- unless the provider is anthropic, the budget at least 1024 (the
--- Messages API's minimum) and below p_max_output_tokens.
+-- Messages API's minimum) and below p_max_output_tokens. p_agents: chats
+-- on this model may spawn sub-agents (docs/agents.md).
 DROP FUNCTION IF EXISTS chatd.admin_upsert_model(
     text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean
+);
+DROP FUNCTION IF EXISTS chatd.admin_upsert_model(
+    text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean, integer
 );
 CREATE OR REPLACE FUNCTION chatd.admin_upsert_model(
     p_provider text,
@@ -162,7 +166,8 @@ CREATE OR REPLACE FUNCTION chatd.admin_upsert_model(
     p_cache_write_price numeric DEFAULT NULL,
     p_is_default boolean DEFAULT FALSE,
     p_enabled boolean DEFAULT TRUE,
-    p_thinking_budget_tokens integer DEFAULT NULL
+    p_thinking_budget_tokens integer DEFAULT NULL,
+    p_agents boolean DEFAULT FALSE
 )
 RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER
@@ -204,12 +209,14 @@ BEGIN
     INSERT INTO chatd.model_configs AS m (
         provider_id, model, display_name, context_limit, max_output_tokens,
         input_price_per_mtok, output_price_per_mtok,
-        cache_read_price_per_mtok, cache_write_price_per_mtok, is_default, enabled, thinking_budget_tokens
+        cache_read_price_per_mtok, cache_write_price_per_mtok, is_default, enabled, thinking_budget_tokens,
+        agents
     )
     VALUES (
         v_provider, p_model, coalesce(p_display_name, p_model), p_context_limit, p_max_output_tokens,
         p_input_price, p_output_price, p_cache_read_price, p_cache_write_price,
-        coalesce(p_is_default, FALSE), coalesce(p_enabled, TRUE), p_thinking_budget_tokens
+        coalesce(p_is_default, FALSE), coalesce(p_enabled, TRUE), p_thinking_budget_tokens,
+        coalesce(p_agents, FALSE)
     )
     ON CONFLICT (provider_id, model) DO UPDATE
         SET display_name = excluded.display_name,
@@ -221,7 +228,8 @@ BEGIN
             cache_write_price_per_mtok = excluded.cache_write_price_per_mtok,
             is_default = excluded.is_default,
             enabled = excluded.enabled,
-            thinking_budget_tokens = excluded.thinking_budget_tokens
+            thinking_budget_tokens = excluded.thinking_budget_tokens,
+            agents = excluded.agents
     RETURNING m.id INTO v_id;
     RETURN v_id;
 END
@@ -297,7 +305,7 @@ REVOKE ALL ON FUNCTION chatd.admin_upsert_provider(
     text, chatd.provider_kind, text, text, boolean, text, boolean, text
 ) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_upsert_model(
-    text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean, integer
+    text, text, text, integer, integer, numeric, numeric, numeric, numeric, boolean, boolean, integer, boolean
 ) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_set_usage_limits(boolean, bigint, chatd.spend_period, boolean) FROM public;
 REVOKE ALL ON FUNCTION chatd.admin_set_user_limit(text, bigint) FROM public;

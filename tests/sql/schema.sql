@@ -11,7 +11,7 @@ SELECT tables_are(
         'usage_limit_config', 'settings', 'workers', 'mcp_servers', 'spend_ledger'
     ]
 );
-SELECT enum_has_labels('chatd', 'chat_status', ARRAY['waiting', 'pending', 'running', 'error', 'requires_action']);
+SELECT enum_has_labels('chatd', 'chat_status', ARRAY['waiting', 'pending', 'running', 'error', 'requires_action', 'awaiting_agents']);
 SELECT enum_has_labels('chatd', 'client_type', ARRAY['ui', 'api']);
 SELECT enum_has_labels('chatd', 'provider_kind', ARRAY['openai', 'openai-compat', 'anthropic']);
 SELECT enum_has_labels('chatd', 'message_role', ARRAY['system', 'user', 'assistant', 'tool']);

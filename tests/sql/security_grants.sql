@@ -28,7 +28,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.janitor()', 'worker'),
 ('chatd.worker_settings()', 'worker'),
 -- application interface (sql/20_app_chats.sql, 22_app_delete.sql, 25_app_queue.sql, 30_snapshot.sql, 50_spend.sql)
-('chatd.create_chat(uuid,uuid,jsonb,uuid,text,text,uuid,uuid,chatd.client_type,jsonb,text[])', 'app'),
+('chatd.create_chat(uuid,uuid,jsonb,uuid,text,text,uuid,uuid,chatd.client_type,jsonb,text[],boolean)', 'app'),
 ('chatd.send_message(uuid,uuid,jsonb,text,uuid,jsonb)', 'app'),
 ('chatd.submit_tool_results(uuid,uuid,jsonb)', 'app'),
 ('chatd.interrupt_chat(uuid,uuid)', 'app'),
@@ -110,7 +110,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._admin_is_uuid(text)', 'owner'),
 ('chatd.admin_resolve_identity(text,text,boolean)', 'owner'),
 ('chatd.admin_upsert_provider(text,chatd.provider_kind,text,text,boolean,text,boolean,text)', 'owner'),
-('chatd.admin_upsert_model(text,text,text,integer,integer,numeric,numeric,numeric,numeric,boolean,boolean,integer)', 'owner'),
+('chatd.admin_upsert_model(text,text,text,integer,integer,numeric,numeric,numeric,numeric,boolean,boolean,integer,boolean)', 'owner'),
 ('chatd.admin_set_usage_limits(boolean,bigint,chatd.spend_period,boolean)', 'owner'),
 ('chatd.admin_set_user_limit(text,bigint)', 'owner'),
 ('chatd.admin_set_group_limit(text,text,bigint)', 'owner'),
@@ -125,7 +125,19 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._tool_results(uuid,jsonb,text[])', 'owner'),
 ('chatd._cancel_pending_calls(chatd.chats,text)', 'owner'),
 ('chatd._tool_loop_next(uuid)', 'owner'),
-('chatd._turn_tools(uuid)', 'owner');
+('chatd._turn_tools(uuid)', 'owner'),
+-- sub-agents (sql/34_agents.sql), the stop of a turn (20_app_chats.sql), snapshot children and child hints
+('chatd._spawn_agent_tool()', 'owner'),
+('chatd._agent_depth(uuid)', 'owner'),
+('chatd._agents_allowed(chatd.chats)', 'owner'),
+('chatd._spawn_refusal(chatd.chats,jsonb,integer)', 'owner'),
+('chatd._spawn_agents(chatd.chats,bigint)', 'owner'),
+('chatd._agent_answer(uuid)', 'owner'),
+('chatd.chats_agent_answer()', 'owner'),
+('chatd._interrupt_agents(uuid)', 'owner'),
+('chatd._stop_turn(chatd.chats,text)', 'owner'),
+('chatd._children_json(uuid)', 'owner'),
+('chatd._child_payload(chatd.chats)', 'owner');
 
 -- Every grantee of an ACL (NULL = the built-in default) except the owner.
 CREATE TEMP TABLE fn AS

@@ -141,7 +141,7 @@ SELECT throws_ok(
     '42501', NULL, 'chatd_app cannot call the admission internals directly'
 );
 SELECT throws_ok(
-    'ALTER FUNCTION chatd.create_chat(uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type, jsonb, text[]) '
+    'ALTER FUNCTION chatd.create_chat(uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type, jsonb, text[], boolean) '
     || 'SECURITY INVOKER',
     '42501', NULL, 'chatd_app cannot alter a function it may call'
 );

@@ -16,13 +16,15 @@ WHERE f.s <> t.s;
 SELECT is((
     SELECT count(*) FROM pairs
     WHERE allowed
-), 12::bigint, 'twelve status changes are allowed');
+), 17::bigint, 'seventeen status changes are allowed');
 SELECT set_eq(
     'SELECT from_status::text || ''->'' || to_status::text FROM pairs WHERE allowed',
     ARRAY[
         'waiting->pending', 'error->pending', 'requires_action->pending', 'pending->running',
         'running->waiting', 'running->pending', 'running->error', 'pending->waiting', 'pending->error',
-        'running->requires_action', 'requires_action->waiting', 'requires_action->error'
+        'running->requires_action', 'requires_action->waiting', 'requires_action->error',
+        'running->awaiting_agents', 'requires_action->awaiting_agents', 'awaiting_agents->pending',
+        'awaiting_agents->error', 'awaiting_agents->waiting'
     ],
     'the allowed changes are exactly the rows of the transition table'
 );

@@ -59,6 +59,7 @@ from chatd.client.errors import (
 from chatd.client.events import (
     ChatDeletedEvent,
     ChatEvent,
+    ChildrenEvent,
     ErrorEvent,
     Event,
     MessageEvent,
@@ -73,6 +74,7 @@ from chatd.client.events import (
 from chatd.client.models import (
     ChatInfo,
     ChatSummary,
+    ChildChat,
     Message,
     MessagePage,
     QueuedMessage,
@@ -93,6 +95,8 @@ __all__ = [
     "ChatNotFound",
     "ChatSummary",
     "ChatdError",
+    "ChildChat",
+    "ChildrenEvent",
     "Client",
     "ErrorEvent",
     "Event",

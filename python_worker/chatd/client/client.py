@@ -125,6 +125,8 @@ class Client:
         await self._pool.close()
 
     async def __aenter__(self) -> Client:
+        if self._pool.closed and not self._closed:  # `async with Client(dsn)` as well as connect()
+            await self.open()
         return self
 
     async def __aexit__(
@@ -209,17 +211,19 @@ class Client:
         client_type: Literal["ui", "api"] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         mcp_servers: Sequence[str] | None = None,
+        agents: bool | None = None,
         db_timeout: float | None = None,
     ) -> UUID:
         """Create a chat with its first user message; it starts ``pending``.
         ``tools``: client tool definitions ``{name, description, input_schema}``
         the application answers (docs/tools.md); ``mcp_servers``: names of
-        registered MCP servers this chat may use."""
+        registered MCP servers this chat may use; ``agents``: the model may
+        spawn sub-agents (docs/agents.md; None: as the model config says)."""
         value = await self._scalar(
             queries.CREATE_CHAT,
             [user_id, organization_id, _content_json(content), model_config_id, title,
              system_prompt, workspace_id, parent_chat_id, client_type,
-             _tools_json(tools), None if mcp_servers is None else list(mcp_servers)],
+             _tools_json(tools), None if mcp_servers is None else list(mcp_servers), agents],
             db_timeout,
         )
         return UUID(str(value))

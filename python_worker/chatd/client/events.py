@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any, TypeAlias
 from uuid import UUID
 
-from chatd.client.models import ChatError, Message, QueuedMessage
+from chatd.client.models import ChatError, ChildChat, Message, QueuedMessage
 
 __all__ = [
     "ChatDeletedEvent",
     "ChatEvent",
+    "ChildrenEvent",
     "ErrorEvent",
     "Event",
     "MessageEvent",
@@ -117,6 +118,15 @@ class TitleEvent(ChatEvent):
 
 
 @dataclass(frozen=True)
+class ChildrenEvent(ChatEvent):
+    """The chat's sub-agent chats (docs/agents.md), each with its status:
+    emitted when one is created or changes status, archived flag or title
+    (and first when the subscription starts with children)."""
+
+    children: list[ChildChat]
+
+
+@dataclass(frozen=True)
 class ChatDeletedEvent(ChatEvent):
     """The chat was deleted (``delete_chat``, or its row removed): a re-read
     after a hint found it gone. The subscription ends after this event."""
@@ -124,5 +134,5 @@ class ChatDeletedEvent(ChatEvent):
 
 Event: TypeAlias = (
     StatusEvent | MessageEvent | MessagesDeletedEvent | PartsEvent | QueueEvent | RetryEvent
-    | ErrorEvent | TitleEvent | ChatDeletedEvent | ToolCallsEvent
+    | ErrorEvent | TitleEvent | ChatDeletedEvent | ToolCallsEvent | ChildrenEvent
 )

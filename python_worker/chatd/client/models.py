@@ -14,7 +14,9 @@ from chatd.protocol.errors import datetime_or_none as _datetime_or_none
 from chatd.protocol.errors import int_or_none as _int_or_none
 from chatd.protocol.errors import uuid_or_none as _uuid_or_none
 
-__all__ = ["ChatError", "ChatInfo", "ChatSummary", "Message", "QueuedMessage", "Snapshot", "StreamParts"]
+__all__ = [
+    "ChatError", "ChatInfo", "ChatSummary", "ChildChat", "Message", "QueuedMessage", "Snapshot", "StreamParts",
+]
 
 
 @dataclass(frozen=True)
@@ -143,15 +145,48 @@ class StreamParts:
 
 
 @dataclass(frozen=True)
+class ChildChat:
+    """A sub-agent chat of a snapshot's chat (docs/agents.md):
+    ``parent_tool_call_id`` is the spawn_agent call it answers (None for a
+    child the application created); ``error_kind`` the kind of its
+    last_error."""
+
+    id: UUID
+    status: str
+    version: int
+    title: str = ""
+    archived: bool = False
+    parent_tool_call_id: str | None = None
+    error_kind: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ChildChat:
+        error = obj.get("error")
+        return cls(
+            id=UUID(str(obj["id"])),
+            status=str(obj["status"]),
+            version=int(obj.get("version") or 0),
+            title=str(obj.get("title") or ""),
+            archived=bool(obj.get("archived", False)),
+            parent_tool_call_id=obj.get("parent_tool_call_id"),
+            error_kind=str(error["kind"]) if isinstance(error, Mapping) and error.get("kind") else None,
+            created_at=_datetime_or_none(obj.get("created_at")),
+        )
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """``chatd.get_chat_snapshot``: the chat, messages after the given id,
-    the queue and the stream parts of the running turn."""
+    the queue, its sub-agent chats (``children``, newest 100) and the stream
+    parts of the running turn."""
 
     chat: ChatInfo
     messages: list[Message]
     queue: list[QueuedMessage]
     parts: list[StreamParts]
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    children: list[ChildChat] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Snapshot:
@@ -176,6 +211,7 @@ class Snapshot:
                 key=lambda p: (p.lease, p.seq),
             ),
             raw=obj,
+            children=[ChildChat.from_json(c) for c in obj.get("children") or [] if isinstance(c, Mapping)],
         )
 
 

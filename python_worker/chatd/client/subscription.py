@@ -14,6 +14,7 @@ import psycopg
 
 from chatd.client.events import (
     ChatDeletedEvent,
+    ChildrenEvent,
     ErrorEvent,
     Event,
     MessageEvent,
@@ -84,6 +85,7 @@ class Subscription:
         self.last_parts: tuple[int, int] = (0, -1)
         self.chat: ChatInfo | None = None
         self._queue_ids: list[int] | None = None
+        self._children: list[tuple[UUID, str, bool, str]] = []
         self._stale = False
         self._base_version = 0
         self._after = after_message_id or 0
@@ -182,9 +184,10 @@ class Subscription:
             return await self._on_parts(hint)
         version = _int_or_none(hint.get("version")) or 0
         self.seen_version = max(self.seen_version, version)
-        if kind == "deleted":
-            # a hint like any other (anyone can NOTIFY it): the chat is gone
-            # only if the authorized re-read says so
+        if kind in ("deleted", "child"):
+            # a hint like any other (anyone can NOTIFY it): the chat is gone,
+            # or a sub-agent changed, only if the authorized re-read says so
+            # (a child hint carries no version of this chat)
             return await self._refresh()
         if version <= self.last_version and not self._stale:
             return []  # already reflected in what was emitted
@@ -314,6 +317,10 @@ class Subscription:
             self._queue_ids = queue_ids
             self.chat = chat
             self.last_version = chat.version
+        children = [(c.id, c.status, c.archived, c.title) for c in snapshot.children]
+        if children != self._children and (self._children or children):
+            events.append(ChildrenEvent(self.chat_id, list(snapshot.children)))
+        self._children = children
         if self.chat is not None and self.chat.status == "running":
             lease = self.chat.lease
             for part in snapshot.parts:

@@ -30,6 +30,7 @@ from uuid import UUID
 from chatd.client import (
     ChatDeletedEvent,
     ChatdError,
+    ChildrenEvent,
     ChatNotFound,
     Client,
     ErrorEvent,
@@ -42,6 +43,7 @@ from chatd.client import (
     RetryEvent,
     StatusEvent,
     TitleEvent,
+    ToolCallsEvent,
 )
 from chatd.http.problems import Problem
 
@@ -52,7 +54,7 @@ _CURSOR: Final = re.compile(r"^(\d{1,18})\.(\d{1,18})\.(\d{1,18})\.(-1|\d{1,9})$
 _NAMES: Final[dict[type, str]] = {
     StatusEvent: "status", MessageEvent: "message", MessagesDeletedEvent: "messages_deleted",
     PartsEvent: "parts", QueueEvent: "queue", RetryEvent: "retry", ErrorEvent: "error",
-    TitleEvent: "title", ChatDeletedEvent: "deleted",
+    TitleEvent: "title", ChatDeletedEvent: "deleted", ToolCallsEvent: "tool_calls", ChildrenEvent: "children",
 }
 
 

@@ -80,7 +80,7 @@ CREATE_CHAT: Final = (
     "SELECT chatd.create_chat(p_user_id => %s, p_organization_id => %s, p_content => %s, "
     "p_model_config_id => %s, p_title => %s, p_system_prompt => %s, p_workspace_id => %s, "
     "p_parent_chat_id => %s, p_client_type => coalesce(%s, 'api')::chatd.client_type, "
-    "p_tools => %s, p_mcp_servers => %s)"
+    "p_tools => %s, p_mcp_servers => %s, p_agents => %s)"
 )
 
 SEND_MESSAGE: Final = "SELECT chatd.send_message(%s, %s, %s, %s, %s, %s)"

@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from chatd.llm import ToolCallDelta, ToolCallStart, ToolSpec
 from chatd.protocol import queries
 from chatd.tools import McpServer, McpSessions, McpTool
+from chatd.worker.history import load_history
 
 if TYPE_CHECKING:
     from chatd.worker.turn import TurnRun
@@ -98,6 +99,9 @@ class ToolLoop:
     def __init__(self, run: TurnRun, tools: Mapping[str, Any]) -> None:
         self.run = run
         self.client = {str(t["name"]): t for t in tools.get("client") or ()}
+        # chatd's built-ins (spawn_agent, docs/agents.md): SQL runs them
+        # when the step is committed; the worker only offers them
+        self.builtin = {str(t["name"]): t for t in tools.get("builtin") or ()}
         limits = tools.get("limits") or {}
         self.timeout = float(limits.get("tool_timeout_ms") or 60000) / 1000
         self.sessions = McpSessions([McpServer.from_json(s) for s in tools.get("mcp_servers") or ()])
@@ -108,14 +112,17 @@ class ToolLoop:
         if not self.mcp:
             self.mcp = {t.exposed: t for t in await self.sessions.tools()}
         specs = [ToolSpec(n, str(t.get("description") or ""), t.get("input_schema") or {})
-                 for n, t in self.client.items()]
+                 for n, t in {**self.builtin, **self.client}.items()]
         specs += [ToolSpec(n, t.description, t.input_schema) for n, t in self.mcp.items() if n not in self.client]
         return specs
 
     def source_of(self, name: str) -> str:
-        """client for the chat's tools; mcp for anything else (an unknown
-        name gets an is_error result the model sees)."""
-        return "client" if name in self.client else "mcp"
+        """client for the chat's tools, builtin for chatd's (spawn_agent);
+        mcp for anything else (an unknown name gets an is_error result the
+        model sees)."""
+        if name in self.client:
+            return "client"
+        return "builtin" if name in self.builtin else "mcp"
 
     async def _commit(self, query: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """One commit of the loop. The worker ignores the notification of a
@@ -140,12 +147,12 @@ class ToolLoop:
             "provider_response_id": final["provider_response_id"], "runtime_ms": final["runtime_ms"],
         })
         claim = self.run.claim
-        claim.messages = [*claim.messages, {"id": result["message_id"], "role": "assistant", "content": stored}]
+        step_id = int(result["message_id"])
+        claim.messages = [*claim.messages, {"id": step_id, "role": "assistant", "content": stored}]
         if result["status"] != "running":
             return False
-        return await self.run_calls(
-            [p for p in content if p.get("type") == "tool-call" and p.get("source") != "client"]
-        )
+        calls = [p for p in content if p.get("type") == "tool-call"]
+        return await self._run_and_sync(calls, step_id)
 
     async def resume(self) -> bool:
         """After a crash or a release: the calls of the last committed step
@@ -153,7 +160,21 @@ class ToolLoop:
         pending = pending_calls(self.run.claim.messages)
         if not pending:
             return True
-        return await self.run_calls([p for p in pending if p.get("source") != "client"])
+        step_id = max(int(m["id"]) for m in self.run.claim.messages if m.get("role") == "assistant")
+        return await self._run_and_sync(pending, step_id)
+
+    async def _run_and_sync(self, calls: Sequence[Mapping[str, Any]], step_id: int) -> bool:
+        """Runs the worker's (mcp) calls of a step. SQL wrote the results of
+        its spawn_agent calls itself (a refused spawn at once, a child's
+        answer when it is done, possibly while the mcp calls ran): when the
+        step had any and the turn goes on, the history after the step is
+        read again, so the next model step sees every result."""
+        going_on = await self.run_calls([c for c in calls if c.get("source") == "mcp"])
+        if going_on and any(c.get("source") == "builtin" for c in calls):
+            claim = self.run.claim
+            claim.messages = [m for m in claim.messages if m.get("id") is not None and int(m["id"]) <= step_id]
+            await load_history(self.run.worker, claim)
+        return going_on
 
     async def run_calls(self, calls: Sequence[Mapping[str, Any]]) -> bool:
         """Runs the calls in parallel; each result is committed as soon as it

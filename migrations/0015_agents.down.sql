@@ -5,6 +5,9 @@
 -- message starts a new turn.
 UPDATE chatd.chats SET status = 'waiting' WHERE status = 'awaiting_agents';
 
+-- the repeatable trigger that reads the columns dropped below (sql/ re-creates it)
+DROP TRIGGER IF EXISTS chats_40_agent_answer ON chatd.chats;
+
 ALTER TABLE chatd.settings
 DROP COLUMN max_agent_fanout,
 DROP COLUMN max_agent_depth;

@@ -21,7 +21,8 @@ END
 $$;
 
 -- A chat of a new user in a new organization, in the given status, reached
--- through the state-machine functions (requires_action: forced).
+-- through the state-machine functions (requires_action, awaiting_agents:
+-- forced).
 CREATE FUNCTION chatd_test.chat_in(
     p_status chatd.chat_status,
     p_owner uuid DEFAULT NULL
@@ -35,8 +36,8 @@ BEGIN
     IF p_status = 'pending' THEN
         RETURN v_chat;
     END IF;
-    IF p_status = 'requires_action' THEN
-        PERFORM chatd_test.force_status(v_chat, 'requires_action');
+    IF p_status IN ('requires_action', 'awaiting_agents') THEN
+        PERFORM chatd_test.force_status(v_chat, p_status);
         RETURN v_chat;
     END IF;
     v_lease := chatd_test.claim(v_chat);

@@ -3,7 +3,7 @@
 -- edit_message from every status, queue deletion and promotion, archive
 -- cascade, auth boundary, snapshot and list.
 BEGIN;
-SELECT plan(67);
+SELECT plan(68);
 
 CREATE TEMP TABLE t AS
 SELECT

@@ -2,7 +2,7 @@
 -- passes the trigger, every other pair is refused with CD003 whoever writes
 -- it; INSERT only as pending; lease fencing rules; the version trigger.
 BEGIN;
-SELECT plan(33);
+SELECT plan(43);
 
 CREATE TEMP TABLE pairs AS
 SELECT

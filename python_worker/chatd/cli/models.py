@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--thinking-budget", type=int, default=None, metavar="TOKENS",
                      help="Anthropic extended thinking with this token budget (at least 1024, "
                      "below --max-output-tokens; default: off)")
+    add.add_argument("--agents", action="store_true",
+                     help="chats on this model may spawn sub-agents (built-in tool spawn_agent, docs/agents.md)")
     add.add_argument("--default", action="store_true", help="make it the default model")
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add_database_argument(add)
@@ -57,7 +59,7 @@ async def _models(client: Client, args: argparse.Namespace) -> int:
             queries.UPSERT_MODEL,
             [args.provider, args.model, args.display_name, args.context_limit,
              args.max_output_tokens, args.input_price, args.output_price, args.cache_read_price,
-             args.cache_write_price, args.default, not args.disabled, args.thinking_budget],
+             args.cache_write_price, args.default, not args.disabled, args.thinking_budget, args.agents],
         )
         print(rows[0][0])
         return 0

@@ -127,7 +127,7 @@ SET_USER_LIMIT: Final = "SELECT chatd.admin_set_user_limit(%s, %s)"
 
 SET_GROUP_LIMIT: Final = "SELECT chatd.admin_set_group_limit(%s, %s, %s)"
 
-UPSERT_MODEL: Final = "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+UPSERT_MODEL: Final = "SELECT chatd.admin_upsert_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 
 LIST_MODELS: Final = (
     "SELECT p.name, m.model, m.display_name, m.is_default, m.enabled, "

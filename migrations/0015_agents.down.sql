@@ -3,7 +3,8 @@
 -- accepts it on the way up again). A parent still awaiting its children
 -- goes back to waiting; its spawn calls stay unanswered until a user
 -- message starts a new turn.
-UPDATE chatd.chats SET status = 'waiting' WHERE status = 'awaiting_agents';
+UPDATE chatd.chats SET status = 'waiting'
+WHERE status = 'awaiting_agents';
 
 -- the repeatable trigger that reads the columns dropped below (sql/ re-creates it)
 DROP TRIGGER IF EXISTS chats_40_agent_answer ON chatd.chats;

@@ -18,7 +18,7 @@
 -- Every ADD COLUMN here is nullable or has a constant default: no table
 -- rewrite, only a brief ACCESS EXCLUSIVE lock (the migrator's lock_timeout
 -- applies).
-ALTER TYPE chatd.chat_status ADD VALUE IF NOT EXISTS 'awaiting_agents';
+ALTER TYPE chatd.chat_status ADD VALUE IF NOT EXISTS 'awaiting_agents' AFTER 'requires_action';
 
 ALTER TABLE chatd.chats
 ADD COLUMN parent_tool_call_id text CHECK (parent_tool_call_id ~ '^[A-Za-z0-9_.:-]{1,100}$'),

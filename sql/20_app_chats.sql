@@ -12,7 +12,7 @@
 -- model may spawn sub-agents (the built-in tool spawn_agent,
 -- docs/agents.md); NULL: as the model config says (model_configs.agents).
 DROP FUNCTION IF EXISTS chatd.create_chat(
-    uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type, jsonb, text []
+    uuid, uuid, jsonb, uuid, text, text, uuid, uuid, chatd.client_type, jsonb, text[]
 );
 CREATE OR REPLACE FUNCTION chatd.create_chat(
     p_user_id uuid,
@@ -25,7 +25,7 @@ CREATE OR REPLACE FUNCTION chatd.create_chat(
     p_parent_chat_id uuid DEFAULT NULL,
     p_client_type chatd.client_type DEFAULT NULL,
     p_tools jsonb DEFAULT NULL,
-    p_mcp_servers text [] DEFAULT NULL,
+    p_mcp_servers text[] DEFAULT NULL,
     p_agents boolean DEFAULT NULL
 )
 RETURNS uuid

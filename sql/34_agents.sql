@@ -92,7 +92,7 @@ CREATE OR REPLACE FUNCTION chatd._spawn_refusal(
     p_index integer,
     OUT o_reason text,
     OUT o_model uuid,
-    OUT o_servers text []
+    OUT o_servers text[]
 )
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, chatd, pg_temp

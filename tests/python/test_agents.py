@@ -19,7 +19,15 @@ from uuid import UUID
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
-from worker_support import chat_row, messages, running_worker, status_is, text_of, wait_until, worker_config
+from worker_support import (
+    chat_row,
+    messages,
+    running_worker,
+    status_is,
+    text_of,
+    wait_until,
+    worker_config,
+)
 
 from chatd.client import ChildrenEvent, Client
 from chatd.testing import Factory, as_role

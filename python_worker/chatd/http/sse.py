@@ -30,8 +30,8 @@ from uuid import UUID
 from chatd.client import (
     ChatDeletedEvent,
     ChatdError,
-    ChildrenEvent,
     ChatNotFound,
+    ChildrenEvent,
     Client,
     ErrorEvent,
     Event,

@@ -78,6 +78,10 @@ $$;
 -- Paged, so no chat is too big to read: at most p_max_messages (1 to 1000)
 -- messages and about 4 MB of their content (always at least one message);
 -- messages_more is true when more remain (call again after the last id).
+-- p_newest: the page is the NEWEST such messages instead (a view that opens
+-- on the end of a long chat); messages_more is false and before is the id
+-- to pass to get_messages_before for the next older page (NULL when no
+-- older message exists; without p_newest, before is always NULL).
 -- Stream parts likewise: at most 1000 batches and 4 MB (parts_more; read
 -- the rest with get_stream_parts). On a read replica (hot standby) the
 -- parts are never included: parts is empty and parts_more is true while the
@@ -110,12 +114,45 @@ AS $$
     ) AS k
 $$;
 
+-- The newest page of a chat's user-visible, non-deleted messages with id >
+-- p_after_id: at most p_max_messages and about p_max_bytes of content
+-- (always at least one message), newest first. An index range scan on
+-- messages (chat_id, id) read backwards: constant time in chat size.
+CREATE OR REPLACE FUNCTION chatd._newest_page(
+    p_chat_id uuid, p_after_id bigint, p_max_messages integer, p_max_bytes bigint
+)
+RETURNS TABLE (id bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+    SELECT sized.id
+    FROM (
+        SELECT
+            limited.id,
+            sum(octet_length(limited.content::text)) OVER (ORDER BY limited.id DESC) AS total,
+            row_number() OVER (ORDER BY limited.id DESC) AS n
+        FROM (
+            SELECT m.id, m.content
+            FROM chatd.messages AS m
+            WHERE m.chat_id = p_chat_id
+                AND m.id > coalesce(p_after_id, 0)
+                AND NOT m.deleted
+                AND m.visibility IN ('both', 'user')
+            ORDER BY m.id DESC
+            LIMIT p_max_messages
+        ) AS limited
+    ) AS sized
+    WHERE sized.total <= p_max_bytes OR sized.n = 1
+$$;
+
 DROP FUNCTION IF EXISTS chatd.get_chat_snapshot(uuid, uuid, bigint);
+DROP FUNCTION IF EXISTS chatd.get_chat_snapshot(uuid, uuid, bigint, integer);
 CREATE OR REPLACE FUNCTION chatd.get_chat_snapshot(
     p_user_id uuid,
     p_chat_id uuid,
     p_after_message_id bigint DEFAULT 0,
-    p_max_messages integer DEFAULT 200
+    p_max_messages integer DEFAULT 200,
+    p_newest boolean DEFAULT FALSE
 )
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -157,7 +194,12 @@ BEGIN
         'version', c.version,
         'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = c.id),
         'messages', page.messages,
-        'messages_more', chatd._messages_after(c.id, coalesce(page.last_id, p_after_message_id), FALSE),
+        'messages_more', NOT p_newest AND chatd._messages_after(c.id, coalesce(page.last_id, p_after_message_id), FALSE),
+        'before', CASE WHEN p_newest AND EXISTS (
+            SELECT 1 FROM chatd.messages AS o
+            WHERE o.chat_id = c.id AND o.id < page.first_id AND o.id > coalesce(p_after_message_id, 0)
+                AND NOT o.deleted AND o.visibility IN ('both', 'user')
+        ) THEN page.first_id END,
         'queue', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                 'id', q.id,
@@ -179,8 +221,15 @@ BEGIN
     CROSS JOIN LATERAL (
         SELECT
             coalesce(jsonb_agg(chatd._message_json(m) ORDER BY m.id), '[]'::jsonb) AS messages,
-            max(m.id) AS last_id
-        FROM chatd._message_page(c.id, p_after_message_id, FALSE, p_max_messages, 4194304, TRUE) AS p
+            max(m.id) AS last_id,
+            min(m.id) AS first_id
+        FROM (
+            SELECT p.id FROM chatd._message_page(c.id, p_after_message_id, FALSE, p_max_messages, 4194304, TRUE) AS p
+            WHERE NOT p_newest
+            UNION ALL
+            SELECT n.id FROM chatd._newest_page(c.id, p_after_message_id, p_max_messages, 4194304) AS n
+            WHERE p_newest
+        ) AS p
         INNER JOIN chatd.messages AS m ON m.id = p.id
     ) AS page
     CROSS JOIN LATERAL chatd._running_parts(c.id, c.lease, c.status = 'running') AS parts

@@ -39,7 +39,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.unarchive_chat(uuid,uuid)', 'app'),
 ('chatd.set_chat_title(uuid,uuid,text)', 'app'),
 ('chatd.delete_chat(uuid,uuid)', 'app'),
-('chatd.get_chat_snapshot(uuid,uuid,bigint,integer)', 'app'),
+('chatd.get_chat_snapshot(uuid,uuid,bigint,integer,boolean)', 'app'),
 ('chatd.get_messages_before(uuid,uuid,bigint,integer)', 'app'),
 ('chatd.get_stream_parts(uuid,uuid[],bigint[],integer[],integer)', 'app'),
 ('chatd.list_chats(uuid,uuid,boolean,integer,timestamp with time zone,uuid)', 'app'),
@@ -137,7 +137,8 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._interrupt_agents(uuid)', 'owner'),
 ('chatd._stop_turn(chatd.chats,text)', 'owner'),
 ('chatd._children_json(uuid)', 'owner'),
-('chatd._child_payload(chatd.chats)', 'owner');
+('chatd._child_payload(chatd.chats)', 'owner'),
+('chatd._newest_page(uuid,bigint,integer,bigint)', 'owner');
 
 -- Every grantee of an ACL (NULL = the built-in default) except the owner.
 CREATE TEMP TABLE fn AS

@@ -12,6 +12,7 @@ from uuid import UUID
 from chatd.cli.common import add_identity_arguments, resolve_identity, run_command
 from chatd.client import (
     ChatDeletedEvent,
+    ChildrenEvent,
     Client,
     ErrorEvent,
     Event,
@@ -22,6 +23,7 @@ from chatd.client import (
     RetryEvent,
     StatusEvent,
     TitleEvent,
+    ToolCallsEvent,
 )
 
 __all__ = ["EXAMPLE", "add_arguments", "describe", "run"]
@@ -32,8 +34,11 @@ EXAMPLE = "chatd watch 0b7e2f9c-... --json --exit-when-idle"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Follow one chat's events until interrupted (Ctrl-C)."
     parser.add_argument("chat", type=UUID, help="chat id")
-    parser.add_argument("--after", type=int, default=None, metavar="MESSAGE_ID",
-                        help="show only messages after this id (default: the whole history)")
+    history = parser.add_mutually_exclusive_group()
+    history.add_argument("--after", type=int, default=None, metavar="MESSAGE_ID",
+                         help="show only messages after this id (default: the whole history)")
+    history.add_argument("--newest", type=int, default=None, metavar="N",
+                         help="start with the newest N messages (1 to 1000) of a long chat, then follow")
     parser.add_argument("--json", action="store_true", help="one JSON object per event")
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="stop once the chat is waiting or in error")
@@ -73,6 +78,13 @@ def describe(event: Event) -> dict[str, Any]:
         return {"event": "messages_deleted", "from_message_id": event.from_message_id}
     if isinstance(event, TitleEvent):
         return {"event": "title", "title": event.title}
+    if isinstance(event, ToolCallsEvent):
+        return {"event": "tool_calls", "version": event.version, "calls": event.calls}
+    if isinstance(event, ChildrenEvent):
+        return {"event": "children", "children": [
+            {"id": str(c.id), "status": c.status, "title": c.title, "tool_call_id": c.parent_tool_call_id}
+            for c in event.children
+        ]}
     return {"event": "deleted"}
 
 
@@ -96,12 +108,19 @@ def _line(event: Event) -> str:
         return f"[deleted] messages from {event.from_message_id} on"
     if isinstance(event, TitleEvent):
         return f"[title] {event.title}"
+    if isinstance(event, ToolCallsEvent):
+        return f"[tool calls] {', '.join(str(c.get('tool_name')) for c in event.calls)}"
+    if isinstance(event, ChildrenEvent):
+        return "[sub-agents] " + ", ".join(f"{c.id} {c.status}" for c in event.children)
     return "[deleted] the chat was deleted"
 
 
 async def _watch(client: Client, args: argparse.Namespace) -> int:
     who = await resolve_identity(client, args)
-    async with client.subscribe(who.user_id, args.chat, after_message_id=args.after) as events:
+    if args.newest is not None and not 1 <= args.newest <= 1000:
+        print("chatd watch: --newest takes 1 to 1000", file=sys.stderr)
+        return 2
+    async with client.subscribe(who.user_id, args.chat, after_message_id=args.after, newest=args.newest) as events:
         async for event in events:
             print(json.dumps(describe(event), default=str) if args.json else _line(event), flush=True)
             if isinstance(event, ChatDeletedEvent):

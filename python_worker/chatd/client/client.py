@@ -315,24 +315,22 @@ class Client:
 
     async def snapshot(
         self, user_id: UUID, chat_id: UUID, after_message_id: int = 0, *,
-        min_version: int = 0, db_timeout: float | None = None,
+        min_version: int = 0, newest: int | None = None, db_timeout: float | None = None,
     ) -> Snapshot:
         """``chatd.get_chat_snapshot``: the chat, its messages after
-        ``after_message_id``, the queue and the running turn's stream parts.
-
-        The function returns bounded pages; this reads pages until none
-        remain (messages after the last one read, then the remaining stream
-        parts through ``chatd.get_stream_parts``, on the primary). With a read
-        replica, the pages come from it when it is fresh enough and its
-        chat version is at least ``min_version`` (the newest version of a
-        notification the caller has seen); else from the primary."""
+        ``after_message_id`` (all pages; with ``newest``, 1 to 1000, only the
+        newest, and ``Snapshot.before`` pages back with `messages_before`),
+        the queue, the children and the running turn's stream parts (the rest
+        via ``get_stream_parts``, on the primary). With a read replica, read
+        there when it is fresh enough and its chat version is at least
+        ``min_version`` (the newest a notification named); else the primary."""
         value: dict[str, Any] | None = None
         if self._reads is not None:
             async def on_replica(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
                 async def run(query: str, params: list[Any]) -> Any:
                     row = await (await conn.execute(query, params)).fetchone()
                     return row[0] if row else None
-                return await snapshot_pages(run, user_id, chat_id, after_message_id)
+                return await snapshot_pages(run, user_id, chat_id, after_message_id, newest)
             def new_enough(v: dict[str, Any]) -> bool:
                 return (_int_or_none(v.get("version")) or 0) >= min_version
             value = await self._reads.read(on_replica, accept=new_enough)
@@ -340,7 +338,7 @@ class Client:
             async def on_primary(query: str, params: list[Any]) -> Any:
                 rows = await self._primary(query, params, db_timeout)
                 return rows[0][0] if rows else None
-            value = await snapshot_pages(on_primary, user_id, chat_id, after_message_id)
+            value = await snapshot_pages(on_primary, user_id, chat_id, after_message_id, newest)
         lease = _int_or_none(value.get("parts_lease"))
         if value.get("parts_more") and lease is not None:
             parts = [p for p in value.get("parts") or [] if isinstance(p, Mapping)]
@@ -386,14 +384,16 @@ class Client:
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(
-        self, user_id: UUID, chat_id: UUID, after_message_id: int | None = None
+        self, user_id: UUID, chat_id: UUID, after_message_id: int | None = None, *, newest: int | None = None
     ) -> Subscription:
         """Follow one chat: an async iterator of events (see the module doc).
 
         With ``after_message_id`` only messages with a greater id are emitted;
-        without it the whole visible history is. Use it as an async context
+        with ``newest`` (1 to 1000) only the newest that many to begin with
+        (``Subscription.before`` then pages back with `messages_before`);
+        with neither, the whole visible history. Use it as an async context
         manager (or call ``aclose()``) to stop listening.
         """
         if self._closed:
             raise RuntimeError("client is closed")
-        return Subscription(self, user_id, chat_id, after_message_id)
+        return Subscription(self, user_id, chat_id, after_message_id, newest=newest)

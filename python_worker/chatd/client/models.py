@@ -187,6 +187,8 @@ class Snapshot:
     parts: list[StreamParts]
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     children: list[ChildChat] = field(default_factory=list)
+    #: a newest-page snapshot's cursor to older messages (None: none older)
+    before: int | None = None
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Snapshot:
@@ -212,6 +214,7 @@ class Snapshot:
             ),
             raw=obj,
             children=[ChildChat.from_json(c) for c in obj.get("children") or [] if isinstance(c, Mapping)],
+            before=_int_or_none(obj.get("before")),
         )
 
 

@@ -16,16 +16,21 @@ ScalarRunner = Callable[[str, list[Any]], Awaitable[Any]]
 
 
 async def snapshot_pages(
-    run: ScalarRunner, user_id: UUID, chat_id: UUID, after_message_id: int
+    run: ScalarRunner, user_id: UUID, chat_id: UUID, after_message_id: int, newest: int | None = None
 ) -> dict[str, Any]:
     """``chatd.get_chat_snapshot`` read page by page until no message page
     remains: the last page's value with every page's messages. The chat,
     queue and parts are those of the last page, so they are at least as new
-    as every message returned. ChatNotFound when the chat does not exist."""
+    as every message returned. With ``newest``, one page: the newest
+    ``newest`` messages (and ``before``, the cursor to older ones).
+    ChatNotFound when the chat does not exist."""
     messages: list[Any] = []
     after = after_message_id
     while True:
-        value = await run(queries.GET_CHAT_SNAPSHOT, [user_id, chat_id, after])
+        value = await run(
+            queries.GET_CHAT_SNAPSHOT if newest is None else queries.GET_CHAT_SNAPSHOT_NEWEST,
+            [user_id, chat_id, after] if newest is None else [user_id, chat_id, after, newest],
+        )
         if not isinstance(value, Mapping):
             raise ChatNotFound(f"chat {chat_id} not found", sqlstate=names.CHAT_NOT_FOUND)
         page = value.get("messages") or []

@@ -67,7 +67,8 @@ class Subscription:
     """Events of one chat; see `Client.subscribe` and the module doc."""
 
     def __init__(
-        self, client: Client, user_id: UUID, chat_id: UUID, after_message_id: int | None
+        self, client: Client, user_id: UUID, chat_id: UUID, after_message_id: int | None,
+        *, newest: int | None = None,
     ) -> None:
         self._client = client
         self.user_id = user_id
@@ -92,6 +93,10 @@ class Subscription:
         self._emitted: list[int] = []  # ids of the live messages emitted
         self._calls: dict[str, dict[str, Any]] = {}  # tool calls of the last step without a result
         self._full = False
+        self._newest = newest
+        #: with ``newest``: the id to pass to `Client.messages_before` for the
+        #: messages older than the first page (None: there are none)
+        self.before: int | None = None
         self.refresh_failures = 0  # every failed re-read (a counter)
         self._failures = 0  # failed re-reads in a row (the retry backoff)
 
@@ -128,7 +133,13 @@ class Subscription:
             await client._hub.register(self)
             if client.after_listen is not None:
                 await client.after_listen(self.chat_id)
-            snapshot = await client.snapshot(self.user_id, self.chat_id, self.last_message_id)
+            snapshot = await client.snapshot(
+                self.user_id, self.chat_id, self.last_message_id, newest=self._newest
+            )
+            if self._newest is not None and snapshot.messages:
+                # a full re-read (after an edit) starts where the first page did
+                self._after = max(self._after, snapshot.messages[0].id - 1)
+                self.before = snapshot.before
             self._base_version = snapshot.chat.version
             for event in self._apply(snapshot):
                 yield event

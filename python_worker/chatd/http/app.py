@@ -125,9 +125,11 @@ class _Api:
 
     async def get_chat(self, request: Request) -> Response:
         me = await self.who(request)
-        snap = await (await self.client()).snapshot(me.user_id, self.chat_id(request))
+        q = request.query_params
+        newest = bounded_int(q.get("newest"), "newest", 50, 1, 1000) if "newest" in q else None
+        snap = await (await self.client()).snapshot(me.user_id, self.chat_id(request), newest=newest)
         raw = dict(snap.raw)
-        return _json({k: raw.get(k) for k in ("chat", "messages", "queue", "parts", "parts_lease")})
+        return _json({k: raw.get(k) for k in ("chat", "messages", "before", "queue", "children", "parts", "parts_lease")})
 
     async def list_messages(self, request: Request) -> Response:
         me = await self.who(request)

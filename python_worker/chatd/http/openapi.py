@@ -75,7 +75,9 @@ def openapi_document() -> dict[str, Any]:
                     _query("limit", "integer"), _query("include_archived", "boolean"),
                     _query("before", fmt="date-time"), _query("before_id", fmt="uuid")]),
             },
-            chat: {"get": _op("snapshot: chat, messages, queue, parts of the running turn", params=[_CHAT])},
+            chat: {"get": _op("snapshot: chat, messages (newest=N: only the newest N, with the before "
+                              "cursor), queue, sub-agent chats, parts of the running turn",
+                              params=[_CHAT, _query("newest", "integer")])},
             chat + "/messages": {
                 "get": _op("messages after a message id, or (before=) the page before one, newest "
                            "pages first", params=[

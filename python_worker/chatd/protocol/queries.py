@@ -102,6 +102,9 @@ LIST_CHATS: Final = "SELECT to_jsonb(c) FROM chatd.list_chats(%s, %s, %s, %s, %s
 
 GET_CHAT_SNAPSHOT: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s)"
 
+# The newest page instead: (user, chat, after id, page size).
+GET_CHAT_SNAPSHOT_NEWEST: Final = "SELECT chatd.get_chat_snapshot(%s, %s, %s, %s, p_newest => TRUE)"
+
 # Stored part batches of several chats of one user: (user, chat ids,
 # leases, after seqs, page size per chat).
 GET_STREAM_PARTS: Final = "SELECT chat_id, lease, seq, parts FROM chatd.get_stream_parts(%s, %s, %s, %s, %s)"

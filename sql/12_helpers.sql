@@ -189,12 +189,12 @@ BEGIN
     IF jsonb_typeof(p_error -> 'kind') IS DISTINCT FROM 'string'
         OR p_error ->> 'kind' NOT IN (
             'generic', 'overloaded', 'rate_limit', 'timeout', 'startup_timeout', 'auth', 'config',
-            'usage_limit', 'content_filter', 'missing_key', 'step_limit'
+            'usage_limit', 'content_filter', 'missing_key', 'step_limit', 'context_length'
         ) THEN
         RAISE EXCEPTION 'invalid ChatError: unknown kind %', left(p_error ->> 'kind', 100)
             USING ERRCODE = 'CD007',
                   HINT = 'kinds: generic, overloaded, rate_limit, timeout, startup_timeout, auth, config, '
-                      || 'usage_limit, content_filter, missing_key, step_limit';
+                      || 'usage_limit, content_filter, missing_key, step_limit, context_length';
     END IF;
     IF jsonb_typeof(p_error -> 'retryable') IS DISTINCT FROM 'boolean' THEN
         RAISE EXCEPTION 'invalid ChatError: "retryable" must be true or false' USING ERRCODE = 'CD007';
@@ -257,6 +257,8 @@ AS $$
                     AND m.visibility IN (
                         'both', CASE WHEN p_for_model THEN 'model' ELSE 'user' END::chatd.message_visibility
                     )
+                    -- summaries reach the model only as the window's head (sql/38_context.sql)
+                    AND m.summary_through_id IS NULL
                 ORDER BY m.id
                 LIMIT p_max_messages
             ) AS limited
@@ -281,6 +283,7 @@ AS $$
             AND m.visibility IN (
                 'both', CASE WHEN p_for_model THEN 'model' ELSE 'user' END::chatd.message_visibility
             )
+            AND m.summary_through_id IS NULL
     )
 $$;
 

@@ -120,12 +120,17 @@ $$;
 
 -- Claims up to p_limit runnable chats (pending, due, not archived), oldest
 -- due first, skipping rows another worker is claiming. Each claim bumps the
--- lease. Returns what the turn needs: lease, attempt, model and the first
--- page of the history the model sees (messages, oldest first: at most 200
+-- lease. Returns what the turn needs: lease, attempt, model and what the
+-- model sees: its context window (sql/38_context.sql; context: the window
+-- as _context_window describes it, compact true when the worker must
+-- summarize first), as messages: the system prompt and newest summary,
+-- then the first page of the window's messages (oldest first: at most 200
 -- messages and 4 MB of content, see _message_page), with history_complete
--- false when more remain: the worker reads the rest with turn_history. A
--- chat's history is never aggregated whole, so no chat's size can fail the
--- claim of another (docs/state-machine.md, "Claiming and history"). A due
+-- false when more remain: the worker reads the rest with turn_history. The
+-- window is found walking back from the newest message, and no history is
+-- aggregated whole, so a claim costs the same for a chat of 10 or 10^6
+-- messages and no chat's size can fail the claim of another
+-- (docs/state-machine.md, "Claiming and history"; docs/context.md). A due
 -- chat whose model or provider is disabled is never handed out: it goes to
 -- error (kind config, not retryable; chatd._fail_disabled_model_chats) and
 -- the claim goes on with the other chats. tools: what the turn may call
@@ -134,7 +139,7 @@ DROP FUNCTION IF EXISTS chatd.acquire_chats(text, integer);
 CREATE FUNCTION chatd.acquire_chats(p_worker_id text, p_limit integer)
 RETURNS TABLE (
     chat_id uuid, lease bigint, attempt integer, model jsonb, messages jsonb, history_complete boolean,
-    tools jsonb
+    tools jsonb, context jsonb
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
@@ -178,10 +183,15 @@ BEGIN
         cl.lease,
         cl.attempt,
         chatd._model_json(cl.model_config_id),
-        page.messages,
-        NOT chatd._messages_after(cl.id, page.last_id, TRUE),
-        chatd._turn_tools(cl.id)
+        chatd._window_head(ctx.w) || page.messages,
+        NOT chatd._messages_after(cl.id, coalesce(page.last_id, win.after_id), TRUE),
+        chatd._turn_tools(cl.id),
+        ctx.w
     FROM claimed AS cl
+    CROSS JOIN LATERAL (SELECT chatd._context_window(cl.id) AS w) AS ctx
+    CROSS JOIN LATERAL (
+        SELECT coalesce((ctx.w ->> 'start_id')::bigint - 1, (ctx.w ->> 'floor_id')::bigint) AS after_id
+    ) AS win
     CROSS JOIN LATERAL (
         SELECT
             coalesce(
@@ -189,7 +199,7 @@ BEGIN
                 '[]'::jsonb
             ) AS messages,
             max(m.id) AS last_id
-        FROM chatd._message_page(cl.id, 0, TRUE, 200, 4194304, FALSE) AS p
+        FROM chatd._message_page(cl.id, win.after_id, TRUE, 200, 4194304, FALSE) AS p
         INNER JOIN chatd.messages AS m ON m.id = p.id
     ) AS page
     ORDER BY cl.next_attempt_at, cl.id;

@@ -28,11 +28,11 @@ ALTER DEFAULT PRIVILEGES FOR ROLE chatd_owner REVOKE USAGE ON TYPES FROM public;
 
 DO $grants$
 DECLARE
-    -- sql/35_tools.sql, 40_worker.sql, 45_recovery.sql, 70_worker_settings.sql
+    -- sql/35_tools.sql, 38_context.sql, 40_worker.sql, 45_recovery.sql, 70_worker_settings.sql
     v_worker CONSTANT text [] := ARRAY[
         'acquire_chats', 'turn_history', 'heartbeat', 'publish_parts', 'finish_turn', 'finish_turns', 'save_interrupted_turn',
         'record_failure', 'release_chats', 'recover_stale_chats', 'janitor', 'worker_settings',
-        'commit_tool_step', 'commit_tool_results'
+        'commit_tool_step', 'commit_tool_results', 'turn_compaction', 'commit_summary'
     ];
     -- sql/20_app_chats.sql, 22_app_delete.sql, 25_app_queue.sql, 30_snapshot.sql, 32_app_models.sql, 35_tools.sql, 50_spend.sql
     v_app CONSTANT text [] := ARRAY[

@@ -108,7 +108,7 @@ CASES = [
                 "code": "context_length_exceeded",
             },
         ),
-        K.config,
+        K.context_length,
         False,
         400,
     ),
@@ -278,9 +278,9 @@ CASES = [
         lambda: anthropic_error(
             anthropic.BadRequestError,
             400,
-            {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens"},
+            {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"},
         ),
-        K.config,
+        K.context_length,
         False,
         400,
     ),
@@ -392,7 +392,7 @@ CASES = [
     Case(
         "text-quota", lambda: RuntimeError("You exceeded your current quota"), K.usage_limit, False
     ),
-    Case("text-context", lambda: RuntimeError("maximum context length exceeded"), K.config, False),
+    Case("text-context", lambda: RuntimeError("maximum context length exceeded"), K.context_length, False),
     Case(
         "text-content-filter",
         lambda: RuntimeError("response flagged by the content filter"),

@@ -183,7 +183,7 @@ STORM = [
     ("truncate times=1", "waiting", None),
     ("hang=1.5 times=1", "waiting", None),
     ("401", "error", "auth"),
-    ("400 error=context_length_exceeded", "error", "config"),
+    ("400 error=context_length_exceeded", "error", "context_length"),
     ("chunks=4", "waiting", None),
 ]
 

@@ -33,6 +33,12 @@ def add_big_messages(conn: psycopg.Connection[Any], chat: UUID, count: int, size
     )
 
 
+def wide_window(conn: psycopg.Connection[Any], model: UUID) -> None:
+    """A model whose context window (10M tokens, about 40 MB) holds these
+    histories whole: what is paged here is the window itself."""
+    conn.execute("UPDATE chatd.model_configs SET context_limit = 10000000 WHERE id = %s", (model,))
+
+
 def make_oldest(conn: psycopg.Connection[Any], chat: UUID) -> None:
     conn.execute("UPDATE chatd.chats SET next_attempt_at = now() - interval '1 hour' WHERE id = %s", (chat,))
 
@@ -50,20 +56,23 @@ def test_a_chat_over_the_jsonb_limit_does_not_fail_another_chats_claim(
     make_oldest(conn, big)
 
     rows = conn.execute(
-        "SELECT chat_id, lease, messages, history_complete, pg_column_size(messages) "
+        "SELECT chat_id, lease, messages, history_complete, pg_column_size(messages), context "
         "FROM chatd.acquire_chats('w1', 10)"
     ).fetchall()
 
     claimed = {r[0]: r for r in rows}
     assert [r[0] for r in rows] == [big, small], "both claimed, the big (oldest due) first"
-    _, lease, page, complete, size = claimed[big]
-    assert complete is False and 0 < len(page) < 271
+    _, lease, page, complete, size, context = claimed[big]
+    # the model's window (128k tokens) holds only the newest message of this
+    # history; the claim says it must be compacted (docs/context.md)
+    assert complete is True and len(page) == 1 and context["compact"] is True
     assert size < 8 * MB, "the first page is bounded"
     assert claimed[small][3] is True
     assert [m["content"][0]["text"] for m in claimed[small][2]] == ["small"]
 
-    # the rest comes page by page, each bounded, none failing
-    after, pages = page[-1]["id"], 0
+    # a reader of the whole history (turn_history) goes page by page, each
+    # bounded, none failing
+    after, pages = 0, 0
     while pages < 3:
         history = conn.execute(
             "SELECT id, bytes FROM chatd.turn_history('w1', %s, %s, %s, 1000)", (big, lease, after)
@@ -124,6 +133,7 @@ async def test_a_history_over_the_worker_limit_fails_that_chat_for_good_and_no_o
     owner = factory.user(org)
     provider = factory.provider(kind="openai-compat", base_url=fake.openai_base_url, api_key_env=None)
     model = factory.model_config(provider=provider, is_default=True)
+    wide_window(conn, model)
     big = factory.chat(owner, org=org, model=model, text="big")
     add_big_messages(conn, big, 6, MB)  # the first page holds about 4 of them
     make_oldest(conn, big)
@@ -147,6 +157,7 @@ async def test_the_worker_reads_a_long_history_page_by_page(
     owner = factory.user(org)
     provider = factory.provider(kind="openai-compat", base_url=fake.openai_base_url, api_key_env=None)
     model = factory.model_config(provider=provider, is_default=True)
+    wide_window(conn, model)
     chat = factory.chat(owner, org=org, model=model, text="first")
     add_big_messages(conn, chat, 6, 900_000)
     fake.script(Text("read it all"))

@@ -197,7 +197,7 @@ async def test_a_400_naming_reasoning_falls_back_once_without_summaries_and_reme
 async def test_a_400_about_something_else_is_a_config_error_without_a_second_request(
     fake: FakeLLM,
 ) -> None:
-    fake.script(HttpError(400, "context_length_exceeded"))
+    fake.script(HttpError(400, "invalid_request_error", message="Unsupported parameter: 'top_k'"))
     _, error = await failure(responses_spec(fake))
     assert (error.kind, error.retryable, error.status_code) == (ChatErrorKind.config, False, 400)
     assert len(fake.requests) == 1

@@ -16,6 +16,8 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd.acquire_chats(text,integer)', 'worker'),
 ('chatd.commit_tool_step(uuid,bigint,jsonb,jsonb,text,bigint)', 'worker'),
 ('chatd.commit_tool_results(uuid,bigint,jsonb)', 'worker'),
+('chatd.turn_compaction(text,uuid,bigint,boolean,bigint)', 'worker'),
+('chatd.commit_summary(uuid,bigint,bigint,jsonb,jsonb,text,bigint)', 'worker'),
 ('chatd.turn_history(text,uuid,bigint,bigint,integer)', 'worker'),
 ('chatd.heartbeat(text,uuid[],bigint[])', 'worker'),
 ('chatd.publish_parts(uuid,bigint,integer,jsonb)', 'worker'),
@@ -138,7 +140,11 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._stop_turn(chatd.chats,text)', 'owner'),
 ('chatd._children_json(uuid)', 'owner'),
 ('chatd._child_payload(chatd.chats)', 'owner'),
-('chatd._newest_page(uuid,bigint,integer,bigint)', 'owner');
+('chatd._newest_page(uuid,bigint,integer,bigint)', 'owner'),
+-- context windows (sql/38_context.sql)
+('chatd._message_tokens(chatd.message_role,jsonb,bigint,bigint)', 'owner'),
+('chatd._context_window(uuid)', 'owner'),
+('chatd._window_head(jsonb)', 'owner');
 
 -- Every grantee of an ACL (NULL = the built-in default) except the owner.
 CREATE TEMP TABLE fn AS

@@ -52,7 +52,7 @@ WHERE c.relnamespace = 'chatd'::regnamespace AND c.relkind = 'S';
 CREATE TEMP TABLE worker_api (name) AS VALUES
 ('acquire_chats'), ('turn_history'), ('heartbeat'), ('publish_parts'), ('finish_turn'), ('finish_turns'), ('save_interrupted_turn'),
 ('record_failure'), ('release_chats'), ('recover_stale_chats'), ('janitor'), ('worker_settings'),
-('commit_tool_step'), ('commit_tool_results');
+('commit_tool_step'), ('commit_tool_results'), ('turn_compaction'), ('commit_summary');
 CREATE TEMP TABLE app_api (name) AS VALUES
 ('create_chat'), ('send_message'), ('interrupt_chat'), ('edit_message'), ('delete_queued_message'),
 ('promote_queued_message'), ('archive_chat'), ('unarchive_chat'), ('set_chat_title'), ('delete_chat'),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -27,6 +26,18 @@ from email.utils import parsedate_to_datetime
 import anthropic
 import openai
 
+from chatd.llm.error_codes import (
+    AUTH_CODES,
+    CONFIG_CODES,
+    CONTENT_FILTER_CODES,
+    CONTEXT_CODES,
+    CONTEXT_TEXT,
+    OVERLOADED_CODES,
+    RATE_LIMIT_CODES,
+    TEXT_RULES,
+    USAGE_CODES,
+    WEAK_CODES,
+)
 from chatd.protocol.errors import ChatError, ChatErrorKind
 
 __all__ = [
@@ -105,46 +116,6 @@ def _parse_number(value: str | None, *, scale: float) -> int | None:
 
 # --------------------------------------------------------------------------- classify
 
-_USAGE_CODES = frozenset(
-    {
-        "insufficient_quota",
-        "billing_error",
-        "billing_hard_limit_reached",
-        "contract_spend_limit_reached",
-        "enforced_spend_limit_reached",
-        "linked_organization_spend_limit_reached",
-        "linked_organization_billing_unavailable",
-    }
-)
-_CONTENT_FILTER_CODES = frozenset(
-    {"content_filter", "content_policy_violation", "responsibleaipolicyviolation"}
-)
-_CONFIG_CODES = frozenset(
-    {
-        "context_length_exceeded",
-        "string_above_max_length",
-        "model_not_found",
-        "unsupported_model",
-        "request_too_large",
-        "not_found_error",
-    }
-)
-_AUTH_CODES = frozenset(
-    {"authentication_error", "permission_error", "invalid_api_key", "invalid_organization"}
-)
-_OVERLOADED_CODES = frozenset({"overloaded_error", "overloaded", "engine_overloaded"})
-_RATE_LIMIT_CODES = frozenset(
-    {"rate_limit_error", "rate_limit_exceeded", "ramp_limit_exceeded", "requests", "tokens"}
-)
-# Weak codes decide only when the HTTP status did not (OpenAI labels a 401 or
-# a 404 `invalid_request_error` too).
-_WEAK_CODES: dict[str, tuple[ChatErrorKind, bool]] = {
-    "invalid_request_error": (ChatErrorKind.config, False),
-    "timeout_error": (ChatErrorKind.timeout, True),
-    "api_error": (ChatErrorKind.generic, True),
-    "server_error": (ChatErrorKind.generic, True),
-}
-
 _MESSAGES: dict[ChatErrorKind, str] = {
     ChatErrorKind.generic: "{p} request failed",
     ChatErrorKind.overloaded: "{p} is overloaded",
@@ -157,55 +128,8 @@ _MESSAGES: dict[ChatErrorKind, str] = {
     ChatErrorKind.content_filter: "{p} blocked the content (content filter)",
     ChatErrorKind.missing_key: "{p} has no API key",
     ChatErrorKind.step_limit: "the turn reached its limit of tool steps",
+    ChatErrorKind.context_length: "{p}: the conversation is longer than the model's context window",
 }
-
-# Text fallbacks, checked in order against the lower-cased exception text.
-_TEXT_RULES: list[tuple[re.Pattern[str], ChatErrorKind, bool]] = [
-    (
-        re.compile(r"insufficient.quota|exceeded your current quota|billing|credit balance"),
-        ChatErrorKind.usage_limit,
-        False,
-    ),
-    (
-        re.compile(r"content.filter|content.management.policy|content.policy|safety system"),
-        ChatErrorKind.content_filter,
-        False,
-    ),
-    (re.compile(r"overloaded|\b529\b"), ChatErrorKind.overloaded, True),
-    (re.compile(r"rate.limit|too many requests|\b429\b"), ChatErrorKind.rate_limit, True),
-    (
-        re.compile(
-            r"context.length|context window|prompt is too long|maximum context|too many tokens"
-            r"|model.not.found|does not exist|unknown model"
-        ),
-        ChatErrorKind.config,
-        False,
-    ),
-    (
-        re.compile(
-            r"unauthori[sz]ed|invalid.{0,3}api.key|invalid x-api-key|authenticat|forbidden"
-            r"|permission denied|\b401\b|\b403\b"
-        ),
-        ChatErrorKind.auth,
-        False,
-    ),
-    (re.compile(r"service unavailable|\b503\b"), ChatErrorKind.overloaded, True),
-    (re.compile(r"timed out|timeout|deadline exceeded|\b408\b"), ChatErrorKind.timeout, True),
-    (
-        re.compile(
-            r"connection (error|reset|refused|aborted|closed)|broken pipe|unexpected eof"
-            r"|stream closed|server disconnected|incomplete chunked"
-        ),
-        ChatErrorKind.timeout,
-        True,
-    ),
-    (
-        re.compile(r"internal server error|bad gateway|gateway timeout|\b50[024]\b"),
-        ChatErrorKind.generic,
-        True,
-    ),
-]
-
 
 def classify(exc: BaseException, provider: str) -> ChatError:
     """Turn any exception from a provider call into a ChatError.
@@ -223,7 +147,8 @@ def classify(exc: BaseException, provider: str) -> ChatError:
     detail = _truncate(provider_message or str(exc) or type(exc).__name__)
 
     decided = (
-        _by_code(codes)
+        _by_context(codes, status, f"{exc} {provider_message or ''}".lower())
+        or _by_code(codes)
         or _by_status(status)
         or _by_weak_code(codes)
         or _by_class(exc)
@@ -253,7 +178,10 @@ def classify_stream_event(
     codes = {c.lower() for c in (code, error_type) if isinstance(c, str) and c}
     named = ", ".join(sorted(codes))
     text = message if isinstance(message, str) else ""
-    decided = _by_code(codes) or _by_weak_code(codes) or _by_text(f"{named} {text}".lower())
+    decided = (
+        _by_context(codes, None, f"{named} {text}".lower())
+        or _by_code(codes) or _by_weak_code(codes) or _by_text(f"{named} {text}".lower())
+    )
     kind, retryable = decided or (ChatErrorKind.generic, False)
     base = _MESSAGES[kind].format(p=provider)
     return make_error(
@@ -327,18 +255,28 @@ def _error_codes(exc: BaseException) -> tuple[set[str], str | None]:
     return codes, message
 
 
+def _by_context(codes: set[str], status: int | None, text: str) -> tuple[ChatErrorKind, bool] | None:
+    """context_length: by its code, or a client error (or no status: an
+    error event in a stream) whose text says the prompt was too long."""
+    if codes & CONTEXT_CODES or (
+        (status is None or 400 <= status < 500) and status not in (401, 403, 429) and CONTEXT_TEXT.search(text)
+    ):
+        return ChatErrorKind.context_length, False
+    return None
+
+
 def _by_code(codes: set[str]) -> tuple[ChatErrorKind, bool] | None:
-    if codes & _USAGE_CODES:
+    if codes & USAGE_CODES:
         return ChatErrorKind.usage_limit, False
-    if codes & _CONTENT_FILTER_CODES:
+    if codes & CONTENT_FILTER_CODES:
         return ChatErrorKind.content_filter, False
-    if codes & _CONFIG_CODES:
+    if codes & CONFIG_CODES:
         return ChatErrorKind.config, False
-    if codes & _AUTH_CODES:
+    if codes & AUTH_CODES:
         return ChatErrorKind.auth, False
-    if codes & _OVERLOADED_CODES:
+    if codes & OVERLOADED_CODES:
         return ChatErrorKind.overloaded, True
-    if codes & _RATE_LIMIT_CODES:
+    if codes & RATE_LIMIT_CODES:
         return ChatErrorKind.rate_limit, True
     return None
 
@@ -365,8 +303,8 @@ def _by_status(status: int | None) -> tuple[ChatErrorKind, bool] | None:
 
 def _by_weak_code(codes: set[str]) -> tuple[ChatErrorKind, bool] | None:
     for code in sorted(codes):
-        if code in _WEAK_CODES:
-            return _WEAK_CODES[code]
+        if code in WEAK_CODES:
+            return WEAK_CODES[code]
     return None
 
 
@@ -389,7 +327,7 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 
 def _by_text(text: str) -> tuple[ChatErrorKind, bool] | None:
-    for pattern, kind, retryable in _TEXT_RULES:
+    for pattern, kind, retryable in TEXT_RULES:
         if pattern.search(text):
             return kind, retryable
     return None

@@ -161,6 +161,9 @@ class ChatErrorKind(enum.StrEnum):
     content_filter = "content_filter"
     missing_key = "missing_key"
     step_limit = "step_limit"
+    #: the prompt did not fit the model's context window (docs/context.md):
+    #: the worker compacts once and retries the step; a second one ends here
+    context_length = "context_length"
 
 
 @dataclass(frozen=True)

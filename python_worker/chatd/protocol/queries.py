@@ -17,8 +17,18 @@ WORKER_SETTINGS: Final = (
 # One round trip gives a claimed turn everything it needs: lease, model and
 # provider, and the prompt.
 ACQUIRE_CHATS: Final = (
-    "SELECT chat_id, lease, attempt, model, messages, history_complete, tools "
+    "SELECT chat_id, lease, attempt, model, messages, history_complete, tools, context "
     "FROM chatd.acquire_chats(%(worker_id)s, %(limit)s)"
+)
+
+# Compaction (docs/context.md): the next part of the history to summarize
+# (NULL: none due), and the summary, billed like a step.
+TURN_COMPACTION: Final = (
+    "SELECT chatd.turn_compaction(%(worker_id)s, %(chat_id)s, %(lease)s, %(force)s, %(limit_tokens)s)"
+)
+COMMIT_SUMMARY: Final = (
+    "SELECT chatd.commit_summary(%(chat_id)s, %(lease)s, %(through_id)s, %(content)s, %(usage)s, "
+    "%(provider_response_id)s, %(runtime_ms)s)"
 )
 
 # The tool loop (docs/tools.md): a step with tool calls, committed before

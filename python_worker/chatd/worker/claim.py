@@ -11,7 +11,10 @@ from uuid import UUID
 
 from chatd.llm import ModelSpec, PromptMessage
 
-__all__ = ["Claim", "Turn"]
+__all__ = ["SUMMARY_PREFIX", "Claim", "Turn"]
+
+#: How a summary of the earlier conversation is introduced to the model.
+SUMMARY_PREFIX = "Summary of the earlier part of this conversation (older messages are not shown):\n\n"
 
 
 @dataclass
@@ -39,6 +42,9 @@ class Claim:
     history_complete: bool = True
     # what the turn may call (chatd._turn_tools); None: a chat without tools
     tools: Mapping[str, Any] | None = None
+    # the context window (chatd._context_window): compact true when the
+    # history must be summarized before the model step (docs/context.md)
+    context: Mapping[str, Any] | None = None
 
     def spec(self) -> ModelSpec:
         provider = self.model["provider"]
@@ -56,4 +62,13 @@ class Claim:
         )
 
     def prompt(self) -> list[PromptMessage]:
-        return [PromptMessage(m["role"], m["content"]) for m in self.messages]
+        """The messages as the model sees them; a summary (docs/context.md)
+        is a system message that says what it is."""
+        return [
+            PromptMessage(m["role"], [
+                {"type": "text", "text": SUMMARY_PREFIX + "".join(
+                    str(p.get("text", "")) for p in m["content"] if p.get("type") == "text"
+                )}
+            ]) if m.get("summary") else PromptMessage(m["role"], m["content"])
+            for m in self.messages
+        ]

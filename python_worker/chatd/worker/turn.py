@@ -32,6 +32,7 @@ from chatd.logs import bind, log_failure, reason
 from chatd.protocol import names, queries
 from chatd.protocol.errors import LeaseLost
 from chatd.worker.claim import Claim, Turn
+from chatd.worker.context import compact
 from chatd.worker.finish import BatchFailed
 from chatd.worker.history import load_history
 from chatd.worker.output import Output as _Output
@@ -172,8 +173,20 @@ class TurnRun:
             self.tools = await loop.specs()
             if not await loop.resume():
                 return None
+        retried = False
         while True:
-            await self.stream()
+            try:
+                await self.stream()
+            except ChatTurnError as failure:
+                # the prompt did not fit the model's window: one compaction
+                # and one retry of the step (docs/context.md); a second fails
+                if failure.error.kind != ChatErrorKind.context_length or retried:
+                    raise
+                retried = True
+                if not await compact(self, force=True):
+                    raise
+                self.output, self.finished, self.started = _Output(), None, time.monotonic()
+                continue
             finished = self.finished
             if finished is None:  # a stream adapter must raise instead; never save as success
                 raise ChatTurnError(ChatError(
@@ -197,6 +210,8 @@ class TurnRun:
         try:
             if not claim.history_complete:
                 await load_history(self.worker, claim)
+            if claim.context and claim.context.get("compact"):
+                await compact(self, force=False)
             finished = await self.steps(loop)
             if finished is None:
                 return

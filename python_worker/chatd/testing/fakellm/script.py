@@ -310,6 +310,30 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def prompt_tokens(messages: Sequence[Any], system: Any) -> int:
+    """A provider's count of a prompt, as this fake makes it: one token per 4
+    characters of the messages and system prompt as the request sent them
+    (its wire's JSON, not chatd's storage format)."""
+    sent = json.dumps([system, *messages], ensure_ascii=False)
+    return -(-len(sent) // 4)
+
+
+def context_error(api: str, used: int, window: int) -> HttpError:
+    """The 400 each real API returns for a prompt over the model's window
+    (OpenAI Chat Completions and Responses: code context_length_exceeded;
+    Anthropic: invalid_request_error "prompt is too long: N tokens > M
+    maximum")."""
+    if api == "anthropic":
+        return HttpError(400, body={"type": "error", "error": {
+            "type": "invalid_request_error", "message": f"prompt is too long: {used} tokens > {window} maximum",
+        }})
+    return HttpError(400, body={"error": {
+        "message": f"This model's maximum context length is {window} tokens. However, your messages "
+                   f"resulted in {used} tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
+    }})
+
+
 def count_words(messages: Sequence[Any], system: Any) -> int:
     total = len(_content_text(system).split())
     for message in messages:

@@ -19,7 +19,9 @@ from chatd.testing.fakellm.script import (
     HttpError,
     RecordedRequest,
     Text,
+    context_error,
     parse_directive,
+    prompt_tokens,
 )
 
 #: The auth headers the real APIs document: OpenAI a bearer token, Anthropic
@@ -37,6 +39,11 @@ class FakeLLM:
         #: 'x-api-key'); a wire not named accepts any request. `DOCUMENTED_AUTH`
         #: is what the real APIs document. Refusals are 401s in the wire's format.
         self.auth: dict[str, str] = dict(auth or {})
+        #: tokens of a prompt this fake accepts (None: any). A longer prompt
+        #: gets the wire's real context-length 400 (`context_error`), counted
+        #: from the request as sent (`prompt_tokens`), and consumes no
+        #: scripted response.
+        self.context_window: int | None = None
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -132,6 +139,9 @@ class FakeLLM:
         with self._lock:
             self._requests.append(request)
             seq = len(self._requests)
+            window = self.context_window
+            if window is not None and (used := prompt_tokens(request.messages, request.system)) > window:
+                return seq, context_error(request.api, used, window)
             for wanted in (True, False):
                 for i, (match, response) in enumerate(self._queue):
                     if (match is not None) == wanted and (match is None or match in text):

@@ -8,10 +8,10 @@ size then runs ``cycles`` turns of that chat: send_message (untimed), then
 timed: acquire_chats (the claim, with its first history page),
 heartbeat, finish_turn, admit_spend (the user's admission) and
 get_messages_before(NULL, 50) (the newest page a UI shows first: the
-snapshot a client opens with). Also timed, once per cycle, the whole
-history the worker reads today (turn_history pages after the claim's
-first page), which is linear by design until the context window bounds it
-(issue 14).
+snapshot a client opens with). Also timed, once per cycle, the rest of
+the context window the worker reads after the claim's first page
+(turn_history pages; before issue 14's window this was the whole history,
+4.2 ms at 10^3 and 4,910 ms at 10^6 messages).
 
 Chats (10^3, 10^5): waiting chats of many users bulk loaded beside one
 pending chat; timed: acquire_chats, recover_stale_chats and janitor (the
@@ -50,13 +50,13 @@ def _turn(conn: psycopg.Connection[Any], user: uuid.UUID, chat: uuid.UUID, fixtu
         times.setdefault(name, []).append(time.perf_counter() - t0)
         return rows
 
-    claimed = timed("claim", "SELECT chat_id, lease, history_complete FROM chatd.acquire_chats(%s, 1)", (WORKER,))
+    claimed = timed("claim", "SELECT chat_id, lease, messages FROM chatd.acquire_chats(%s, 1)", (WORKER,))
     assert claimed and claimed[0][0] == chat, f"the claim took {claimed}, not the growth chat"
     lease = claimed[0][1]
     timed("heartbeat", "SELECT chat_id FROM chatd.heartbeat(%s, %s, %s)", (WORKER, [chat], [lease]))
     t0 = time.perf_counter()
-    after = 0
-    while True:  # the worker's whole-history read after the claim (worker/history.py)
+    after = claimed[0][2][-1]["id"]
+    while True:  # the rest of the window after the claim's first page (worker/history.py)
         row = conn.execute(
             "SELECT max(h.id), count(*) FROM chatd.turn_history(%s, %s, %s, %s, 1000) AS h",
             (WORKER, chat, lease, after),
@@ -64,7 +64,7 @@ def _turn(conn: psycopg.Connection[Any], user: uuid.UUID, chat: uuid.UUID, fixtu
         if row is None or not row[1]:
             break
         after = row[0]
-    times.setdefault("whole_history", []).append(time.perf_counter() - t0)
+    times.setdefault("window_read", []).append(time.perf_counter() - t0)
     timed("finish", "SELECT chatd.finish_turn(%s, %s, '\"done\"', %s)", (chat, lease, USAGE))
     timed("admission", "SELECT chatd.admit_spend(%s, %s)", (user, fixture.org))
     timed("snapshot_newest_page", "SELECT chatd.get_messages_before(%s, %s, NULL, 50)", (user, chat))

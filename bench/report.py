@@ -76,6 +76,7 @@ def table(results: dict[str, Any]) -> str:
     _growth_rows(results.get("growth"), results.get("finish_contention"), row)
     _subscriber_rows(results.get("subscribers"), row)
     _growth_table_rows(results.get("growth_table"), lines)
+    _claim_window_rows(results.get("claim_window"), lines)
     return "\n".join(lines)
 
 
@@ -105,6 +106,20 @@ def _growth_table_rows(growth: dict[str, Any] | None, lines: list[str]) -> None:
         for name in table[sizes[0]]:
             cells = " | ".join(f"{table[s][name]['p50_ms']:.2f}" for s in sizes)
             lines.append(f"  {name:<22} {cells} | {table[sizes[-1]][name]['ratio_p50']:.2f}x")
+
+
+def _claim_window_rows(table: dict[str, Any] | None, lines: list[str]) -> None:
+    """Claim time by chat length: p50 / p99 ms at each size and the ratio of
+    the largest size's p50 to the smallest's."""
+    if not table:
+        return
+    sizes = sorted(table, key=int)
+    lines.append("claim time by messages in the chat: " + " | ".join(f"{int(s):,}" for s in sizes)
+                 + " | largest/smallest (p50)")
+    for name in ("claim", "window_read", "claim_and_read"):
+        cells = " | ".join(f"{table[s][name]['p50_ms']:.2f}/{table[s][name]['p99_ms']:.2f}" for s in sizes)
+        lines.append(f"  {name + ' p50/p99 ms':<26} {cells} | {table[sizes[-1]][name]['ratio_p50']:.2f}x")
+    lines.append("  messages in the window     " + " | ".join(f"{table[s]['window_messages']:,}" for s in sizes))
 
 
 def _growth_rows(

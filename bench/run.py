@@ -5,8 +5,9 @@ tool step of the agent loop (tool_step), the raw pgbench ceiling of the
 same cluster, 1,000 concurrent SSE streams on one `chatd serve`, the growth
 table (growth_table: per-chat statements at 10^3..10^6 messages, scans at
 10^3..10^5 chats) and many subscribers (subscribers: one client following
-2,000 chats, 200 on one chat, LISTEN on thousands of channels). See
-docs/benchmarks.md.
+2,000 chats, 200 on one chat, LISTEN on thousands of channels) and claim
+time against chat length (claim_window: 10 .. 10^5 messages, bounded by the
+context window). See docs/benchmarks.md.
 
 Starts its own throwaway cluster (default durability: fsync, synchronous
 commit and full page writes on) unless CHATD_BENCH_DATABASE_URL or
@@ -14,7 +15,8 @@ DATABASE_URL names a server; then it creates fresh databases on that server.
 Prints a table and writes bench/results/<timestamp>.json.
 
 One module per benchmark (dispatch, pickup, streaming, heartbeat,
-pgbench_ceiling, growth, growth_table, subscribers, tool_step); support and counters hold what they share; report prints
+pgbench_ceiling, growth, growth_table, subscribers, tool_step, claim_window); support and counters hold what
+they share; report prints
 the table. `--only NAME,...` runs some of them.
 """
 
@@ -32,6 +34,7 @@ from typing import Any
 import psycopg
 from dispatch import bench_dispatch
 from growth import bench_finish_contention, bench_growth
+from claim_window import bench_claim_window
 from growth_table import bench_growth_table
 from heartbeat import bench_heartbeat
 from pgbench_ceiling import bench_pgbench
@@ -56,7 +59,7 @@ from tool_step import bench_tool_step
 from chatd import migrate
 
 BENCHMARKS = ("pgbench", "dispatch", "pickup", "streaming", "heartbeat", "sse", "tool_step", "growth",
-              "growth_table", "subscribers")
+              "growth_table", "subscribers", "claim_window")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--growth-table-chats", default="1000,10000,100000",
                         help="waiting chats for the growth table's claim and recovery scans")
     parser.add_argument("--growth-table-cycles", type=int, default=20, help="timed turns per growth-table size")
+    parser.add_argument("--claim-window-sizes", default="10,1000,10000,100000",
+                        help="messages in one chat for the claim-time benchmark")
+    parser.add_argument("--claim-window-cycles", type=int, default=30, help="timed claims per claim-window size")
     parser.add_argument("--follow-chats", type=int, default=2000, help="chats one client follows (subscribers)")
     parser.add_argument("--follow-rounds", type=int, default=5, help="part batches per followed chat")
     parser.add_argument("--contention-threads", type=int, default=8, help="concurrent finishers of one user")
@@ -137,6 +143,10 @@ def run_selected(
             server, [int(x) for x in args.growth_table_messages.split(",")],
             [int(x) for x in args.growth_table_chats.split(",")], args.growth_table_cycles,
         )
+    if "claim_window" in only:
+        sizes = [int(x) for x in args.claim_window_sizes.split(",")]
+        log(f"claim window: claim and window read at {sizes} messages ...")
+        results["claim_window"] = bench_claim_window(server, sizes, args.claim_window_cycles)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,5 +7,8 @@ DROP COLUMN context_margin_tokens;
 ALTER TABLE chatd.chats
 DROP COLUMN summary_message_id;
 
+DROP TRIGGER IF EXISTS messages_05_tokens ON chatd.messages;
+
 ALTER TABLE chatd.messages
+DROP COLUMN tokens,
 DROP COLUMN summary_through_id;

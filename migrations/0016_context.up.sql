@@ -16,7 +16,12 @@
 -- (the migrator's lock_timeout applies). No index: nothing looks
 -- summaries up but by chats.summary_message_id.
 ALTER TABLE chatd.messages
-ADD COLUMN summary_through_id bigint;
+ADD COLUMN summary_through_id bigint,
+-- the message's tokens in a prompt (chatd._message_tokens), kept by the
+-- trigger messages_05_tokens (sql/38_context.sql) on every insert and
+-- content change; NULL on rows older than this migration, which readers
+-- compute on the fly instead (no backfill: nothing to run on a big table)
+ADD COLUMN tokens bigint;
 
 ALTER TABLE chatd.chats
 ADD COLUMN summary_message_id bigint;

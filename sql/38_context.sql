@@ -35,6 +35,24 @@ AS $$
     )
 $$;
 
+-- Trigger: keeps messages.tokens (_message_tokens) on every insert and
+-- every change of what it counts, so a window walk reads one integer per
+-- message instead of converting its content.
+CREATE OR REPLACE FUNCTION chatd.messages_tokens()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+BEGIN
+    NEW.tokens := chatd._message_tokens(NEW.role, NEW.content, NEW.output_tokens, NEW.reasoning_tokens);
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER messages_05_tokens
+BEFORE INSERT OR UPDATE OF content, role, output_tokens, reasoning_tokens ON chatd.messages
+FOR EACH ROW EXECUTE FUNCTION chatd.messages_tokens();
+
 -- The context window of a chat now: {system_id (the system prompt: the
 -- chat's first message when it is a live system message, or NULL),
 -- summary_id (its newest live summary, or NULL), floor_id (messages at or
@@ -68,43 +86,67 @@ DECLARE
     v_start bigint;
     v_over boolean := FALSE;
     v_first bigint;
-    v_message record;
+    v_n bigint;
+    v_fit_id bigint;
+    v_fit_total bigint;
+    v_cut boolean;
+    v_last bigint;
 BEGIN
     SELECT * INTO STRICT v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
     SELECT * INTO STRICT v_settings FROM chatd.settings;
     SELECT m.context_limit::bigint - m.max_output_tokens - v_settings.context_margin_tokens INTO STRICT v_room
     FROM chatd.model_configs AS m WHERE m.id = v_chat.model_config_id;
-    SELECT m.id, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens)
+    SELECT m.id, coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens))
     INTO v_system_id, v_system_tokens
     FROM (
         SELECT f.* FROM chatd.messages AS f WHERE f.chat_id = p_chat_id ORDER BY f.id LIMIT 1
     ) AS m
     WHERE m.role = 'system' AND NOT m.deleted AND m.summary_through_id IS NULL;
     IF v_chat.summary_message_id IS NOT NULL THEN
-        SELECT m.id, m.summary_through_id, chatd._message_tokens(m.role, m.content, NULL, NULL)
+        SELECT m.id, m.summary_through_id, coalesce(m.tokens, chatd._message_tokens(m.role, m.content, NULL, NULL))
         INTO v_summary_id, v_summary_through, v_summary_tokens
         FROM chatd.messages AS m
         WHERE m.id = v_chat.summary_message_id AND m.chat_id = p_chat_id AND NOT m.deleted;
     END IF;
     v_floor := greatest(coalesce(v_system_id, 0), coalesce(v_summary_through, 0));
     v_budget := v_room - coalesce(v_system_tokens, 0) - coalesce(v_summary_tokens, 0);
-    FOR v_message IN
-        SELECT m.id, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens) AS tokens
-        FROM chatd.messages AS m
-        WHERE m.chat_id = p_chat_id AND m.id > v_floor AND NOT m.deleted
-            AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
-        ORDER BY m.id DESC
+    -- newest first, 256 messages per statement (a running sum in SQL, not a
+    -- loop per row), until the budget is spent or the history ends
     LOOP
-        IF v_used + v_message.tokens > v_budget AND v_start IS NOT NULL THEN
-            v_over := TRUE;
-            EXIT;
+        SELECT count(*), min(w.id) FILTER (WHERE w.total <= v_budget - v_used), max(w.total) FILTER (
+            WHERE w.total <= v_budget - v_used
+        ), bool_or(w.total > v_budget - v_used), min(w.id)
+        INTO v_n, v_fit_id, v_fit_total, v_cut, v_last
+        FROM (
+            SELECT c.id, sum(c.tokens) OVER (ORDER BY c.id DESC) AS total
+            FROM (
+                SELECT m.id,
+                    coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens))
+                    AS tokens
+                FROM chatd.messages AS m
+                WHERE m.chat_id = p_chat_id AND m.id > v_floor AND m.id < coalesce(v_last, 9223372036854775807)
+                    AND NOT m.deleted AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
+                ORDER BY m.id DESC
+                LIMIT 256
+            ) AS c
+        ) AS w;
+        IF v_fit_id IS NOT NULL THEN
+            v_start := v_fit_id;
+            v_used := v_used + v_fit_total;
+        ELSIF v_start IS NULL AND v_n > 0 THEN
+            -- the newest message alone is larger than the budget: it is sent anyway
+            SELECT m.id, coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens))
+            INTO v_start, v_used
+            FROM chatd.messages AS m
+            WHERE m.chat_id = p_chat_id AND m.id > v_floor AND NOT m.deleted
+                AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
+            ORDER BY m.id DESC
+            LIMIT 1;
         END IF;
-        v_used := v_used + v_message.tokens;
-        v_start := v_message.id;
-        IF v_used > v_budget THEN  -- the newest message alone is larger than the budget
+        IF v_cut THEN
             v_over := TRUE;
-            EXIT;
         END IF;
+        EXIT WHEN v_over OR v_n < 256;
     END LOOP;
     IF v_over THEN
         SELECT coalesce(min(m.id) FILTER (WHERE m.role = 'user'), min(m.id) FILTER (WHERE m.role = 'assistant'))
@@ -113,7 +155,9 @@ BEGIN
         WHERE m.chat_id = p_chat_id AND m.id >= v_start AND NOT m.deleted
             AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL;
         IF v_first IS NOT NULL AND v_first > v_start THEN
-            SELECT coalesce(sum(chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens)), 0)
+            SELECT coalesce(sum(coalesce(
+                m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens)
+            )), 0)
             INTO v_used
             FROM chatd.messages AS m
             WHERE m.chat_id = p_chat_id AND m.id >= v_first AND NOT m.deleted
@@ -206,7 +250,8 @@ BEGIN
     SELECT s.compact_keep * v_limit INTO STRICT v_keep FROM chatd.settings AS s;
     v_chunk := CASE WHEN p_force THEN greatest(v_keep, 1)::bigint ELSE v_budget END;
     FOR v_message IN
-        SELECT m.id, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens) AS tokens
+        SELECT m.id,
+            coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens)) AS tokens
         FROM chatd.messages AS m
         WHERE m.chat_id = p_chat_id AND m.id > v_floor AND NOT m.deleted
             AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
@@ -233,7 +278,7 @@ BEGIN
     END IF;
     FOR v_message IN
         SELECT m.id, m.role, m.content,
-            chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens) AS tokens
+            coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens)) AS tokens
         FROM chatd.messages AS m
         WHERE m.chat_id = p_chat_id AND m.id > v_floor AND m.id <= v_through AND NOT m.deleted
             AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL

@@ -28,8 +28,10 @@ def assert_demo_output(stdout: str) -> None:
     assert "model asked for mcp__example__add({'a': 2, 'b': 3})" in stdout
     assert "tool result '5" in stdout, "the example MCP server really ran the call"
     assert "the demo answered 'blue' (submit_tool_results): chat pending" in stdout
+    assert "model asked for spawn_agent" in stdout and "'Name a colour of the rainbow.' waiting" in stdout
+    assert "tool result '13'" in stdout and "tool result 'indigo'" in stdout, "the sub-agents' answers"
     for name, messages in (("stream", 2), ("queue", 4), ("interrupt", 2), ("retry", 2),
-                           ("mcp tool", 3), ("client tool", 3)):
+                           ("mcp tool", 3), ("client tool", 3), ("sub-agents", 3)):
         assert re.search(rf"^\s+{name}\s+waiting\s+{messages}\s", table, re.MULTILINE), (name, table)
 
 
@@ -75,7 +77,8 @@ def test_demo_then_serves_the_web_page_and_the_api_until_interrupted() -> None:
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "<title>chatd</title>" in page.text
         chats = httpx.get(url + "api/chats", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert chats.status_code == 200 and len(chats.json()["chats"]) == 6  # four chats, two agent chats
+        # four chats, three agent chats, and the two sub-agent chats of one of them
+        assert chats.status_code == 200 and len(chats.json()["chats"]) == 9
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()
         assert proc.wait(timeout=30) == 0, rest

@@ -7,9 +7,9 @@
 4. a worker and a client in this process;
 5. four chats at once: one streaming to the terminal, one with a queued
    second message, one interrupted mid-stream, one retried after a scripted
-   429; then two agent chats (agent.py): one calling a tool of the example
-   MCP server, one calling a client tool the demo answers; then the final
-   state of each;
+   429; then three agent chats (agent.py): one calling a tool of the example
+   MCP server, one calling a client tool the demo answers, one spawning two
+   sub-agents; then the final state of each;
 6. unless --no-serve: `chatd serve` on 127.0.0.1 with the worker still
    running, and the URL of the web page (with a signed token) to open;
    Ctrl-C ends it;
@@ -339,7 +339,8 @@ async def _agent_chats(
         say(f"no {MCP_EXAMPLE.name} in this installation: the MCP tool chat is left out")
     if llm.fake is not None:
         script_fake(llm.fake)
-    say("agent chats: a tool of the example MCP server, and a client tool this demo answers:")
+    say("agent chats: a tool of the example MCP server, a client tool this demo answers, "
+        "and two sub-agents the model spawns:")
     return await run_agent_chats(client, user, org, with_mcp=with_mcp, say=say)
 
 

@@ -1,7 +1,8 @@
-"""The demo's two agent chats (docs/tools.md): one whose model calls a tool
-of the example MCP server (examples/mcp_server.py, run by the worker over
-stdio), and one whose model calls a client tool that this demo answers
-with `Client.submit_tool_results`."""
+"""The demo's agent chats (docs/tools.md, docs/agents.md): one whose model
+calls a tool of the example MCP server (examples/mcp_server.py, run by the
+worker over stdio), one whose model calls a client tool that this demo
+answers with `Client.submit_tool_results`, and one whose model spawns two
+sub-agents (`spawn_agent`) and answers with what they found."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from uuid import UUID
 
 import psycopg
 
-from chatd.client import Client, MessageEvent, StatusEvent, ToolCallsEvent
+from chatd.client import ChildrenEvent, Client, MessageEvent, StatusEvent, ToolCallsEvent
 from chatd.protocol import queries
 from chatd.testing.fakellm import FakeLLM
 from chatd.testing.fakellm.script import Text
@@ -33,6 +34,8 @@ ASK_USER = {
 }
 MCP_PROMPT = "What is 2 + 3? Use the add tool of the example server."
 CLIENT_PROMPT = "Ask me for my favourite colour with the ask_user tool, then confirm it."
+AGENTS_PROMPT = ("Use two sub-agents (spawn_agent): one names a prime number above 10, the other "
+                 "a colour of the rainbow. Then tell me both.")
 
 
 class AgentChat:
@@ -68,6 +71,16 @@ def script_fake(fake: FakeLLM) -> None:
         Text("Blue it is: the client tool answered, and the turn went on."),
         match=CLIENT_PROMPT,
     )
+    fake.script(
+        Text("", tool_calls=(
+            {"id": "demo_prime", "name": "spawn_agent", "input": {"prompt": "Name a prime number above 10."}},
+            {"id": "demo_colour", "name": "spawn_agent", "input": {"prompt": "Name a colour of the rainbow."}},
+        )),
+        Text("My sub-agents found 13 and indigo."),
+        match=AGENTS_PROMPT,
+    )
+    fake.script(Text("13"), match="Name a prime number above 10.")
+    fake.script(Text("indigo"), match="Name a colour of the rainbow.")
 
 
 def _describe(event: Any) -> str | None:
@@ -97,6 +110,8 @@ async def _follow(client: Client, user: UUID, chat: AgentChat,
             if isinstance(event, MessageEvent) and event.message.role == "assistant" \
                     and not any(p.get("type") == "tool-call" for p in event.message.content):
                 answered = True
+            if isinstance(event, ChildrenEvent):
+                chat.log.append("sub-agents: " + ", ".join(f"{c.title!r} {c.status}" for c in event.children))
             if isinstance(event, ToolCallsEvent) and on_calls is not None:
                 chat.log.append(f"status requires_action: {len(event.calls)} client call(s) pending")
                 await on_calls(event)
@@ -131,6 +146,10 @@ async def run_agent_chats(
         asker.log.append(f"the demo answered 'blue' (submit_tool_results): chat {done.get('status')}")
 
     followers.append(_follow(client, user, asker, on_calls=answer))
+    spawner = AgentChat("sub-agents")
+    spawner.chat_id = await client.create_chat(user, org, AGENTS_PROMPT, title="sub-agents", agents=True)
+    chats.append(spawner)
+    followers.append(_follow(client, user, spawner))
     try:
         await asyncio.wait_for(asyncio.gather(*followers), timeout=45)
     except TimeoutError:

@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from claim_window import bench_claim_window
 from dispatch import bench_dispatch
 from growth import bench_finish_contention, bench_growth
-from claim_window import bench_claim_window
 from growth_table import bench_growth_table
 from heartbeat import bench_heartbeat
 from pgbench_ceiling import bench_pgbench

@@ -239,7 +239,7 @@ async def test_response_incomplete_by_the_content_filter_stops_as_content_filter
         ("server_error", ChatErrorKind.generic, True),
         ("rate_limit_exceeded", ChatErrorKind.rate_limit, True),
         ("insufficient_quota", ChatErrorKind.usage_limit, False),
-        ("context_length_exceeded", ChatErrorKind.config, False),
+        ("context_length_exceeded", ChatErrorKind.context_length, False),
         ("invalid_prompt", ChatErrorKind.generic, False),
     ],
 )

@@ -263,7 +263,7 @@ async def test_429_is_retryable_rate_limit_with_retry_after(
         (503, None, ChatErrorKind.overloaded, True),
         (500, None, ChatErrorKind.generic, True),
         (401, None, ChatErrorKind.auth, False),
-        (400, "context_length_exceeded", ChatErrorKind.config, False),
+        (400, "context_length_exceeded", ChatErrorKind.context_length, False),
         (404, None, ChatErrorKind.config, False),
         (429, "insufficient_quota", ChatErrorKind.usage_limit, False),
     ],

@@ -121,8 +121,10 @@ FAILURES = [
     (HttpError(503), "pending", "overloaded"),
     (HttpError(500), "pending", "generic"),
     (HttpError(401), "error", "auth"),
+    # a one-message chat has nothing to compact: the error stands
     (HttpError(400, error_type="context_length_exceeded",
-               message="This model's maximum context length is 8192 tokens"), "error", "config"),
+               message="This model's maximum context length is 8192 tokens"), "error", "context_length"),
+    (HttpError(400, error_type="invalid_request_error", message="Unsupported parameter: 'top_k'"), "error", "config"),
     (Truncate("half a sent", after_chunks=2), "pending", "timeout"),
 ]
 

@@ -38,7 +38,7 @@ STATIC: Final = resources.files("chatd.http") / "static"
 Content = (str, list)
 CREATE_CHAT: Final[dict[str, Field]] = {
     "content": (Content, True), "title": ((str,), False), "model_config_id": ((UUID,), False),
-    "system_prompt": ((str,), False), "tools": ((list,), False),
+    "system_prompt": ((str,), False), "tools": ((list,), False), "agents": ((bool,), False),
 }
 SEND_MESSAGE: Final[dict[str, Field]] = {
     "content": (Content, True), "busy_behavior": ((str,), False), "model_config_id": ((UUID,), False),
@@ -97,7 +97,7 @@ class _Api:
         chat = await (await self.client()).create_chat(
             me.user_id, me.organization_id, body["content"], title=body.get("title"),
             model_config_id=body.get("model_config_id"), system_prompt=body.get("system_prompt"),
-            client_type="api", tools=body.get("tools"),
+            client_type="api", tools=body.get("tools"), agents=body.get("agents"),
         )
         return _json({"id": chat}, 201)
 

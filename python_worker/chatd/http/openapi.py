@@ -70,7 +70,8 @@ def openapi_document() -> dict[str, Any]:
             "/api/chats": {
                 "post": _op("create a chat with its first message", "201", body=_body({
                     "content": _CONTENT, "title": {"type": "string"}, "model_config_id": _UUID,
-                    "system_prompt": {"type": "string"}, "tools": _TOOLS}, ["content"])),
+                    "system_prompt": {"type": "string"}, "tools": _TOOLS, "agents": {"type": "boolean"}},
+                    ["content"])),
                 "get": _op("the user's chats, most recently updated first", params=[
                     _query("limit", "integer"), _query("include_archived", "boolean"),
                     _query("before", fmt="date-time"), _query("before_id", fmt="uuid")]),

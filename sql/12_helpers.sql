@@ -259,7 +259,7 @@ AS $$
                     )
                     -- summaries reach the model only as the window's head (sql/38_context.sql)
                     AND m.summary_through_id IS NULL
-                ORDER BY m.id
+                ORDER BY m.chat_id, m.id  -- messages_chat_idx order: never the primary key's
                 LIMIT p_max_messages
             ) AS limited
         ) AS candidates
@@ -275,8 +275,11 @@ RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM chatd.messages AS m
+    -- the first such id, in messages_chat_idx order, not EXISTS: the planner
+    -- drops an EXISTS's ORDER BY, and then a plan for "any row will do" may
+    -- scan a whole long chat for a row that is not there (115 ms at 10^6)
+    SELECT (
+        SELECT m.id FROM chatd.messages AS m
         WHERE m.chat_id = p_chat_id
             AND m.id > coalesce(p_after_id, 0)
             AND NOT m.deleted
@@ -284,7 +287,9 @@ AS $$
                 'both', CASE WHEN p_for_model THEN 'model' ELSE 'user' END::chatd.message_visibility
             )
             AND m.summary_through_id IS NULL
-    )
+        ORDER BY m.chat_id, m.id
+        LIMIT 1
+    ) IS NOT NULL
 $$;
 
 -- The id of the chat's newest message (deleted or not, any visibility), or

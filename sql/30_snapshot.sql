@@ -138,7 +138,7 @@ AS $$
                 AND m.id > coalesce(p_after_id, 0)
                 AND NOT m.deleted
                 AND m.visibility IN ('both', 'user')
-            ORDER BY m.id DESC
+            ORDER BY m.chat_id DESC, m.id DESC  -- messages_chat_idx, backwards
             LIMIT p_max_messages
         ) AS limited
     ) AS sized

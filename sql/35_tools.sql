@@ -120,7 +120,7 @@ AS $$
         WHERE
             m.chat_id = p_chat_id AND NOT m.deleted AND m.role IN ('assistant', 'user')
             AND m.visibility <> 'user'
-        ORDER BY m.id DESC
+        ORDER BY m.chat_id DESC, m.id DESC  -- messages_chat_idx, backwards: never the primary key's
         LIMIT 1
     )
     SELECT s.id, p.value ->> 'tool_call_id', p.value ->> 'tool_name', coalesce(p.value ->> 'source', 'client')

@@ -70,6 +70,9 @@ CREATE OR REPLACE FUNCTION chatd._context_window(p_chat_id uuid)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
+-- every range (id >= the window's start) planned with its value: a cached
+-- generic plan guesses a third of the chat and scans it (136 ms at 10^6)
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_chat chatd.chats;
@@ -99,7 +102,7 @@ BEGIN
     SELECT m.id, coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens))
     INTO v_system_id, v_system_tokens
     FROM (
-        SELECT f.* FROM chatd.messages AS f WHERE f.chat_id = p_chat_id ORDER BY f.id LIMIT 1
+        SELECT f.* FROM chatd.messages AS f WHERE f.chat_id = p_chat_id ORDER BY f.chat_id, f.id LIMIT 1
     ) AS m
     WHERE m.role = 'system' AND NOT m.deleted AND m.summary_through_id IS NULL;
     IF v_chat.summary_message_id IS NOT NULL THEN
@@ -132,7 +135,7 @@ BEGIN
                 FROM chatd.messages AS m
                 WHERE m.chat_id = p_chat_id AND m.id > v_floor AND m.id < coalesce(v_last, 9223372036854775807)
                     AND NOT m.deleted AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
-                ORDER BY m.id DESC
+                ORDER BY m.chat_id DESC, m.id DESC  -- messages_chat_idx, backwards
                 LIMIT 256
             ) AS c
         ) AS w;
@@ -146,7 +149,7 @@ BEGIN
             FROM chatd.messages AS m
             WHERE m.chat_id = p_chat_id AND m.id > v_floor AND NOT m.deleted
                 AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
-            ORDER BY m.id DESC
+            ORDER BY m.chat_id DESC, m.id DESC
             LIMIT 1;
         END IF;
         IF v_cut THEN
@@ -227,6 +230,7 @@ CREATE OR REPLACE FUNCTION chatd.turn_compaction(
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
+SET plan_cache_mode = force_custom_plan  -- as _context_window
 AS $$
 DECLARE
     v_window jsonb;
@@ -262,7 +266,7 @@ BEGIN
         FROM chatd.messages AS m
         WHERE m.chat_id = p_chat_id AND m.id > v_floor AND NOT m.deleted
             AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
-        ORDER BY m.id DESC
+        ORDER BY m.chat_id DESC, m.id DESC
     LOOP
         EXIT WHEN v_kept + v_message.tokens > v_keep AND v_keep_start IS NOT NULL;
         v_kept := v_kept + v_message.tokens;
@@ -289,7 +293,7 @@ BEGIN
         FROM chatd.messages AS m
         WHERE m.chat_id = p_chat_id AND m.id > v_floor AND m.id <= v_through AND NOT m.deleted
             AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
-        ORDER BY m.id
+        ORDER BY m.chat_id, m.id
     LOOP
         IF v_used + v_message.tokens > v_chunk AND v_last IS NOT NULL THEN
             v_cut := TRUE;  -- the rest goes into the next summary

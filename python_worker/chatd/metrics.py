@@ -42,6 +42,7 @@ HELP = {
     "chatd_worker_recovered_total": "stale chats this worker recovered",
     "chatd_worker_janitor_runs_total": "janitor() calls that succeeded",
     "chatd_worker_write_retries_total": "result writes retried after a transient failure",
+    "chatd_worker_compactions_total": "summaries of older history committed (docs/context.md)",
 }
 
 # seconds: from 10 ms (a local model's first token) to 10 minutes (a long turn)

@@ -278,6 +278,23 @@ def test_two_children_finishing_in_concurrent_transactions_resume_the_parent_onc
     assert tool_rows == (2,), "each child answered once"
 
 
+def test_the_parent_waits_until_its_last_child_has_answered(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    parent, owner = _awaiting_parent(conn, factory, fake)
+    kids = {k["call"]: k["id"] for k in children(conn, parent)}
+    with psycopg.connect(db, autocommit=True) as listener:
+        listener.execute("LISTEN chatd_wake")
+        conn.execute("SELECT chatd.interrupt_chat(%s, %s)", (owner, kids["c1"]))
+        assert (conn.execute("SELECT status::text FROM chatd.chats WHERE id = %s", (parent,)).fetchone()
+                == ("awaiting_agents",)), "one answer of two: still waiting"
+        assert not [n for n in listener.notifies(timeout=0.5, stop_after=10) if str(parent) in n.payload]
+        conn.execute("SELECT chatd.interrupt_chat(%s, %s)", (owner, kids["c2"]))
+        wakes = [n for n in listener.notifies(timeout=1, stop_after=10) if str(parent) in n.payload]
+    assert (conn.execute("SELECT status::text FROM chatd.chats WHERE id = %s", (parent,)).fetchone()
+            == ("pending",)) and len(wakes) == 1
+
+
 def test_a_child_finishing_while_the_parent_still_runs_is_written_and_does_not_resume_it(
     db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
 ) -> None:

@@ -556,7 +556,8 @@ AS $$
         WHERE s.enabled AND (s.name = ANY (c.mcp_servers) OR s.name = ANY (m.mcp_servers))
     ) AS srv
     CROSS JOIN LATERAL (
-        SELECT (c.agents OR m.agents) AND coalesce(chatd._agents_allowed(c), FALSE) AS allowed
+        -- CASE: the depth walk runs only for a chat that may use agents at all
+        SELECT CASE WHEN c.agents OR m.agents THEN coalesce(chatd._agents_allowed(c), FALSE) ELSE FALSE END AS allowed
     ) AS agents
     WHERE c.id = p_chat_id
 $$;

@@ -70,13 +70,9 @@ CREATE OR REPLACE FUNCTION chatd._context_window(p_chat_id uuid)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
--- every range (id >= the window's start) planned with its value: a cached
--- generic plan guesses a third of the chat and scans it (136 ms at 10^6)
-SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    v_chat chatd.chats;
-    v_settings chatd.settings;
+    v_threshold real;
     v_room bigint;
     v_system_id bigint;
     v_system_tokens bigint := 0;
@@ -95,22 +91,30 @@ DECLARE
     v_cut boolean;
     v_last bigint;
 BEGIN
-    SELECT * INTO STRICT v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
-    SELECT * INTO STRICT v_settings FROM chatd.settings;
-    SELECT m.context_limit::bigint - m.max_output_tokens - v_settings.context_margin_tokens INTO STRICT v_room
-    FROM chatd.model_configs AS m WHERE m.id = v_chat.model_config_id;
-    SELECT m.id, coalesce(m.tokens, chatd._message_tokens(m.role, m.content, m.output_tokens, m.reasoning_tokens))
-    INTO v_system_id, v_system_tokens
-    FROM (
-        SELECT f.* FROM chatd.messages AS f WHERE f.chat_id = p_chat_id ORDER BY f.chat_id, f.id LIMIT 1
-    ) AS m
-    WHERE m.role = 'system' AND NOT m.deleted AND m.summary_through_id IS NULL;
-    IF v_chat.summary_message_id IS NOT NULL THEN
-        SELECT m.id, m.summary_through_id, coalesce(m.tokens, chatd._message_tokens(m.role, m.content, NULL, NULL))
-        INTO v_summary_id, v_summary_through, v_summary_tokens
-        FROM chatd.messages AS m
-        WHERE m.id = v_chat.summary_message_id AND m.chat_id = p_chat_id AND NOT m.deleted;
-    END IF;
+    -- one statement for the chat, its model, the settings, the system prompt
+    -- (the chat's first message when it is a live system message) and the
+    -- newest summary: a claim of a short chat runs two statements here
+    SELECT m.context_limit::bigint - m.max_output_tokens - s.context_margin_tokens, s.compact_threshold,
+        sys.id, sys.tokens, sm.id, sm.summary_through_id, sm.tokens
+    INTO STRICT v_room, v_threshold, v_system_id, v_system_tokens, v_summary_id, v_summary_through, v_summary_tokens
+    FROM chatd.chats AS c
+    INNER JOIN chatd.model_configs AS m ON m.id = c.model_config_id
+    CROSS JOIN chatd.settings AS s
+    LEFT JOIN LATERAL (
+        SELECT f.id, coalesce(f.tokens, chatd._message_tokens(f.role, f.content, f.output_tokens, f.reasoning_tokens))
+            AS tokens
+        FROM (
+            SELECT x.* FROM chatd.messages AS x WHERE x.chat_id = c.id ORDER BY x.chat_id, x.id LIMIT 1
+        ) AS f
+        WHERE f.role = 'system' AND NOT f.deleted AND f.summary_through_id IS NULL
+    ) AS sys ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT x.id, x.summary_through_id, coalesce(x.tokens, chatd._message_tokens(x.role, x.content, NULL, NULL))
+            AS tokens
+        FROM chatd.messages AS x
+        WHERE x.id = c.summary_message_id AND x.chat_id = c.id AND NOT x.deleted
+    ) AS sm ON TRUE
+    WHERE c.id = p_chat_id;
     v_floor := greatest(coalesce(v_system_id, 0), coalesce(v_summary_through, 0));
     v_budget := v_room - coalesce(v_system_tokens, 0) - coalesce(v_summary_tokens, 0);
     -- newest first, 256 messages per statement (a running sum in SQL, not a
@@ -158,20 +162,25 @@ BEGIN
         EXIT WHEN v_over OR v_n < 256;
     END LOOP;
     IF v_over THEN
-        SELECT coalesce(min(m.id) FILTER (WHERE m.role = 'user'), min(m.id) FILTER (WHERE m.role = 'assistant'))
-        INTO v_first
-        FROM chatd.messages AS m
-        WHERE m.chat_id = p_chat_id AND m.id >= v_start AND NOT m.deleted
-            AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL;
-        IF v_first IS NOT NULL AND v_first > v_start THEN
-            SELECT coalesce(sum(coalesce(m.tokens, greatest(  -- _message_tokens, inlined as above
-                ceil(octet_length(m.content::text) / 4.0)::bigint + 4,
-                CASE WHEN m.role = 'assistant' THEN coalesce(m.output_tokens, 0) - coalesce(m.reasoning_tokens, 0) END
-            ))), 0)
-            INTO v_used
+        -- only for a chat longer than its window: EXECUTE plans these two
+        -- range scans with their values (a cached generic plan guesses a
+        -- third of the chat for id >= $2 and may scan it: 136 ms at 10^6)
+        EXECUTE $q$
+            SELECT coalesce(min(m.id) FILTER (WHERE m.role = 'user'), min(m.id) FILTER (WHERE m.role = 'assistant'))
             FROM chatd.messages AS m
-            WHERE m.chat_id = p_chat_id AND m.id >= v_first AND NOT m.deleted
-                AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL;
+            WHERE m.chat_id = $1 AND m.id >= $2 AND NOT m.deleted
+                AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
+        $q$ INTO v_first USING p_chat_id, v_start;
+        IF v_first IS NOT NULL AND v_first > v_start THEN
+            EXECUTE $q$
+                SELECT coalesce(sum(coalesce(m.tokens, greatest(  -- _message_tokens, inlined as above
+                    ceil(octet_length(m.content::text) / 4.0)::bigint + 4,
+                    CASE WHEN m.role = 'assistant' THEN coalesce(m.output_tokens, 0) - coalesce(m.reasoning_tokens, 0) END
+                ))), 0)
+                FROM chatd.messages AS m
+                WHERE m.chat_id = $1 AND m.id >= $2 AND NOT m.deleted
+                    AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
+            $q$ INTO v_used USING p_chat_id, v_first;
             v_start := v_first;
         END IF;
     END IF;
@@ -183,30 +192,12 @@ BEGIN
         'budget_tokens', v_budget,
         'head_tokens', coalesce(v_system_tokens, 0) + coalesce(v_summary_tokens, 0),
         'window_tokens', v_used,
-        'compact', v_over OR v_used > v_budget * v_settings.compact_threshold
+        'compact', v_over OR v_used > v_budget * v_threshold
     );
 END
 $$;
 
--- The messages a claim sends before the window's own (p_window from
--- _context_window): the system prompt, then the newest summary (marked
--- summary: true, with summary_through_id), as a JSON array of {id, role,
--- content}.
-CREATE OR REPLACE FUNCTION chatd._window_head(p_window jsonb)
-RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, chatd, pg_temp
-AS $$
-    SELECT coalesce(jsonb_agg(
-        jsonb_build_object('id', m.id, 'role', m.role, 'content', m.content)
-        || CASE WHEN m.summary_through_id IS NOT NULL
-            THEN jsonb_build_object('summary', TRUE, 'summary_through_id', m.summary_through_id)
-            ELSE '{}'::jsonb END
-        ORDER BY m.id
-    ), '[]'::jsonb)
-    FROM chatd.messages AS m
-    WHERE m.id IN ((p_window ->> 'system_id')::bigint, (p_window ->> 'summary_id')::bigint)
-$$;
+DROP FUNCTION IF EXISTS chatd._window_head(jsonb);
 
 -- The next part of a claimed turn's history to compact, or NULL when none
 -- is left. Normally (p_force false) due when the window says compact: the

@@ -183,7 +183,7 @@ BEGIN
         cl.lease,
         cl.attempt,
         chatd._model_json(cl.model_config_id),
-        chatd._window_head(ctx.w) || page.messages,
+        head.messages || page.messages,
         NOT chatd._messages_after(cl.id, coalesce(page.last_id, win.after_id), TRUE),
         chatd._turn_tools(cl.id),
         ctx.w
@@ -192,6 +192,20 @@ BEGIN
     CROSS JOIN LATERAL (
         SELECT coalesce((ctx.w ->> 'start_id')::bigint - 1, (ctx.w ->> 'floor_id')::bigint) AS after_id
     ) AS win
+    -- the system prompt and the newest summary (the head of the window,
+    -- written out: this statement's plan is cached, a SQL function's is made
+    -- again at every call, about 90 us a claim)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(jsonb_agg(
+            jsonb_build_object('id', m.id, 'role', m.role, 'content', m.content)
+            || CASE WHEN m.summary_through_id IS NOT NULL
+                THEN jsonb_build_object('summary', TRUE, 'summary_through_id', m.summary_through_id)
+                ELSE '{}'::jsonb END
+            ORDER BY m.id
+        ), '[]'::jsonb) AS messages
+        FROM chatd.messages AS m
+        WHERE m.id IN ((ctx.w ->> 'system_id')::bigint, (ctx.w ->> 'summary_id')::bigint)
+    ) AS head
     CROSS JOIN LATERAL (
         SELECT
             coalesce(

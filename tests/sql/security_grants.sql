@@ -144,7 +144,6 @@ INSERT INTO expected_fn (signature, audience) VALUES
 -- context windows (sql/38_context.sql)
 ('chatd._message_tokens(chatd.message_role,jsonb,bigint,bigint)', 'owner'),
 ('chatd._context_window(uuid)', 'owner'),
-('chatd._window_head(jsonb)', 'owner'),
 ('chatd.messages_tokens()', 'owner');
 
 -- Every grantee of an ACL (NULL = the built-in default) except the owner.

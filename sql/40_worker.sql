@@ -176,7 +176,7 @@ BEGIN
             heartbeat_at = now()
         FROM candidates
         WHERE c.id = candidates.id
-        RETURNING c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at
+        RETURNING c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at, c.summary_message_id
     )
     SELECT
         cl.id,
@@ -188,7 +188,63 @@ BEGIN
         chatd._turn_tools(cl.id),
         ctx.w
     FROM claimed AS cl
-    CROSS JOIN LATERAL (SELECT chatd._context_window(cl.id) AS w) AS ctx
+    -- A chat without a summary whose model-visible messages are at most 64
+    -- and take at most compact_threshold of the budget is its own window:
+    -- decided here, in this statement (its plan is cached), from the newest
+    -- 65 messages; every other chat calls chatd._context_window, which
+    -- gives the same answer for these (about 0.2 ms a claim saved on short
+    -- chats, the common case).
+    CROSS JOIN LATERAL (
+        SELECT
+            count(*) AS n,
+            coalesce(sum(q.tokens), 0) AS total,
+            min(q.id) AS first_id,
+            (array_agg(q.role ORDER BY q.id))[1] AS first_role,
+            (array_agg(q.tokens ORDER BY q.id))[1] AS first_tokens,
+            (
+                SELECT m.context_limit::bigint - m.max_output_tokens - s.context_margin_tokens
+                FROM chatd.model_configs AS m CROSS JOIN chatd.settings AS s WHERE m.id = cl.model_config_id
+            ) AS room,
+            (SELECT s.compact_threshold FROM chatd.settings AS s) AS threshold
+        FROM (
+            SELECT m.id, m.role, coalesce(m.tokens, greatest(  -- chatd._message_tokens, written out
+                ceil(octet_length(m.content::text) / 4.0)::bigint + 4,
+                CASE WHEN m.role = 'assistant' THEN coalesce(m.output_tokens, 0) - coalesce(m.reasoning_tokens, 0) END
+            )) AS tokens
+            FROM chatd.messages AS m
+            WHERE m.chat_id = cl.id AND NOT m.deleted AND m.visibility IN ('both', 'model')
+                AND m.summary_through_id IS NULL
+            ORDER BY m.chat_id DESC, m.id DESC
+            LIMIT 65
+        ) AS q
+    ) AS quick
+    CROSS JOIN LATERAL (
+        SELECT CASE
+            WHEN cl.summary_message_id IS NULL AND quick.n <= 64
+                AND quick.total <= quick.room * quick.threshold
+                AND (quick.first_role IS DISTINCT FROM 'system' OR NOT EXISTS (
+                    SELECT 1 FROM chatd.messages AS e WHERE e.chat_id = cl.id AND e.id < quick.first_id
+                ))
+            THEN (
+                SELECT jsonb_build_object(
+                    'system_id', CASE WHEN sys THEN quick.first_id END,
+                    'summary_id', NULL,
+                    'floor_id', CASE WHEN sys THEN quick.first_id ELSE 0 END,
+                    'start_id', (
+                        SELECT min(m.id) FROM chatd.messages AS m
+                        WHERE m.chat_id = cl.id AND m.id > CASE WHEN sys THEN quick.first_id ELSE 0 END
+                            AND NOT m.deleted AND m.visibility IN ('both', 'model')
+                    ),
+                    'budget_tokens', quick.room - CASE WHEN sys THEN quick.first_tokens ELSE 0 END,
+                    'head_tokens', CASE WHEN sys THEN quick.first_tokens ELSE 0 END,
+                    'window_tokens', quick.total - CASE WHEN sys THEN quick.first_tokens ELSE 0 END,
+                    'compact', FALSE
+                )
+                FROM (SELECT coalesce(quick.first_role = 'system', FALSE) AS sys) AS f
+            )
+            ELSE chatd._context_window(cl.id)
+        END AS w
+    ) AS ctx
     CROSS JOIN LATERAL (
         SELECT coalesce((ctx.w ->> 'start_id')::bigint - 1, (ctx.w ->> 'floor_id')::bigint) AS after_id
     ) AS win

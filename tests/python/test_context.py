@@ -221,3 +221,23 @@ async def test_a_failing_summary_call_is_retried_and_loses_no_message(
         "count(*) FILTER (WHERE summary_through_id IS NOT NULL) FROM chatd.messages WHERE chat_id = %s", (chat,)
     ).fetchone()
     assert before is not None and after == (before[0] + 1, 1), "every message kept; one summary; one answer"
+
+
+@pytest.mark.parametrize("system_prompt", [None, "You are terse."])
+def test_a_short_chats_window_decided_in_the_claim_is_the_one_context_window_gives(
+    conn: psycopg.Connection[Any], factory: Factory, system_prompt: str | None
+) -> None:
+    org = factory.org()
+    owner = factory.user(org=org)
+    model = factory.model_config()
+    row = conn.execute(
+        "SELECT chatd.create_chat(%s, %s, %s, %s, p_system_prompt => %s)",
+        (owner, org, Jsonb("hello"), model, system_prompt),
+    ).fetchone()
+    assert row is not None
+    got = claim(conn)
+    assert got["chat"] == row[0]
+    full = conn.execute("SELECT chatd._context_window(%s)", (row[0],)).fetchone()
+    assert full is not None
+    assert got["context"] == full[0], "the claim's shortcut for short chats and the full walk agree"
+    assert [m["role"] for m in got["messages"]] == (["system"] if system_prompt else []) + ["user"]

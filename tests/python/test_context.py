@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+import anthropic
+import openai
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from test_fakellm import anthropic_client, openai_client, post
 from test_spend_ledger import LEDGER_MISMATCH
 from worker_support import (
     chat_row,
@@ -26,6 +29,8 @@ from worker_support import (
     worker_config,
 )
 
+from chatd.llm.classify import classify
+from chatd.protocol.errors import ChatErrorKind
 from chatd.testing import Factory
 from chatd.testing.fakellm import FakeLLM, HttpError, Text
 from chatd.testing.fakellm.script import context_error, prompt_tokens
@@ -241,3 +246,79 @@ def test_a_short_chats_window_decided_in_the_claim_is_the_one_context_window_giv
     assert full is not None
     assert got["context"] == full[0], "the claim's shortcut for short chats and the full walk agree"
     assert [m["role"] for m in got["messages"]] == (["system"] if system_prompt else []) + ["user"]
+
+
+def test_the_fake_llm_over_its_window_answers_each_wire_s_real_context_length_400(fake: FakeLLM) -> None:
+    # The bodies the real APIs return (as reported by their users):
+    # OpenAI Chat Completions {"error": {"message": "This model's maximum context length is 8192 tokens. However,
+    #   your messages resulted in 8227 tokens. Please reduce the length of the messages.", "type":
+    #   "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+    # OpenAI Responses {"error": {..."code": "context_length_exceeded", "message": "Your input exceeds the context
+    #   window of this model. Please adjust your input and try again.", "param": "input"}}
+    # Anthropic {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long:
+    #   208310 tokens > 200000 maximum"}, "request_id": "req_..."}
+    fake.context_window = 50
+    asked = [{"role": "user", "content": WORDS}]
+    status, _, body = post(f"{fake.openai_base_url}/chat/completions", {"model": "m", "messages": asked})
+    used = prompt_tokens(fake.requests[-1].messages, fake.requests[-1].system)
+    assert used > 50 and status == 400
+    assert body == {"error": {
+        "message": f"This model's maximum context length is 50 tokens. However, your messages resulted in {used} "
+                   "tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+    status, _, body = post(f"{fake.openai_base_url}/responses", {"model": "m", "input": WORDS})
+    assert status == 400 and body == {"error": {
+        "message": "Your input exceeds the context window of this model. Please adjust your input and try again.",
+        "type": "invalid_request_error", "param": "input", "code": "context_length_exceeded"}}
+    status, _, body = post(f"{fake.anthropic_base_url}/v1/messages", {"model": "m", "max_tokens": 10, "messages": asked})
+    used = prompt_tokens(fake.requests[-1].messages, fake.requests[-1].system)
+    assert status == 400 and str(body.pop("request_id")).startswith("req_")
+    assert body == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": f"prompt is too long: {used} tokens > 50 maximum"}}
+
+
+async def test_each_sdk_s_context_length_error_is_classified_context_length(fake: FakeLLM) -> None:
+    fake.context_window = 50
+    asked: Any = [{"role": "user", "content": WORDS}]
+    with pytest.raises(openai.BadRequestError) as chat_error:
+        await openai_client(fake).chat.completions.create(model="m", messages=asked)
+    with pytest.raises(openai.BadRequestError) as responses_error:
+        await openai_client(fake).responses.create(model="m", input=WORDS)
+    with pytest.raises(anthropic.BadRequestError) as messages_error:
+        await anthropic_client(fake).messages.create(model="m", max_tokens=10, messages=asked)
+    kinds = [(classify(e.value, p).kind, classify(e.value, p).retryable) for e, p in (
+        (chat_error, "openai"), (responses_error, "openai"), (messages_error, "anthropic"))]
+    assert kinds == [(ChatErrorKind.context_length, False)] * 3
+
+
+async def test_compaction_past_the_threshold_is_a_summary_billed_like_a_step_and_the_next_window_starts_after_it(
+    db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
+) -> None:
+    chat = long_chat(conn, factory, fake, turns=30, context_limit=6000, max_output=500)
+    assert claim_context(conn, chat)["compact"] is True, "past settings.compact_threshold of the budget"
+    fake.script(*[Text("summary: thirty turns of counting words")] * 4, match="user: msg")
+    async with running_worker(worker_config(db)):
+        await wait_until(lambda: status_is(db, chat, "waiting", "error"), what="the turn to end")
+    row = await chat_row(db, chat)
+    assert row["status"] == "waiting", row["last_error"]
+    summaries = conn.execute(
+        "SELECT id, summary_through_id, role::text, visibility::text, total_cost_micros, input_tokens "
+        "FROM chatd.messages WHERE chat_id = %s AND summary_through_id IS NOT NULL ORDER BY id", (chat,)
+    ).fetchall()
+    assert summaries, "a summary was stored"
+    assert all(r[2:4] == ("system", "model") and r[4] is not None and r[5] for r in summaries), (
+        "a model-only system message with its usage and cost"
+    )
+    assert conn.execute(LEDGER_MISMATCH).fetchone() == (0,), "the ledger equals the sum over messages"
+    conn.execute("SELECT chatd.send_message(owner_id, id, %s) FROM chatd.chats WHERE id = %s",
+                 (Jsonb("one more"), chat))
+    again = claim(conn)
+    assert again["context"]["compact"] is False and again["messages"][1]["id"] == summaries[-1][0]
+    assert all(m["id"] > summaries[-1][1] for m in again["messages"][2:])
+
+
+def claim_context(conn: psycopg.Connection[Any], chat: UUID) -> dict[str, Any]:
+    """What a claim would say of the chat's window, without claiming it."""
+    row = conn.execute("SELECT chatd._context_window(%s)", (chat,)).fetchone()
+    assert row is not None
+    return dict(row[0])

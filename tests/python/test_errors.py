@@ -285,6 +285,18 @@ CASES = [
         400,
     ),
     Case(
+        "anthropic-400-input-and-max-tokens-over-the-limit",
+        lambda: anthropic_error(
+            anthropic.BadRequestError,
+            400,
+            {"type": "invalid_request_error", "message": "input length and `max_tokens` exceed context limit: "
+             "189136 + 20000 > 204648, decrease input length or `max_tokens` and try again"},
+        ),
+        K.context_length,
+        False,
+        400,
+    ),
+    Case(
         "anthropic-404-model",
         lambda: anthropic_error(
             anthropic.NotFoundError, 404, {"type": "not_found_error", "message": "model: nope"}

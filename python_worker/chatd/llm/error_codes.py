@@ -36,14 +36,17 @@ CONTENT_FILTER_CODES = frozenset(
 )
 # The prompt did not fit the model's window: OpenAI's code, and the words of
 # every provider's 400 (Anthropic: "prompt is too long: N tokens > M
-# maximum"; OpenAI-compatible servers: "maximum context length", vLLM's
+# maximum", or "input length and `max_tokens` exceed context limit: N + M >
+# L" when the prompt fits but not with max_tokens beside it; OpenAI
+# Responses: "Your input exceeds the context window of this model";
+# OpenAI-compatible servers: "maximum context length", vLLM's
 # "This model's maximum context length is ...", llama.cpp's "exceeds the
 # available context size"). A 413 is the request's size in bytes, not
 # tokens: config, unless its text speaks of the context.
 CONTEXT_CODES = frozenset({"context_length_exceeded"})
 CONTEXT_TEXT = re.compile(
     r"context.length|context window|context size|prompt is too long|maximum context|too many tokens"
-    r"|reduce the length of the messages|input is too long"
+    r"|reduce the length of the messages|input is too long|exceed context limit"
 )
 CONFIG_CODES = frozenset(
     {

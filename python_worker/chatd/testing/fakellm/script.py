@@ -320,12 +320,19 @@ def prompt_tokens(messages: Sequence[Any], system: Any) -> int:
 
 def context_error(api: str, used: int, window: int) -> HttpError:
     """The 400 each real API returns for a prompt over the model's window
-    (OpenAI Chat Completions and Responses: code context_length_exceeded;
+    (OpenAI Chat Completions: code context_length_exceeded, param messages;
+    OpenAI Responses: the same code, param input, "Your input exceeds the
+    context window of this model...";
     Anthropic: invalid_request_error "prompt is too long: N tokens > M
-    maximum")."""
+    maximum", and the request_id the real API adds beside the error)."""
     if api == "anthropic":
         return HttpError(400, body={"type": "error", "error": {
             "type": "invalid_request_error", "message": f"prompt is too long: {used} tokens > {window} maximum",
+        }, "request_id": "req_fakellm_context"})
+    if api == "responses":
+        return HttpError(400, body={"error": {
+            "message": "Your input exceeds the context window of this model. Please adjust your input and try again.",
+            "type": "invalid_request_error", "param": "input", "code": "context_length_exceeded",
         }})
     return HttpError(400, body={"error": {
         "message": f"This model's maximum context length is {window} tokens. However, your messages "

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +25,7 @@ from worker_support import (
     text_of,
     wait_until,
     worker_config,
+    worker_process,
 )
 
 from chatd.client import ChildrenEvent, Client
@@ -177,21 +176,13 @@ async def _all_running_one(db: str, conn: psycopg.Connection[Any], parent: UUID)
     return len(kids) == 1 and kids[0]["status"] == "running"
 
 
-def _worker_process(db: str, worker_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chatd", "worker", "--database-url", as_role(db, "worker"), "--worker-id", worker_id,
-         "--poll-interval", "0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-    )
-
-
 async def test_sigkill_of_the_worker_running_a_child_loses_nothing(
     db: str, conn: psycopg.Connection[Any], factory: Factory, fake: FakeLLM
 ) -> None:
     parent = agent_chat(conn, factory, fake)
     fake.script(Text("", tool_calls=(spawn("k1", "doomed work"),)), Text("finished after all"))
     fake.script(Hang(60), match="doomed work")
-    proc = _worker_process(db, "doomed")
+    proc = worker_process(db, "doomed")
     try:
         await wait_until(lambda: _all_running_one(db, conn, parent), what="the child to run")
         proc.send_signal(signal.SIGKILL)

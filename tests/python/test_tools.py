@@ -31,6 +31,7 @@ from worker_support import (
     text_of,
     wait_until,
     worker_config,
+    worker_process,
 )
 
 from chatd.client import Client, ToolCallNotPending, ToolCallsEvent
@@ -262,14 +263,6 @@ async def test_the_step_limit_ends_the_turn_with_a_clear_error(
 # ------------------------------------------------------------------ SIGKILL in the loop
 
 
-def _worker_process(db: str, worker_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chatd", "worker", "--database-url", as_role(db, "worker"), "--worker-id", worker_id,
-         "--poll-interval", "0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-    )
-
-
 async def _kill_and_recover(proc: subprocess.Popen[str], conn: psycopg.Connection[Any], worker_id: str) -> None:
     proc.send_signal(signal.SIGKILL)
     await asyncio.to_thread(proc.wait, 30)
@@ -286,7 +279,7 @@ async def test_sigkill_between_a_committed_call_and_its_result_reruns_only_that_
         Text("", tool_calls=(call("f1", "mcp__ex__echo", text="fast"), call("s1", "mcp__ex__sleep", seconds=2))),
         Text("done"),
     )
-    proc = _worker_process(db, "doomed")
+    proc = worker_process(db, "doomed")
     try:
         # f1's result is committed, s1 is running: the worker dies
         await wait_until(lambda: _has_result(db, chat, "f1"), what="the fast call's result")
@@ -311,7 +304,7 @@ async def test_sigkill_between_a_result_and_the_next_step_redoes_only_the_step(
     add_server(conn, "ex", command=stdio_command(calls_log))
     chat = tool_chat(conn, factory, fake, mcp=["ex"])
     fake.script(Text("", tool_calls=(call("r1", "mcp__ex__add", a=2, b=2),)), Hang(60))
-    proc = _worker_process(db, "doomed")
+    proc = worker_process(db, "doomed")
     try:
         await wait_until(lambda: _has_result(db, chat, "r1"), what="the result")
         await wait_until(lambda: _requests(fake, 2), what="the next step to start")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -95,3 +97,12 @@ async def messages(dsn: str, chat_id: UUID, role: str | None = None) -> list[dic
 
 def text_of(content: list[dict[str, Any]]) -> str:
     return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def worker_process(db: str, worker_id: str) -> subprocess.Popen[str]:
+    """A real `chatd worker` process (for SIGKILL tests), as a chatd_worker login."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatd", "worker", "--database-url", as_role(db, "worker"), "--worker-id", worker_id,
+         "--poll-interval", "0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )

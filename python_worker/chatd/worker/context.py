@@ -9,7 +9,6 @@ is lost, the messages stay."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from chatd.llm import ChatError, ChatErrorKind, ChatTurnError, Finished, PromptMessage, TextDelta
+from chatd.llm.content import parts, tool_text
 from chatd.protocol import queries
 from chatd.worker.output import usage_json
 
@@ -42,7 +42,7 @@ SUMMARY_INSTRUCTIONS = (
 
 def transcript(summary: Sequence[Mapping[str, Any]] | None, messages: Sequence[Mapping[str, Any]]) -> str:
     """The part to summarize as one text: the current summary first, then
-    each message as `role: text`, tool calls and results as JSON (one user
+    each message as `role: text`, tool calls and results as text (one user
     message, so no provider sees a tool result without its call)."""
     lines: list[str] = []
     if summary:
@@ -52,20 +52,14 @@ def transcript(summary: Sequence[Mapping[str, Any]] | None, messages: Sequence[M
     return "\n\n".join(lines)
 
 
-def _text(content: Sequence[Mapping[str, Any]] | Any) -> str:
-    if not isinstance(content, list):
-        return str(content)
+def _text(content: Sequence[Mapping[str, Any]] | str) -> str:
+    """Text parts as they are, tool calls and results as the plain text the
+    provider adapters use for them (chatd.llm.content.tool_text)."""
     out = []
-    for part in content:
-        kind = part.get("type")
-        if kind == "text":
-            out.append(str(part.get("text", "")))
-        elif kind == "tool-call":
-            out.append(f"[call {part.get('tool_name')} {json.dumps(part.get('input'), ensure_ascii=False)}]")
-        elif kind == "tool-result":
-            output = part.get("output")
-            shown = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
-            out.append(f"[result of {part.get('tool_name')}: {shown}]")
+    for part in parts(content):
+        rendered = str(part.get("text", "")) if part.get("type") == "text" else tool_text(part)
+        if rendered:
+            out.append(rendered)
     return " ".join(out)
 
 

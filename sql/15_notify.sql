@@ -233,9 +233,22 @@ $$;
 -- the row: all rows of one statement yield the same payload, which
 -- PostgreSQL delivers once per transaction (identical payloads on one
 -- channel are folded). So a statement notifies once per chat.
+--
+-- The message trigger is deferred to commit: a transaction that also
+-- writes the chat row (finish_turn, send_message, edit_message: most of
+-- them, after their messages) then needs no touch of its own, one chat-row
+-- update fewer (never HOT: updated_at is in chats_owner_idx). Its
+-- notification then carries the chat's final version and newest message,
+-- like the status notification of that write. When the chat row was not
+-- written (save_interrupted_turn, a tool round), the touch happens at
+-- commit.
+-- SECURITY DEFINER: at commit the trigger runs as the committing login (a
+-- worker or app role with no rights on chats), no longer inside the
+-- SECURITY DEFINER function that wrote the message; a trigger function
+-- cannot be called directly.
 CREATE OR REPLACE FUNCTION chatd.messages_notify()
 RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
@@ -266,8 +279,10 @@ $$;
 DROP TRIGGER IF EXISTS messages_notify_insert ON chatd.messages;
 DROP TRIGGER IF EXISTS messages_notify_update ON chatd.messages;
 
-CREATE OR REPLACE TRIGGER messages_notify
+DROP TRIGGER IF EXISTS messages_notify ON chatd.messages;
+CREATE CONSTRAINT TRIGGER messages_notify
 AFTER INSERT OR UPDATE ON chatd.messages
+DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION chatd.messages_notify();
 
 CREATE OR REPLACE FUNCTION chatd.queue_notify()

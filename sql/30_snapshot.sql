@@ -231,6 +231,9 @@ BEGIN
             WHERE p_newest
         ) AS p
         INNER JOIN chatd.messages AS m ON m.id = p.id
+        -- messages_chat_idx bounds the join to this chat (a join with the
+        -- function's rows may be planned as a hash join over the messages)
+        WHERE m.chat_id = c.id
     ) AS page
     CROSS JOIN LATERAL chatd._running_parts(c.id, c.lease, c.status = 'running') AS parts
     WHERE c.id = p_chat_id;

@@ -200,8 +200,11 @@ class Subscription:
             # or a sub-agent changed, only if the authorized re-read says so
             # (a child hint carries no version of this chat)
             return await self._refresh()
-        if version <= self.last_version and not self._stale:
-            return []  # already reflected in what was emitted
+        if version <= self.last_version and not self._stale and not self._full:
+            # already reflected in what was emitted; an edit hint (_full) is
+            # not: the message notifications of a transaction come at its
+            # commit, after the status one of the same version
+            return []
         return await self._refresh()
 
     def _is_edit(self, item: _Item) -> bool:

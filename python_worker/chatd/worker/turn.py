@@ -217,8 +217,7 @@ class TurnRun:
                 return
             turn.finishing = True
             final = self.result(finished)
-            if not await self._publish_and_finish(final):
-                await self.flush()
+            if not await self._finish_batched(final):
                 await self._write_result(queries.FINISH_TURN, final, claim)
             self.worker.metrics.turn_ended("finished", self.elapsed())
         except ChatTurnError as failure:
@@ -250,16 +249,17 @@ class TurnRun:
             if loop is not None:
                 await loop.aclose()
 
-    async def _publish_and_finish(self, final: Mapping[str, Any]) -> bool:
-        """The last streamed parts and finish_turn, batched with the other
-        turns finishing now (FinishBatcher): one statement and one commit for
-        all of them. False when the batch failed with anything but this turn's
-        lost lease: the caller then takes the two-step path (flush, then
-        finish_turn with its retries), which handles every outcome."""
-        output, claim = self.output, self.claim
-        async with self.flush_lock:  # a straggler flush may be in flight
-            parts, size = output.pending, output.pending_bytes
-            output.pending, output.pending_bytes = [], 0
+    async def _finish_batched(self, final: Mapping[str, Any]) -> bool:
+        """finish_turn, batched with the other turns finishing now
+        (FinishBatcher): one statement and one commit for all of them. The
+        parts not yet published are dropped, not published: the final
+        message, committed with the status in the same transaction, holds
+        everything they would show (a stream_parts row and a notification
+        per turn saved; docs/benchmarks.md). False when the batch failed with
+        anything but this turn's lost lease: the caller then takes the
+        one-by-one path (finish_turn with its retries), which handles every
+        outcome."""
+        claim = self.claim
         item: dict[str, Any] = {
             "chat_id": str(claim.chat_id),
             "lease": claim.lease,
@@ -269,16 +269,13 @@ class TurnRun:
             "runtime_ms": final["runtime_ms"],
             "finish_reason": final["finish_reason"],
         }
-        if parts:
-            item.update(seq=self.seq, parts=parts)
+        async with self.flush_lock:  # a straggler flush may be in flight
+            self.output.pending, self.output.pending_bytes = [], 0
         try:
             await self.worker.finisher.finish(item)
         except BatchFailed as exc:
             log.info("chat %s: batched finish failed, finishing alone: %s", claim.chat_id, exc)
-            output.pending[:0], output.pending_bytes = parts, output.pending_bytes + size
             return False
-        if parts:
-            self.worker.metrics.published(len(parts))
         return True
 
     async def _write_result(self, query: str, params: Mapping[str, Any], claim: Claim) -> None:

@@ -83,8 +83,16 @@ async def test_a_parent_spawns_three_children_on_two_workers_and_continues_with_
     async with running_worker(worker_config(db, worker_id="w1", max_chats=1)) as w1, \
             running_worker(worker_config(db, worker_id="w2", max_chats=1)) as w2:
         await wait_until(lambda: _answered(db, parent, "here is the plan"), what="the parent's final answer")
-        finished = [w.metrics.registry.get_sample_value("chatd_worker_turns_total", {"outcome": "finished"}) or 0
+
+        def finished_per_worker() -> list[float]:
+            return [w.metrics.registry.get_sample_value("chatd_worker_turns_total", {"outcome": "finished"}) or 0
                     for w in (w1, w2)]
+
+        async def all_counted() -> bool:  # a worker counts a turn just after its commit
+            return sum(finished_per_worker()) >= 4
+
+        await wait_until(all_counted, timeout=10, what="the workers to count the four turns")
+        finished = finished_per_worker()
     kids = children(conn, parent)
     assert [k["call"] for k in kids] == ["a1", "a2", "a3"]
     assert {k["status"] for k in kids} == {"waiting"}
@@ -185,6 +193,11 @@ async def test_sigkill_of_the_worker_running_a_child_loses_nothing(
     proc = worker_process(db, "doomed")
     try:
         await wait_until(lambda: _all_running_one(db, conn, parent), what="the child to run")
+
+        async def child_asked() -> bool:  # the hanging reply was taken, not left for the rerun
+            return any(r.last_user_text == "doomed work" for r in fake.requests)
+
+        await wait_until(child_asked, what="the child's request to reach the provider")
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 30)
     finally:

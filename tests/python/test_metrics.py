@@ -96,7 +96,8 @@ async def test_turns_failures_and_probes_on_the_metrics_port(
     owner = factory.user(org=org)
     port = free_port()
     async with running_worker(worker_config(db, metrics_port=port)) as worker:
-        fake.script(Text("hello there", chunks=3, usage=FakeUsage(5, 2)))
+        # streamed for longer than the flush interval: parts are published
+        fake.script(Text("hello there", chunks=3, delay=0.06, usage=FakeUsage(5, 2)))
         ok = factory.chat(owner, org=org, model=model, text="hi")
         await wait_until(lambda: status_is(db, ok, "waiting"), what="the turn to finish")
         fake.script(HttpError(401))

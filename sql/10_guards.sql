@@ -19,10 +19,11 @@
 -- comparison: the guard trigger calls this on every chat update.
 CREATE OR REPLACE FUNCTION chatd.transition_allowed(p_from chatd.chat_status, p_to chatd.chat_status)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT p_from = p_to
+BEGIN
+    RETURN p_from = p_to
         OR p_from::text || '>' || p_to::text IN (
             -- send_message (idle, empty queue), edit_message
             'waiting>pending',
@@ -64,7 +65,8 @@ AS $$
             -- interrupt_chat, archive_chat, delete_chat (the pending spawn
             -- calls are cancelled)
             'awaiting_agents>waiting'
-        )
+        );
+END
 $$;
 
 -- Every allowed (from, to) pair with from <> to, as a table (for documents

@@ -120,35 +120,41 @@ $$;
 
 CREATE OR REPLACE FUNCTION chatd._chat_channel(p_chat_id uuid)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT 'chatd_chat_' || p_chat_id::text
+BEGIN
+    RETURN 'chatd_chat_' || p_chat_id::text;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION chatd._user_channel(p_user_id uuid)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT 'chatd_user_' || p_user_id::text
+BEGIN
+    RETURN 'chatd_user_' || p_user_id::text;
+END
 $$;
 
 -- A ChatError trimmed for notification payloads: message and detail cut to
 -- 300 characters, only scalar fields kept.
 CREATE OR REPLACE FUNCTION chatd._short_error(p_error jsonb)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT CASE WHEN p_error IS NULL THEN NULL ELSE jsonb_strip_nulls(jsonb_build_object(
+BEGIN
+    RETURN CASE WHEN p_error IS NULL THEN NULL ELSE jsonb_strip_nulls(jsonb_build_object(
         'message', left(p_error ->> 'message', 300),
         'kind', p_error ->> 'kind',
         'provider', left(p_error ->> 'provider', 100),
         'retryable', p_error -> 'retryable',
         'status_code', p_error -> 'status_code',
         'detail', left(p_error ->> 'detail', 300)
-    )) END
+    )) END;
+END
 $$;
 
 -- True when the row version with this xmin was written by the current
@@ -156,10 +162,12 @@ $$;
 -- committed snapshot, so a touch is not needed.
 CREATE OR REPLACE FUNCTION chatd._written_by_this_xact(p_xmin xid)
 RETURNS boolean
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT p_xmin = pg_current_xact_id()::xid
+BEGIN
+    RETURN p_xmin = pg_current_xact_id()::xid;
+END
 $$;
 
 -- Validates a ChatError (DESIGN.md section 6) and returns it: an object of

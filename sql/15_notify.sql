@@ -24,10 +24,11 @@
 
 CREATE OR REPLACE FUNCTION chatd._chat_payload(p_kind text, p_chat chatd.chats)
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN jsonb_build_object(
         'kind', p_kind,
         'chat_id', p_chat.id,
         'version', p_chat.version,
@@ -36,15 +37,17 @@ AS $$
         'worker_id', p_chat.worker_id,
         'lease', p_chat.lease,
         'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = p_chat.id)
-    )
+    );
+END
 $$;
 
 CREATE OR REPLACE FUNCTION chatd._owner_payload(p_kind text, p_chat chatd.chats)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN jsonb_build_object(
         'kind', p_kind,
         'chat_id', p_chat.id,
         'version', p_chat.version,
@@ -52,7 +55,8 @@ AS $$
         'archived', p_chat.archived,
         'parent_chat_id', p_chat.parent_chat_id,
         'organization_id', p_chat.organization_id
-    )
+    );
+END
 $$;
 
 -- The hint on a parent's channel that one of its sub-agent chats was
@@ -62,17 +66,19 @@ $$;
 -- parent did not change); subscribers re-read the parent's snapshot.
 CREATE OR REPLACE FUNCTION chatd._child_payload(p_child chatd.chats)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN jsonb_build_object(
         'kind', 'child',
         'chat_id', p_child.parent_chat_id,
         'child_chat_id', p_child.id,
         'status', p_child.status,
         'archived', p_child.archived,
         'child_version', p_child.version
-    )
+    );
+END
 $$;
 
 -- The error of a retry or error notification: its kind and whether it is
@@ -80,13 +86,15 @@ $$;
 -- subscribers read last_error through get_chat_snapshot).
 CREATE OR REPLACE FUNCTION chatd._error_hint(p_error jsonb)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT CASE WHEN p_error IS NULL THEN NULL ELSE jsonb_strip_nulls(jsonb_build_object(
+BEGIN
+    RETURN CASE WHEN p_error IS NULL THEN NULL ELSE jsonb_strip_nulls(jsonb_build_object(
         'kind', left(p_error ->> 'kind', 50),
         'retryable', CASE WHEN jsonb_typeof(p_error -> 'retryable') = 'boolean' THEN p_error -> 'retryable' END
-    )) END
+    )) END;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION chatd.chats_notify()

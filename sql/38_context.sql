@@ -26,13 +26,15 @@ CREATE OR REPLACE FUNCTION chatd._message_tokens(
     p_role chatd.message_role, p_content jsonb, p_output_tokens bigint, p_reasoning_tokens bigint
 )
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT greatest(
+BEGIN
+    RETURN greatest(
         ceil(octet_length(p_content::text) / 4.0)::bigint + 4,
         CASE WHEN p_role = 'assistant' THEN coalesce(p_output_tokens, 0) - coalesce(p_reasoning_tokens, 0) END
-    )
+    );
+END
 $$;
 
 -- Trigger: keeps messages.tokens (_message_tokens) on every insert and

@@ -405,10 +405,11 @@ $$;
 -- as admit_spend's DETAIL in detail. NULL for NULL (admitted).
 CREATE OR REPLACE FUNCTION chatd._usage_limit_error(p_refusal jsonb)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
-    SELECT CASE WHEN p_refusal IS NOT NULL THEN jsonb_build_object(
+BEGIN
+    RETURN CASE WHEN p_refusal IS NOT NULL THEN jsonb_build_object(
         'message', format(
             'chat spend limit reached: %s of %s micro-dollars spent this period; '
             'the queued message was not sent (the limit, %s tier, resets at %s)',
@@ -421,7 +422,8 @@ AS $$
         'limit_micros', p_refusal -> 'limit_micros',
         'resets_at', p_refusal -> 'resets_at',
         'detail', (p_refusal - 'source')::text
-    ) END
+    ) END;
+END
 $$;
 
 -- Admission check, called by create_chat, send_message (every message,

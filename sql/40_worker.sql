@@ -143,12 +143,10 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, chatd, pg_temp
--- planned for its limit at every call: the generic plan (LIMIT unknown) was
--- about 1.6 times slower than planning anew (docs/benchmarks.md)
-SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_disabled uuid[];
+    v_ids uuid[];
 BEGIN
     IF p_worker_id IS NULL OR length(p_worker_id) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'invalid worker id %', p_worker_id USING ERRCODE = 'CD007';
@@ -160,29 +158,35 @@ BEGIN
     -- before any chat row, so a claim never waits on a chat while holding it
     PERFORM chatd._worker_alive(p_worker_id);
     v_disabled := chatd._fail_disabled_model_chats();
+    -- The scan is a statement of its own: its cost depends on the limit and
+    -- the disabled models, so PL/pgSQL keeps planning it for them (a generic
+    -- plan sorted every due chat); the big statement below, which only
+    -- looks chats up by id, keeps one cached plan.
+    v_ids := ARRAY(
+        WITH candidates AS (
+            SELECT c.id
+            FROM chatd.chats AS c
+            WHERE c.status = 'pending' AND NOT c.archived AND c.next_attempt_at <= now()
+                AND c.model_config_id <> ALL (v_disabled)
+            -- chats_runnable_idx order, nothing more: with a tie-breaker the
+            -- planner sorts every due chat under the row locks (LockRows sits
+            -- between the LIMIT and the sort), a claim linear in the backlog
+            -- (20 ms at 30,000 pending); ties go in index order
+            ORDER BY c.next_attempt_at
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT candidates.id FROM candidates
+    );
     RETURN QUERY
-    WITH candidates AS (
-        SELECT c.id
-        FROM chatd.chats AS c
-        WHERE c.status = 'pending' AND NOT c.archived AND c.next_attempt_at <= now()
-            AND c.model_config_id <> ALL (v_disabled)
-        -- chats_runnable_idx order, nothing more: with a tie-breaker the
-        -- planner sorts every due chat under the row locks (LockRows sits
-        -- between the LIMIT and the sort), a claim linear in the backlog
-        -- (20 ms at 30,000 pending); ties go in index order
-        ORDER BY c.next_attempt_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    ),
-    claimed AS (
+    WITH claimed AS (
         UPDATE chatd.chats AS c
         SET status = 'running',
             worker_id = p_worker_id,
             lease = c.lease + 1,
             started_at = now(),
             heartbeat_at = now()
-        FROM candidates
-        WHERE c.id = candidates.id
+        WHERE c.id = ANY (v_ids)
         RETURNING c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at, c.summary_message_id
     )
     SELECT

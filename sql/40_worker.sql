@@ -512,6 +512,56 @@ BEGIN
 END
 $$;
 
+-- The checked values of a turn's assistant message: its content (a
+-- finished step, p_finish_reason given, may have none: []), token counts
+-- and cost at the prices of p_chat.model_config_id, and whether the counts
+-- are the worker's estimate (usage {"estimated": true}). CD007 for an
+-- unknown finish reason, bad content, a negative runtime or bad usage.
+-- The one home of these checks: _insert_turn_messages (one turn) and
+-- finish_turns (a batch) both insert what this returns.
+CREATE OR REPLACE FUNCTION chatd._reply_values(
+    p_chat chatd.chats,
+    p_content jsonb,
+    p_usage jsonb,
+    p_runtime_ms bigint,
+    p_finish_reason text,
+    OUT o_content jsonb,
+    OUT o_input bigint,
+    OUT o_output bigint,
+    OUT o_reasoning bigint,
+    OUT o_cache_read bigint,
+    OUT o_cache_write bigint,
+    OUT o_cost bigint,
+    OUT o_estimated boolean
+)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, chatd, pg_temp
+AS $$
+DECLARE
+    v_usage jsonb := coalesce(p_usage, '{}'::jsonb);
+BEGIN
+    IF p_finish_reason IS NOT NULL
+        AND p_finish_reason NOT IN ('stop', 'length', 'content_filter', 'tool_calls', 'other') THEN
+        RAISE EXCEPTION 'invalid finish_reason % for chat %: expected stop, length, content_filter, tool_calls or other',
+            left(p_finish_reason, 100), p_chat.id
+            USING ERRCODE = 'CD007';
+    END IF;
+    IF p_finish_reason IS NOT NULL AND p_content = '[]'::jsonb THEN
+        o_content := p_content;  -- a finished step with nothing to show
+    ELSE
+        o_content := chatd._content(p_content);
+    END IF;
+    IF p_runtime_ms < 0 THEN
+        RAISE EXCEPTION 'invalid runtime_ms % for chat %', p_runtime_ms, p_chat.id USING ERRCODE = 'CD007';
+    END IF;
+    SELECT u.o_input, u.o_output, u.o_reasoning, u.o_cache_read, u.o_cache_write
+    INTO o_input, o_output, o_reasoning, o_cache_read, o_cache_write
+    FROM chatd._usage_tokens(p_chat.id, v_usage) AS u;
+    o_cost := chatd.message_cost_micros(p_chat.model_config_id, o_input, o_output, o_cache_read, o_cache_write);
+    o_estimated := coalesce(v_usage -> 'estimated' = 'true'::jsonb, FALSE);
+END
+$$;
+
 -- Inserts the messages of a finished or interrupted turn: the tool-round
 -- messages first (in order), then the assistant message carrying usage,
 -- cost (at the prices of p_chat.model_config_id), runtime and finish
@@ -542,33 +592,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 DECLARE
-    v_usage jsonb := coalesce(p_usage, '{}'::jsonb);
-    v_input bigint;
-    v_output bigint;
-    v_reasoning bigint;
-    v_cache_read bigint;
-    v_cache_write bigint;
-    v_content jsonb;
+    v_reply record;
     v_tool jsonb;
     v_id bigint;
 BEGIN
-    IF p_finish_reason IS NOT NULL
-        AND p_finish_reason NOT IN ('stop', 'length', 'content_filter', 'tool_calls', 'other') THEN
-        RAISE EXCEPTION 'invalid finish_reason % for chat %: expected stop, length, content_filter, tool_calls or other',
-            left(p_finish_reason, 100), p_chat.id
-            USING ERRCODE = 'CD007';
-    END IF;
-    IF p_finish_reason IS NOT NULL AND p_content = '[]'::jsonb THEN
-        v_content := p_content;  -- a finished step with nothing to show
-    ELSE
-        v_content := chatd._content(p_content);
-    END IF;
-    IF p_runtime_ms < 0 THEN
-        RAISE EXCEPTION 'invalid runtime_ms % for chat %', p_runtime_ms, p_chat.id USING ERRCODE = 'CD007';
-    END IF;
-    SELECT u.o_input, u.o_output, u.o_reasoning, u.o_cache_read, u.o_cache_write
-    INTO v_input, v_output, v_reasoning, v_cache_read, v_cache_write
-    FROM chatd._usage_tokens(p_chat.id, v_usage) AS u;
+    SELECT * INTO v_reply FROM chatd._reply_values(p_chat, p_content, p_usage, p_runtime_ms, p_finish_reason) AS r;
     IF jsonb_typeof(coalesce(p_tool_messages, '[]'::jsonb)) <> 'array' THEN
         RAISE EXCEPTION 'invalid tool messages for chat %: expected an array', p_chat.id USING ERRCODE = 'CD007';
     END IF;
@@ -593,11 +621,10 @@ BEGIN
         total_cost_micros, runtime_ms, provider_response_id, visibility, finish_reason, usage_estimated
     )
     VALUES (
-        p_chat.id, 'assistant', v_content, p_chat.model_config_id,
-        v_input, v_output, v_reasoning, v_cache_read, v_cache_write,
-        chatd.message_cost_micros(p_chat.model_config_id, v_input, v_output, v_cache_read, v_cache_write),
-        p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both'), p_finish_reason,
-        coalesce(v_usage -> 'estimated' = 'true'::jsonb, FALSE)
+        p_chat.id, 'assistant', v_reply.o_content, p_chat.model_config_id,
+        v_reply.o_input, v_reply.o_output, v_reply.o_reasoning, v_reply.o_cache_read, v_reply.o_cache_write,
+        v_reply.o_cost, p_runtime_ms, p_provider_response_id, coalesce(p_visibility, 'both'), p_finish_reason,
+        v_reply.o_estimated
     )
     RETURNING id INTO v_id;
     RETURN v_id;
@@ -915,6 +942,8 @@ DECLARE
     v_lease bigint;
     v_fenced boolean;
     v_ids uuid[];
+    v_plain uuid[];
+    v_replies bigint[];
 BEGIN
     IF jsonb_typeof(p_turns) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'finish_turns: turns must be a JSON array' USING ERRCODE = 'CD007';
@@ -937,6 +966,62 @@ BEGIN
                 AND EXISTS (SELECT 1 FROM chatd.queued_messages AS q WHERE q.chat_id = c.id)
         ));
     END IF;
+    -- The plain turns, finished together: the lease holds, the chat is in
+    -- the batch once, has no queued message and no parent waiting for it
+    -- (whose lock the answer trigger takes), and the turn has no parts and
+    -- no content_filter finish. What finish_turn does for them (messages
+    -- first, then the chat to waiting with the lease bumped), in one INSERT
+    -- and one UPDATE for the batch instead of one of each per turn: each
+    -- statement's start (constraints, triggers) is paid once. Every other
+    -- turn goes through finish_turn below.
+    v_plain := ARRAY(
+        SELECT c.id
+        FROM (
+            SELECT e.value, count(*) OVER (PARTITION BY e.value ->> 'chat_id') AS times
+            FROM jsonb_array_elements(p_turns) AS e (value)
+        ) AS t
+        INNER JOIN chatd.chats AS c ON c.id = (t.value ->> 'chat_id')::uuid AND c.id = ANY (v_ids)
+        WHERE t.times = 1 AND c.status = 'running' AND c.lease = (t.value ->> 'lease')::bigint
+            AND NOT t.value ? 'parts'
+            AND (t.value ->> 'finish_reason') IS DISTINCT FROM 'content_filter'
+            AND c.parent_tool_call_id IS NULL
+            AND NOT EXISTS (SELECT 1 FROM chatd.queued_messages AS q WHERE q.chat_id = c.id)
+    );
+    IF cardinality(v_plain) > 0 THEN
+        WITH written AS (
+            INSERT INTO chatd.messages AS m (
+                chat_id, role, content, model_config_id,
+                input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
+                total_cost_micros, runtime_ms, provider_response_id, visibility, finish_reason, usage_estimated
+            )
+            SELECT
+                c.id, 'assistant', r.o_content, c.model_config_id,
+                r.o_input, r.o_output, r.o_reasoning, r.o_cache_read, r.o_cache_write,
+                r.o_cost, (e.value ->> 'runtime_ms')::bigint, e.value ->> 'provider_response_id', 'both',
+                e.value ->> 'finish_reason', r.o_estimated
+            FROM jsonb_array_elements(p_turns) AS e (value)
+            INNER JOIN chatd.chats AS c ON c.id = (e.value ->> 'chat_id')::uuid AND c.id = ANY (v_plain)
+            CROSS JOIN LATERAL chatd._reply_values(
+                c, e.value -> 'content', coalesce(e.value -> 'usage', '{}'), (e.value ->> 'runtime_ms')::bigint,
+                e.value ->> 'finish_reason'
+            ) AS r
+            ORDER BY c.id
+            RETURNING m.chat_id, m.id
+        )
+        SELECT array_agg(w.chat_id), array_agg(w.id) INTO v_plain, v_replies FROM written AS w;
+        UPDATE chatd.chats AS c
+        SET (
+            status, worker_id, heartbeat_at, lease, attempt, recoveries, retry_state, last_error,
+            next_attempt_at, interrupted_lease, interrupted_model_config_id, interrupted_last_message_id,
+            model_config_id
+        ) = (
+            SELECT r.status, r.worker_id, r.heartbeat_at, r.lease, r.attempt, r.recoveries, r.retry_state,
+                r.last_error, r.next_attempt_at, r.interrupted_lease, r.interrupted_model_config_id,
+                r.interrupted_last_message_id, r.model_config_id
+            FROM chatd._turn_reset(c, 'waiting', p_bump_lease => TRUE) AS r
+        )
+        WHERE c.id = ANY (v_plain);
+    END IF;
     -- in that lock order (v_ids now holds the locked chats in it), turns of
     -- unknown chats last; no join with chatd.chats, whose plan for a batch
     -- of unknown size was a hash join over a sequential scan of every chat
@@ -948,8 +1033,13 @@ BEGIN
     LOOP
         v_chat_id := (v_turn ->> 'chat_id')::uuid;
         v_lease := (v_turn ->> 'lease')::bigint;
-        v_fenced := (chatd._fenced_chat(v_chat_id, v_lease, 'finish_turns', 'try')).id IS NOT NULL;
         chat_id := v_chat_id;
+        IF v_chat_id = ANY (v_plain) THEN
+            message_id := v_replies[array_position(v_plain, v_chat_id)];  -- finished above
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        v_fenced := (chatd._fenced_chat(v_chat_id, v_lease, 'finish_turns', 'try')).id IS NOT NULL;
         IF NOT v_fenced THEN
             message_id := NULL;  -- lease lost (or no such chat): nothing written
         ELSE

@@ -85,6 +85,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._check_worker_login(text)', 'owner'),
 ('chatd._fail_disabled_model_chats()', 'owner'),
 ('chatd._usage_tokens(uuid,jsonb)', 'owner'),
+('chatd._reply_values(chatd.chats,jsonb,jsonb,bigint,text)', 'owner'),
 ('chatd._promote_queue_head(uuid)', 'owner'),
 -- reporting: called by the spend views, which run functions as the reader
 ('chatd.resolve_spend_limit(uuid,uuid)', 'reporting'),

@@ -353,6 +353,39 @@ async def test_after_message_id_and_edits(client: Client, setup: Setup,
         assert [type(e) for e in events].count(MessagesDeletedEvent) == 1
 
 
+async def test_an_edit_hint_after_the_status_hint_of_its_version_still_shows_the_deletion(
+    client: Client, setup: Setup, conn: psycopg.Connection[Any]
+) -> None:
+    """The message hints of a transaction are sent at its commit, after the
+    status hint of the same version, and the hub may hand them over apart:
+    an edit's hint must still make the subscription re-read everything."""
+    chat = await client.create_chat(setup.user, setup.org, "one")
+    answer = finish(conn, chat, acquire(conn)[chat], "two")
+    async with client.subscribe(setup.user, chat) as sub:
+        initial = await until(sub, lambda e: isinstance(e, StatusEvent))
+        ids = [e.message.id for e in initial if isinstance(e, MessageEvent)]
+        assert ids == [ids[0], answer]
+        # the edit with its status hint only (its message hints held back)
+        conn.execute("ALTER TABLE chatd.messages DISABLE TRIGGER messages_notify")
+        try:
+            await client.edit_message(setup.user, chat, ids[0], "one, edited")
+        finally:
+            conn.execute("ALTER TABLE chatd.messages ENABLE TRIGGER messages_notify")
+        events = await until(sub, is_status("pending"))
+        assert not any(isinstance(e, MessagesDeletedEvent) for e in events)
+        status = events[-1]
+        assert isinstance(status, StatusEvent)
+        # ... then the edit's own hint, of the version already read
+        sub._queue.put_nowait({
+            "kind": "message", "op": "update", "chat_id": str(chat), "version": status.version,
+            "status": "pending",
+        })
+        events = await until(sub, lambda e: isinstance(e, MessagesDeletedEvent))
+    deleted = events[-1]
+    assert isinstance(deleted, MessagesDeletedEvent)
+    assert deleted.message_ids == ids
+
+
 async def test_delete_chat_ends_the_subscription_with_a_chat_deleted_event(
     client: Client, setup: Setup, conn: psycopg.Connection[Any]
 ) -> None:

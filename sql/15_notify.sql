@@ -218,7 +218,9 @@ AFTER DELETE ON chatd.chats
 FOR EACH ROW EXECUTE FUNCTION chatd.chats_notify();
 
 -- Touches the chat unless this transaction already wrote it, and returns
--- the chat row (NULL fields when the chat is gone). A returned version 1
+-- the chat row (NULL fields when the chat is gone, or deleted by an earlier
+-- transaction: chats_guard drops every update of a deleted chat, and the
+-- callers treat both alike). A returned version 1
 -- means the chat was created by this transaction: its "created"
 -- notification covers its first messages.
 CREATE OR REPLACE FUNCTION chatd._touch_chat(p_chat_id uuid)
@@ -229,10 +231,17 @@ AS $$
 DECLARE
     v_chat chatd.chats;
 BEGIN
+    -- written by this transaction (the common case at commit: the caller
+    -- wrote the chat after its messages): one read, no touch
+    SELECT c.* INTO v_chat FROM chatd.chats AS c
+    WHERE c.id = p_chat_id AND chatd._written_by_this_xact(c.xmin);
+    IF FOUND THEN
+        RETURN v_chat;
+    END IF;
     UPDATE chatd.chats AS c SET version = c.version + 1
-    WHERE c.id = p_chat_id AND NOT chatd._written_by_this_xact(c.xmin);
-    SELECT c.* INTO v_chat FROM chatd.chats AS c WHERE c.id = p_chat_id;
-    RETURN v_chat;
+    WHERE c.id = p_chat_id AND NOT chatd._written_by_this_xact(c.xmin)
+    RETURNING c.* INTO v_chat;
+    RETURN v_chat;  -- NULL fields: the chat is gone
 END
 $$;
 

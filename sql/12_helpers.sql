@@ -157,16 +157,20 @@ BEGIN
 END
 $$;
 
--- True when the row version with this xmin was written by the current
--- (top-level) transaction: the chat already has a version newer than any
--- committed snapshot, so a touch is not needed.
-CREATE OR REPLACE FUNCTION chatd._written_by_this_xact(p_xmin xid)
+-- True when the chat row version with this xmin and updated_at has a
+-- version given by the current (top-level) transaction: chats_20_version
+-- sets updated_at to now() with every new version, and a heartbeat-only or
+-- no-op write keeps both version and updated_at. Such a chat already has a
+-- version newer than any committed snapshot, so a touch is not needed; a
+-- chat this transaction wrote without a new version still needs one.
+DROP FUNCTION IF EXISTS chatd._written_by_this_xact(xid);
+CREATE OR REPLACE FUNCTION chatd._versioned_by_this_xact(p_xmin xid, p_updated_at timestamptz)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, chatd, pg_temp
 AS $$
 BEGIN
-    RETURN p_xmin = pg_current_xact_id()::xid;
+    RETURN p_xmin = pg_current_xact_id()::xid AND p_updated_at = now();
 END
 $$;
 

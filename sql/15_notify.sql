@@ -217,7 +217,9 @@ CREATE OR REPLACE TRIGGER chats_30_notify_delete
 AFTER DELETE ON chatd.chats
 FOR EACH ROW EXECUTE FUNCTION chatd.chats_notify();
 
--- Touches the chat unless this transaction already wrote it, and returns
+-- Touches the chat unless this transaction already gave it a new version
+-- (a heartbeat-only write does not count: see _versioned_by_this_xact), and
+-- returns
 -- the chat row (NULL fields when the chat is gone, or deleted by an earlier
 -- transaction: chats_guard drops every update of a deleted chat, and the
 -- callers treat both alike). A returned version 1
@@ -231,15 +233,15 @@ AS $$
 DECLARE
     v_chat chatd.chats;
 BEGIN
-    -- written by this transaction (the common case at commit: the caller
+    -- versioned by this transaction (the common case at commit: the caller
     -- wrote the chat after its messages): one read, no touch
     SELECT c.* INTO v_chat FROM chatd.chats AS c
-    WHERE c.id = p_chat_id AND chatd._written_by_this_xact(c.xmin);
+    WHERE c.id = p_chat_id AND chatd._versioned_by_this_xact(c.xmin, c.updated_at);
     IF FOUND THEN
         RETURN v_chat;
     END IF;
     UPDATE chatd.chats AS c SET version = c.version + 1
-    WHERE c.id = p_chat_id AND NOT chatd._written_by_this_xact(c.xmin)
+    WHERE c.id = p_chat_id AND NOT chatd._versioned_by_this_xact(c.xmin, c.updated_at)
     RETURNING c.* INTO v_chat;
     RETURN v_chat;  -- NULL fields: the chat is gone
 END
@@ -274,6 +276,23 @@ BEGIN
     IF TG_OP = 'UPDATE' AND (NEW.deleted, NEW.content, NEW.visibility) IS NOT DISTINCT FROM
         (OLD.deleted, OLD.content, OLD.visibility) THEN
         RETURN NULL;
+    END IF;
+    -- An inserted message is already named by the notification of a chat
+    -- write that came after it in this transaction (the reply before the
+    -- status change of a finish, the message before the start of a turn):
+    -- that write bumped the version (updated_at is now()) and its status
+    -- notification read last_message_id after this insert (a later command
+    -- id). One notification per turn fewer; an edit's soft deletes (UPDATE)
+    -- still notify, since subscribers must re-read for them.
+    IF TG_OP = 'INSERT' THEN
+        PERFORM FROM chatd.chats AS c
+        WHERE
+            c.id = NEW.chat_id
+            AND chatd._versioned_by_this_xact(c.xmin, c.updated_at)
+            AND c.cmin::text::bigint > (SELECT m.cmin::text::bigint FROM chatd.messages AS m WHERE m.id = NEW.id);
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
     v_chat := chatd._touch_chat(NEW.chat_id);
     -- gone or deleted (delete_chat wiping it: "deleted" said it all), or

@@ -87,15 +87,10 @@ def test_each_function_emits_exactly_its_notifications(
         events = cap.drain()
         # the queue change, then the status (running -> pending, queue head
         # promoted; written after the messages, so it names the promoted
-        # message); the message hint comes at commit (a deferred trigger: the
-        # status write made a touch of its own needless) with the final
-        # version, one for both messages of the transaction
-        assert kinds(events) == [
-            ("chat", "queue"), ("chat", "status"), ("user", "status"), ("wake", "wake"), ("chat", "message"),
-        ]
-        assert [p["version"] for c, p in events if c == "chat"] == [4, 5, 5]
-        assert events[1][1]["last_message_id"] == msg + 1
-        assert events[4][1]["last_message_id"] == msg + 1 and events[4][1]["status"] == "pending"
+        # message, and no message hint repeats it)
+        assert kinds(events) == [("chat", "queue"), ("chat", "status"), ("user", "status"), ("wake", "wake")]
+        assert [p["version"] for c, p in events if c == "chat"] == [4, 5]
+        assert events[1][1]["last_message_id"] == msg + 1 and events[1][1]["status"] == "pending"
 
         lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
         cap.drain()
@@ -121,15 +116,15 @@ def test_each_function_emits_exactly_its_notifications(
         conn.execute("SELECT chatd.edit_message(%s, %s, %s, '\"edited\"')", (user, chat, msg + 1))
         events = cap.drain()
         # the status (written after the messages) names the new message; the
-        # message hints (soft-delete, new message) come at commit, same version
+        # soft deletes send their message hint at commit, same version
         assert kinds(events) == [
             ("chat", "archived"), ("user", "archived"),
             ("chat", "status"), ("user", "status"), ("wake", "wake"),
-            ("chat", "message"), ("chat", "message"),
+            ("chat", "message"),
         ]
-        assert events[5][1]["op"] == "update" and events[6][1]["op"] == "insert"
-        assert events[2][1]["last_message_id"] == events[6][1]["last_message_id"]
-        assert events[2][1]["version"] == events[5][1]["version"] == events[6][1]["version"]
+        assert events[5][1]["op"] == "update"
+        assert events[2][1]["last_message_id"] == events[5][1]["last_message_id"]
+        assert events[2][1]["version"] == events[5][1]["version"]
 
         conn.execute("DELETE FROM chatd.chats WHERE id = %s", (chat,))
         assert kinds(cap.drain()) == [("chat", "deleted"), ("user", "deleted")]
@@ -154,13 +149,13 @@ def test_every_notification_of_send_message_and_finish_turn_names_the_message_it
 
         reply = conn.execute("SELECT chatd.finish_turn(%s, %s, '\"reply\"')", (chat, lease)).fetchone()[0]
         events = [p for c, p in cap.drain() if c == "chat"]
-        assert {p["kind"] for p in events} == {"message", "status"}
+        assert {p["kind"] for p in events} == {"status"}, "the status names the reply: no message hint"
         assert [p["last_message_id"] for p in events] == [reply] * len(events)
         assert events[-1]["status"] == "waiting", "the last notification is the committed state"
 
         sent = conn.execute("SELECT chatd.send_message(%s, %s, '\"again\"')", (user, chat)).fetchone()[0]
         events = [p for c, p in cap.drain() if c == "chat"]
-        assert {p["kind"] for p in events} == {"message", "status"}
+        assert {p["kind"] for p in events} == {"status"}
         assert [p["last_message_id"] for p in events] == [sent["message_id"]] * len(events)
         assert events[-1]["status"] == "pending" and events[-1]["version"] == sent["version"]
     finally:
@@ -238,5 +233,62 @@ def test_delete_chat_notifies_deleted_for_every_chat_of_the_tree_and_nothing_els
         )
         on_user = [p for c, p in events if c == "user"]
         assert all(p["archived"] is True and p["status"] == "waiting" for p in on_user)
+    finally:
+        cap.close()
+
+
+def test_a_message_inserted_after_the_chat_write_of_its_transaction_still_sends_its_message_hint(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """save_interrupted_turn clears the interrupted turn (a status-kind
+    notification, read before the reply existed) and then inserts the reply:
+    only the message hint, at commit, names it."""
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    lease = conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)").fetchone()[0]
+    conn.execute("SELECT chatd.interrupt_chat(%s, %s)", (user, chat))
+    cap = Capture(db)
+    try:
+        cap.listen(f"chatd_chat_{chat}")
+        saved = conn.execute(
+            "SELECT chatd.save_interrupted_turn(%s, %s, '\"partial\"')", (chat, lease)
+        ).fetchone()[0]
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert [p["kind"] for p in events] == ["status", "message"]
+        assert events[0]["last_message_id"] < saved, "the status was read before the reply existed"
+        assert events[1]["last_message_id"] == saved and events[1]["op"] == "insert"
+        version = conn.execute("SELECT version FROM chatd.chats WHERE id = %s", (chat,)).fetchone()[0]
+        assert events[0]["version"] == events[1]["version"] == version
+    finally:
+        cap.close()
+
+
+def test_a_chat_write_that_keeps_the_version_does_not_hide_the_message_hint_before_it(
+    db: str, conn: psycopg.Connection[Any], factory: Factory
+) -> None:
+    """An UPDATE of heartbeat_at alone writes the chat row but keeps its
+    version and sends nothing: the message inserted before it in the same
+    transaction must still be announced."""
+    org = factory.org()
+    user = factory.user(org)
+    factory.model_config(is_default=True)
+    chat = conn.execute("SELECT chatd.create_chat(%s, %s, '\"hi\"')", (user, org)).fetchone()[0]
+    conn.execute("SELECT lease FROM chatd.acquire_chats('w1', 5)")
+    before = conn.execute("SELECT version FROM chatd.chats WHERE id = %s", (chat,)).fetchone()[0]
+    cap = Capture(db)
+    try:
+        cap.listen(f"chatd_chat_{chat}")
+        with conn.transaction():
+            inserted = conn.execute(
+                "INSERT INTO chatd.messages (chat_id, role, content) "
+                "VALUES (%s, 'assistant', '[{\"type\": \"text\", \"text\": \"note\"}]') RETURNING id",
+                (chat,),
+            ).fetchone()[0]
+            conn.execute("UPDATE chatd.chats SET heartbeat_at = clock_timestamp() WHERE id = %s", (chat,))
+        events = [p for c, p in cap.drain() if c == "chat"]
+        assert [(p["kind"], p["op"]) for p in events] == [("message", "insert")]
+        assert events[0]["last_message_id"] == inserted and events[0]["version"] == before + 1
     finally:
         cap.close()

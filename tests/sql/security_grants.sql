@@ -68,7 +68,7 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._messages_after(uuid,bigint,boolean)', 'owner'),
 ('chatd._running_parts(uuid,bigint,boolean)', 'owner'),
 ('chatd._message_json(chatd.messages)', 'owner'),
-('chatd._written_by_this_xact(xid)', 'owner'),
+('chatd._versioned_by_this_xact(xid,timestamp with time zone)', 'owner'),
 ('chatd._chat_payload(text,chatd.chats)', 'owner'),
 ('chatd._owner_payload(text,chatd.chats)', 'owner'),
 ('chatd._touch_chat(uuid)', 'owner'),

@@ -20,13 +20,15 @@ from support import MARK, Fixture, Server, new_user, user_channel
 
 
 def bench_dispatch(server: Server, dsn: str, fixture: Fixture, procs: int, turns: int,
-                   max_chats: int, pool_size: int) -> dict[str, Any]:
-    user = new_user(dsn, fixture, f"dispatch-{procs}")
+                   max_chats: int, pool_size: int, tag: str = "") -> dict[str, Any]:
+    """One dispatch run; ``tag`` tells the users and workers of a repeated run
+    (bench/ratio.py) apart."""
+    user = new_user(dsn, fixture, f"dispatch-{procs}{tag}")
     with (
         psycopg.connect(dsn, autocommit=True) as monitor,
         psycopg.connect(dsn, autocommit=True) as listener,
         psycopg.connect(dsn) as producer,
-        workers(dsn, procs, f"dispatch{procs}", "--max-chats", str(max_chats),
+        workers(dsn, procs, f"dispatch{procs}{tag}", "--max-chats", str(max_chats),
                 "--pool-size", str(pool_size)) as ws,
     ):
         listener.execute(f'LISTEN "{user_channel(user)}"')

@@ -9,14 +9,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from support import Server
+from support import Server, with_db
 
 from chatd.localpg import find_pg_bin
 
 # --------------------------------------------------------------------------- 5: pgbench
 
 
-def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
+DATABASE = "chatd_bench_pgbench"
+
+
+def _exe() -> str | None:
     exe = shutil.which("pgbench")
     if exe is None:
         try:
@@ -24,9 +27,25 @@ def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
             exe = str(candidate) if candidate.exists() else None
         except Exception:
             exe = None
+    return exe
+
+
+def pgbench_again(server: Server, seconds: int, clients: int) -> float | None:
+    """tps of one more `pgbench -N` run on the database bench_pgbench set up
+    (for the alternating rounds of bench/ratio.py); None when it failed."""
+    exe = _exe()
+    if exe is None:
+        return None
+    jobs = str(min(clients, os.cpu_count() or 1))
+    tps: float | None = _pgbench(exe, with_db(server.admin_dsn, DATABASE), ["-N"], clients, jobs, seconds)["tps"]
+    return tps
+
+
+def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
+    exe = _exe()
     if exe is None:
         return {"error": "pgbench not found"}
-    dsn = server.create_database("chatd_bench_pgbench")
+    dsn = server.create_database(DATABASE)
     init = subprocess.run([exe, "-i", "-q", "-s", "10", dsn], capture_output=True, text=True)
     if init.returncode != 0:
         return {"error": init.stderr.strip()[-500:]}

@@ -23,6 +23,17 @@ def _header(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ratio_rows(rounds: dict[str, Any] | None, row: Callable[..., None]) -> None:
+    """bench/ratio.py: the median ratio to pgbench -N over alternating
+    rounds, the steadier figure on a noisy machine."""
+    if not rounds:
+        return
+    n = len(rounds["rounds"])
+    for procs, r in rounds["ratio_to_pgbench"].items():
+        row(f"dispatch / pgbench -N, {procs} proc(s): median of {n} rounds", f"{r['median']:.1%}")
+        row("  min - max over the rounds", f"{r['min']:.1%} - {r['max']:.1%}")
+
+
 def table(results: dict[str, Any]) -> str:
     ceiling = results.get("pgbench", {}).get("tps") or 0.0
     lines = _header(results)
@@ -52,6 +63,7 @@ def table(results: dict[str, Any]) -> str:
         row("  CPU ms / turn: workers; PostgreSQL",
             f"{d['worker_cpu_ms_per_turn']:.2f}; {d['server_cpu_ms_per_turn'] or float('nan'):.2f}")
         row("  machine CPU busy (all users)", f"{d['machine_cpu_busy']:.0%}")
+    _ratio_rows(results.get("dispatch_rounds"), row)
     p = results.get("pickup", {})
     for key, label in (("listen", "pickup LISTEN"), ("poll_only", "pickup --poll-only")):
         if key in p:

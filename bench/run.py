@@ -14,8 +14,8 @@ commit and full page writes on) unless CHATD_BENCH_DATABASE_URL or
 DATABASE_URL names a server; then it creates fresh databases on that server.
 Prints a table and writes bench/results/<timestamp>.json.
 
-One module per benchmark (dispatch, pickup, streaming, heartbeat,
-pgbench_ceiling, growth, growth_table, subscribers, tool_step, claim_window); support and counters hold what
+One module per benchmark (dispatch, ratio (dispatch against pgbench -N in
+alternating rounds), pickup, streaming, heartbeat, pgbench_ceiling, growth, growth_table, subscribers, tool_step, claim_window); support and counters hold what
 they share; report prints
 the table. `--only NAME,...` runs some of them.
 """
@@ -39,6 +39,7 @@ from growth_table import bench_growth_table
 from heartbeat import bench_heartbeat
 from pgbench_ceiling import bench_pgbench
 from pickup import bench_pickup
+from ratio import bench_ratio_rounds
 from report import table
 from sse import bench_sse
 from streaming import bench_streaming
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sse-rounds", type=int, default=10, help="part batches per SSE stream")
     parser.add_argument("--pgbench-seconds", type=int, default=12)
     parser.add_argument("--pgbench-clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds of pgbench -N and dispatch; the ratio is their median")
     parser.add_argument("--growth-sizes", default="1000,10000,100000,1000000",
                         help="messages of one user for the growth benchmark")
     parser.add_argument("--growth-calls", type=int, default=200, help="admit_spend calls per growth size")
@@ -112,6 +115,11 @@ def run_selected(
             log(f"dispatch: {args.turns} turns, {procs} worker process(es) ...")
             results["dispatch"].append(
                 bench_dispatch(server, dsn, fixture, procs, args.turns, args.max_chats, args.pool_size)
+            )
+        if "pgbench" in only and args.rounds > 1 and results["pgbench"].get("tps"):
+            results["dispatch_rounds"] = bench_ratio_rounds(
+                server, dsn, fixture, results["pgbench"], results["dispatch"], args.rounds, args.turns,
+                args.max_chats, args.pool_size, args.pgbench_seconds, args.pgbench_clients,
             )
     if "pickup" in only:
         log(f"pickup latency: {args.pickup} sends (LISTEN), {args.poll_pickup} (poll-only) ...")

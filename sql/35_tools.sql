@@ -527,7 +527,10 @@ $$;
 -- secret_env}] (enabled servers named by the chat or its model config),
 -- builtin: [spawn_agent's definition when _agents_allowed, else none],
 -- limits: {max_tool_steps, tool_timeout_ms, tool_result_max_bytes}}. Read
--- by acquire_chats.
+-- by acquire_chats, which does not call it for a chat with no client tools,
+-- MCP servers or agents on a model with no MCP servers or agents (NULL: a
+-- new source of tools must be named in that CASE too;
+-- tests/python/test_claim_tools.py).
 CREATE OR REPLACE FUNCTION chatd._turn_tools(p_chat_id uuid)
 RETURNS jsonb
 LANGUAGE sql STABLE

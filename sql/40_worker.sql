@@ -187,18 +187,36 @@ BEGIN
             started_at = now(),
             heartbeat_at = now()
         WHERE c.id = ANY (v_ids)
-        RETURNING c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at, c.summary_message_id
+        RETURNING
+            c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at, c.summary_message_id,
+            c.tools, c.mcp_servers, c.agents
+    ),
+    -- once per model, not per chat (a claim's chats mostly share a few)
+    models AS (
+        SELECT
+            m.id,
+            chatd._model_json(m.id) AS model,
+            cardinality(m.mcp_servers) > 0 OR m.agents AS may_use_tools
+        FROM chatd.model_configs AS m
+        WHERE m.id IN (SELECT claimed.model_config_id FROM claimed)
     )
     SELECT
         cl.id,
         cl.lease,
         cl.attempt,
-        chatd._model_json(cl.model_config_id),
+        md.model,
         head.messages || page.messages,
         NOT chatd._messages_after(cl.id, coalesce(page.last_id, win.after_id), TRUE),
-        chatd._turn_tools(cl.id),
+        -- a chat with no client tools, MCP servers or agents, on a model
+        -- with none either, has no tools (what _turn_tools would say)
+        CASE
+            WHEN jsonb_array_length(cl.tools) > 0 OR cardinality(cl.mcp_servers) > 0 OR cl.agents
+                OR md.may_use_tools
+                THEN chatd._turn_tools(cl.id)
+        END,
         ctx.w
     FROM claimed AS cl
+    INNER JOIN models AS md ON md.id = cl.model_config_id
     -- A chat without a summary whose model-visible messages are at most 64
     -- and take at most compact_threshold of the budget is its own window:
     -- decided here, in this statement (its plan is cached), from the newest

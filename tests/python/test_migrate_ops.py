@@ -148,3 +148,80 @@ def test_a_no_transaction_migration_is_exported_unchanged(sources_copy: migrate.
     assert sorted(p.name for p in out.iterdir()) == [f"V{version}__x_index.sql", f"V{version}__x_index.sql.conf"]
     assert (out / f"V{version}__x_index.sql").read_text() == text
     assert (out / f"V{version}__x_index.sql.conf").read_text() == "executeInTransaction=false\n"
+
+
+def _index_migration(sources: migrate.Sources, up: str, down: str) -> tuple[migrate.Sources, int]:
+    """A copy of the sources with one more migration, marked chatd:no-transaction."""
+    version = sources.latest + 1
+    folder = sources.root / "migrations"
+    (folder / f"{version:04d}_x_index.up.sql").write_text(f"{migrate.NO_TRANSACTION_MARKER}\n{up}")
+    (folder / f"{version:04d}_x_index.down.sql").write_text(f"{migrate.NO_TRANSACTION_MARKER}\n{down}")
+    return migrate.load_sources(sources.root), version
+
+
+def _index_state(dsn: str, version: int) -> tuple[bool | None, bool]:
+    """(indisvalid of chatd.messages_x_idx or None when absent, whether the ledger has version)."""
+    with psycopg.connect(dsn) as conn:
+        valid = conn.execute(
+            "SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass('chatd.messages_x_idx')"
+        ).fetchone()
+        recorded = conn.execute("SELECT count(*) FROM chatd_meta.migrations WHERE version = %s", (version,)).fetchone()
+    return (valid[0] if valid else None), bool(recorded and recorded[0])
+
+
+CONCURRENT_INDEX = "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_x_idx ON chatd.messages (created_at);\n"
+
+
+def test_a_no_transaction_migration_builds_its_index_concurrently_and_is_recorded(
+    empty_db: str, sources_copy: migrate.Sources
+) -> None:
+    sources, version = _index_migration(
+        sources_copy, CONCURRENT_INDEX, "DROP INDEX CONCURRENTLY IF EXISTS chatd.messages_x_idx;\n"
+    )
+    result = migrate.apply(empty_db, sources=sources, log=lambda _m: None)
+    assert result.applied[-1] == f"{version:04d}_x_index"
+    assert _index_state(empty_db, version) == (True, True)
+    assert migrate.down(empty_db, version - 1, sources=sources, log=lambda _m: None) == [f"{version:04d}_x_index"]
+    assert _index_state(empty_db, version) == (None, False)
+
+
+def test_a_failing_no_transaction_migration_keeps_what_ran_and_is_not_recorded(
+    empty_db: str, sources_copy: migrate.Sources
+) -> None:
+    sources, version = _index_migration(sources_copy, CONCURRENT_INDEX + "SELECT 1 / 0;\n", "SELECT 1;\n")
+    with pytest.raises(migrate.MigrationFailed) as failed:
+        migrate.apply(empty_db, sources=sources, log=lambda _m: None)
+    message = str(failed.value)
+    assert "statement 2" in message and "stay applied" in message and "not recorded" in message
+    assert _index_state(empty_db, version) == (True, False)
+
+
+def test_a_no_transaction_migration_gives_up_at_its_lock_timeout(
+    empty_db: str, sources_copy: migrate.Sources
+) -> None:
+    sources, version = _index_migration(sources_copy, CONCURRENT_INDEX, "SELECT 1;\n")
+    migrate.apply(empty_db, to=version - 1, sources=sources, log=lambda _m: None)
+    # a concurrent build needs SHARE UPDATE EXCLUSIVE, which this open
+    # transaction holds until it ends
+    with psycopg.connect(empty_db) as holder:
+        holder.execute("LOCK TABLE chatd.messages IN SHARE UPDATE EXCLUSIVE MODE")
+        with pytest.raises(migrate.MigrationFailed) as failed:
+            migrate.apply(empty_db, sources=sources, log=lambda _m: None, lock_timeout="200ms")
+        holder.rollback()
+    assert "55P03" in str(failed.value)
+    valid, recorded = _index_state(empty_db, version)
+    assert not recorded and valid is not True, "no valid index, no ledger row"
+
+
+def test_a_printed_plan_runs_a_no_transaction_migration_outside_a_transaction(
+    empty_db: str, sources_copy: migrate.Sources, tmp_path: Path
+) -> None:
+    sources, version = _index_migration(sources_copy, CONCURRENT_INDEX, "SELECT 1;\n")
+    plan = tmp_path / "plan.sql"
+    plan.write_text(migrate.plan_sql(None, sources=sources))
+    tool = shutil.which("psql") or str(find_pg_bin() / "psql")
+    run = subprocess.run([tool, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(plan), empty_db],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert _index_state(empty_db, version) == (True, True)
+    assert migrate.status(empty_db, sources=sources)[version - 1].state == "applied"

@@ -3,8 +3,9 @@
 Two kinds of SQL live in the repository:
 
 * ``migrations/NNNN_name.up.sql`` / ``NNNN_name.down.sql``: versioned schema
-  changes, applied once each, in order, each in its own transaction, and
-  recorded in the ledger ``chatd_meta.migrations`` with the SHA-256 of the up
+  changes, applied once each, in order, each in its own transaction (one
+  whose first line is ``-- chatd:no-transaction`` statement by statement
+  outside any, for CREATE INDEX CONCURRENTLY), and recorded in the ledger ``chatd_meta.migrations`` with the SHA-256 of the up
   file. An applied migration whose file changed is *drift*: the migrator
   refuses to run until the file is restored.
 * ``sql/*.sql``: repeatable definitions (functions, triggers, views, grants)
@@ -21,7 +22,8 @@ review and apply with ``psql -v ON_ERROR_STOP=1 -f``; the runner recognises
 migrations applied that way because the ledger rows are identical.
 
 Here: `sources` (finding and reading the files), `runner` (apply, down,
-status, the ledger and its lock), `plan` (the plan as SQL), `export` (the
+status, the ledger and its lock), `steps` (one file's run: statements,
+lock_timeout, with or without a transaction), `plan` (the plan as SQL), `export` (the
 plan as Flyway-style numbered files, for teams whose own migrator owns the
 database). The `chatd
 migrate` command is chatd.cli.migrate. May import psycopg and sqlparse only.

@@ -22,11 +22,11 @@ from psycopg import sql as pgsql
 from chatd import __version__
 from chatd.migrate.sources import (
     DEFAULT_LOCK_TIMEOUT,
-    NO_TRANSACTION_MARKER,
     Migration,
     MigrationError,
     Sources,
     load_sources,
+    no_transaction,
 )
 
 __all__ = ["REPEATABLE_FILE", "export_flyway", "flyway_file"]
@@ -34,14 +34,10 @@ __all__ = ["REPEATABLE_FILE", "export_flyway", "flyway_file"]
 REPEATABLE_FILE = "R__chatd_definitions.sql"
 
 
-def _no_transaction(text: str) -> bool:
-    return text.split("\n", 1)[0].strip() == NO_TRANSACTION_MARKER
-
-
 def flyway_file(migration: Migration, lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT) -> str:
     """The text of ``V<n>__<name>.sql`` for one migration."""
     text = migration.up_sql
-    if _no_transaction(text) or not lock_timeout:
+    if no_transaction(text) or not lock_timeout:
         return text
     literal = pgsql.Literal(lock_timeout).as_string(None)
     return (
@@ -72,7 +68,7 @@ def export_flyway(
         path = directory / f"V{migration.version}__{migration.name}.sql"
         path.write_text(flyway_file(migration, lock_timeout), encoding="utf-8")
         written.append(path)
-        if _no_transaction(migration.up_sql):
+        if no_transaction(migration.up_sql):
             conf = path.with_name(path.name + ".conf")
             conf.write_text("executeInTransaction=false\n", encoding="utf-8")
             written.append(conf)

@@ -23,6 +23,7 @@ from chatd.migrate.sources import (
     Migration,
     Sources,
     load_sources,
+    no_transaction,
 )
 
 __all__ = ["plan_sql"]
@@ -56,42 +57,29 @@ def plan_sql(
         f"-- chatd {__version__} migration plan, generated {datetime.now():%Y-%m-%d %H:%M:%S}",
         f"-- for: {redact(dsn) if dsn else 'an empty database'}",
         "-- Apply with: psql -v ON_ERROR_STOP=1 -f this-file.sql \"$DATABASE_URL\"",
-        "-- Every step is one transaction; a step that was already applied refuses to",
-        "-- run again. `chatd migrate --status` reads the same ledger afterwards.",
+        "-- Every step is one transaction (but a file marked chatd:no-transaction); a step",
+        "-- that was already applied refuses to run again. `chatd migrate --status` reads",
+        "-- the same ledger afterwards.",
         "",
     ]
     if down_to is not None:
         for version in sorted((v for v in ledger.migrations if v > down_to), reverse=True):
             migration = sources.migration(version)
             assert migration is not None
-            out += [
-                f"-- revert {migration.label}",
-                "BEGIN;",
-                lock,
-                _guard(migration, applied=True),
-                migration.down_sql.rstrip(),
-                f"DELETE FROM chatd_meta.migrations WHERE version = {migration.version};",
-                "DELETE FROM chatd_meta.repeatables;",
-                "COMMIT;",
-                "",
-            ]
+            forget = [f"DELETE FROM chatd_meta.migrations WHERE version = {migration.version};",
+                      "DELETE FROM chatd_meta.repeatables;"]
+            out += [f"-- revert {migration.label}",
+                    *_step(lock, _guard(migration, applied=True), migration.down_sql, forget, lock_timeout)]
         return "\n".join(out)
     target = sources.latest if to is None else to
     out += ["BEGIN;", lock, LEDGER_DDL.rstrip(), "COMMIT;", ""]
     for migration in sources.migrations:
         if migration.version > target or migration.version in ledger.migrations:
             continue
-        out += [
-            f"-- migration {migration.label} (sha256 {migration.checksum})",
-            "BEGIN;",
-            lock,
-            _guard(migration, applied=False),
-            migration.up_sql.rstrip(),
-            "INSERT INTO chatd_meta.migrations (version, name, checksum) VALUES "
-            f"({migration.version}, {_literal(migration.name)}, {_literal(migration.checksum)});",
-            "COMMIT;",
-            "",
-        ]
+        record = ("INSERT INTO chatd_meta.migrations (version, name, checksum) VALUES "
+                  f"({migration.version}, {_literal(migration.name)}, {_literal(migration.checksum)});")
+        out += [f"-- migration {migration.label} (sha256 {migration.checksum})",
+                *_step(lock, _guard(migration, applied=False), migration.up_sql, [record], lock_timeout)]
     migrations_pending = any(
         m.version <= target and m.version not in ledger.migrations for m in sources.migrations
     )
@@ -109,6 +97,26 @@ def plan_sql(
         ]
         out += ["COMMIT;", ""]
     return "\n".join(out)
+
+
+def _step(lock: str, guard: str, text: str, ledger: list[str], lock_timeout: str | None) -> list[str]:
+    """One file and its ledger write in one transaction; a file marked
+    chatd:no-transaction runs as it is, between a transaction that checks
+    the ledger and one that writes it (as `run_step` applies it), under the
+    session's advisory lock and lock_timeout."""
+    if not no_transaction(text):
+        return ["BEGIN;", lock, guard, text.rstrip(), *ledger, "COMMIT;", ""]
+    session = [f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY});"]
+    if lock_timeout:
+        session.append(f"SET lock_timeout = {_literal(lock_timeout)};")
+    return [
+        "-- outside a transaction (chatd:no-transaction): the statements before a",
+        "-- failing one stay applied; the ledger is written only after all of them",
+        *session, "BEGIN;", guard, "COMMIT;", text.rstrip(),
+        "BEGIN;", guard, *ledger, "COMMIT;",
+        *(["RESET lock_timeout;"] if lock_timeout else []),
+        f"SELECT pg_advisory_unlock({ADVISORY_LOCK_KEY});", "",
+    ]
 
 
 def _literal(value: str) -> str:

@@ -1,18 +1,16 @@
-"""Applying and reverting: statement splitting, the connection, the ledger
-(``chatd_meta``) and its advisory lock, `apply`, `down` and `status`."""
+"""Applying and reverting: the connection, the ledger (``chatd_meta``) and
+its advisory lock, `apply`, `down` and `status` (one file's run: steps.py)."""
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from functools import partial
 
 import psycopg
-import sqlparse
 from psycopg.rows import TupleRow
 
 from chatd.migrate.sources import (
@@ -22,15 +20,12 @@ from chatd.migrate.sources import (
     DatabaseUnreachable,
     DriftError,
     Ledger,
+    Migration,
     MigrationError,
-    MigrationFailed,
     Sources,
     load_sources,
 )
-
-_TRANSACTION_CONTROL = re.compile(
-    r"^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\s*;?\s*$", re.IGNORECASE
-)
+from chatd.migrate.steps import Statement, run_file, run_step, set_lock_timeout, split_statements
 
 __all__ = [
     "ApplyResult",
@@ -46,82 +41,6 @@ __all__ = [
     "split_statements",
     "status",
 ]
-
-
-# ---------------------------------------------------------------------------
-# Statement splitting: run files statement by statement, so a failure names
-# the statement and its line.
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Statement:
-    text: str
-    line: int
-
-
-def split_statements(text: str) -> list[Statement]:
-    """Split a SQL file into statements (dollar quotes, comments and strings
-    respected), each with the line it starts on."""
-    statements: list[Statement] = []
-    cursor = 0
-    for raw in sqlparse.split(text):
-        if not sqlparse.format(raw, strip_comments=True).strip():
-            continue
-        start = text.find(raw, cursor)
-        if start < 0:  # sqlparse normalised something; fall back to the cursor
-            start = cursor
-        else:
-            cursor = start + len(raw)
-        # the line of the first non-comment token, not of a leading comment
-        code = sqlparse.format(raw, strip_comments=True).strip().splitlines()[0]
-        offset = raw.find(code)
-        line = text.count("\n", 0, start + max(offset, 0)) + 1
-        statements.append(Statement(raw, line))
-    return statements
-
-
-def _check_no_transaction_control(path: Path, statements: Sequence[Statement]) -> None:
-    for stmt in statements:
-        if _TRANSACTION_CONTROL.match(sqlparse.format(stmt.text, strip_comments=True)):
-            raise MigrationError(
-                f"{path}:{stmt.line}: transaction control is not allowed in a migration "
-                "file; the migrator wraps each file in its own transaction"
-            )
-
-
-def _first_line(text: str) -> str:
-    code = sqlparse.format(text, strip_comments=True).strip()
-    first = code.splitlines()[0] if code else text.strip()
-    return first if len(first) <= 120 else first[:117] + "..."
-
-
-def _run_file(conn: psycopg.Connection[TupleRow], path: Path, text: str) -> None:
-    statements = split_statements(text)
-    _check_no_transaction_control(path, statements)
-    for index, stmt in enumerate(statements, start=1):
-        try:
-            conn.execute(stmt.text.encode())
-        except psycopg.Error as exc:
-            diag = exc.diag
-            where = f"\n  context: {diag.context}" if diag.context else ""
-            hint = (
-                "\n  hint: a lock it needs is held by another session (lock_timeout); "
-                "retry when it ends, or pass a longer --lock-timeout"
-                if diag.sqlstate == "55P03" else ""
-            )
-            raise MigrationFailed(
-                f"{path.name}: statement {index} (line {stmt.line}) failed and the "
-                f"transaction was rolled back:\n  {_first_line(stmt.text)}\n"
-                f"  {diag.severity or 'ERROR'} {diag.sqlstate or ''}: "
-                f"{diag.message_primary or exc}{where}{hint}"
-            ) from exc
-
-
-def _set_lock_timeout(conn: psycopg.Connection[TupleRow], lock_timeout: str | None) -> None:
-    """SET LOCAL lock_timeout for the current transaction (None: the server's)."""
-    if lock_timeout:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
 
 
 # ---------------------------------------------------------------------------
@@ -267,14 +186,7 @@ def apply(
             if migration.version > target or migration.version in ledger.migrations:
                 continue
             started = time.monotonic()
-            with conn.transaction():
-                _set_lock_timeout(conn, lock_timeout)
-                _run_file(conn, migration.up_path, migration.up_sql)
-                conn.execute(
-                    "INSERT INTO chatd_meta.migrations (version, name, checksum) "
-                    "VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, migration.checksum),
-                )
+            run_step(conn, migration.up_path, migration.up_sql, lock_timeout, partial(_record, conn, migration))
             log(f"applied {migration.label} ({(time.monotonic() - started) * 1000:.0f} ms)")
             result.applied.append(migration.label)
         # Re-applied after any migration too: a new table or type must get
@@ -284,9 +196,9 @@ def apply(
         ):
             started = time.monotonic()
             with conn.transaction():
-                _set_lock_timeout(conn, lock_timeout)
+                set_lock_timeout(conn, lock_timeout)
                 for repeatable in sources.repeatables:
-                    _run_file(conn, repeatable.path, repeatable.sql)
+                    run_file(conn, repeatable.path, repeatable.sql)
                 _record_repeatables(conn, sources)
             log(
                 f"applied {len(sources.repeatables)} repeatable files from sql/ "
@@ -296,6 +208,20 @@ def apply(
     if not result.applied and not result.repeatables_applied:
         log("nothing to do: the database is up to date")
     return result
+
+
+def _record(conn: psycopg.Connection[TupleRow], migration: Migration) -> None:
+    conn.execute(
+        "INSERT INTO chatd_meta.migrations (version, name, checksum) VALUES (%s, %s, %s)",
+        (migration.version, migration.name, migration.checksum),
+    )
+
+
+def _forget(conn: psycopg.Connection[TupleRow], version: int) -> None:
+    conn.execute("DELETE FROM chatd_meta.migrations WHERE version = %s", (version,))
+    # Repeatable objects may have gone with the schema they lived in; forget
+    # them so the next `chatd migrate` re-applies them all.
+    conn.execute("DELETE FROM chatd_meta.repeatables")
 
 
 def _record_repeatables(conn: psycopg.Connection[TupleRow], sources: Sources) -> None:
@@ -323,13 +249,7 @@ def down(
         for version in sorted((v for v in ledger.migrations if v > to), reverse=True):
             migration = sources.migration(version)
             assert migration is not None  # check_drift guarantees it
-            with conn.transaction():
-                _set_lock_timeout(conn, lock_timeout)
-                _run_file(conn, migration.down_path, migration.down_sql)
-                conn.execute("DELETE FROM chatd_meta.migrations WHERE version = %s", (version,))
-                # Repeatable objects may have gone with the schema they lived in;
-                # forget them so the next `chatd migrate` re-applies them all.
-                conn.execute("DELETE FROM chatd_meta.repeatables")
+            run_step(conn, migration.down_path, migration.down_sql, lock_timeout, partial(_forget, conn, version))
             log(f"reverted {migration.label}")
             reverted.append(migration.label)
     if not reverted:

@@ -25,6 +25,7 @@ __all__ = [
     "Sources",
     "find_sql_root",
     "load_sources",
+    "no_transaction",
 ]
 
 
@@ -55,8 +56,15 @@ CREATE TABLE IF NOT EXISTS chatd_meta.repeatables (
 DEFAULT_LOCK_TIMEOUT = "5s"
 
 # First line of a migration that must run outside a transaction (CREATE INDEX
-# CONCURRENTLY); printed and exported unchanged.
+# CONCURRENTLY): applied statement by statement in autocommit, then recorded;
+# printed without BEGIN/COMMIT around it and exported unchanged.
 NO_TRANSACTION_MARKER = "-- chatd:no-transaction"
+
+
+def no_transaction(text: str) -> bool:
+    """True for a migration file whose first line is NO_TRANSACTION_MARKER:
+    its statements run one by one outside any transaction."""
+    return text.split("\n", 1)[0].strip() == NO_TRANSACTION_MARKER
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 

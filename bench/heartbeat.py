@@ -41,4 +41,8 @@ def bench_heartbeat(dsn: str, fixture: Fixture, sizes: Sequence[int], calls: int
                 "ms_per_call": round(elapsed / calls * 1000, 3),
                 "wal_bytes_per_call": round(float(wal) / calls, 1),
             }
+        # released, they are pending again: archived, no later benchmark's
+        # claim (sse claims exactly its own chats) picks them up
+        conn.execute(MARK + "SELECT count(chatd.archive_chat(%s, c.id)) FROM chatd.chats AS c "
+                     "WHERE c.owner_id = %s", (user, user))
     return out

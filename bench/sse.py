@@ -93,6 +93,9 @@ async def _run(url: str, token: str, chats: list[uuid.UUID], dsn: str, rounds: i
             cur = await conn.execute("SELECT chat_id, lease FROM chatd.acquire_chats('bench-sse', %s)",
                                      (len(chats),))
             leases = dict(await cur.fetchall())
+            if set(chats) - set(leases):  # another benchmark left runnable chats behind
+                raise RuntimeError(f"sse: claimed {len(set(chats) & set(leases))} of its {len(chats)} chats: "
+                                   "some other pending chat was claimed first")
             for seq in range(rounds):
                 async with conn.transaction():
                     async with conn.cursor() as c:

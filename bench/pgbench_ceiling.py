@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from counters import server_cpu_seconds
 from support import Server, with_db
 
 from chatd.localpg import find_pg_bin
@@ -50,7 +51,13 @@ def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
     if init.returncode != 0:
         return {"error": init.stderr.strip()[-500:]}
     jobs = str(min(clients, os.cpu_count() or 1))
+    cpu0 = server_cpu_seconds(server)
     simple = _pgbench(exe, dsn, ["-N"], clients, jobs, seconds)
+    cpu1 = server_cpu_seconds(server)  # its backends have exited: in the postmaster's cutime
+    if cpu0 is not None and cpu1 is not None and simple.get("transactions"):
+        # the CPU a pgbench -N transaction costs the cluster: what a turn's
+        # PostgreSQL CPU compares with, whatever the machine's speed that hour
+        simple["server_cpu_ms_per_txn"] = round((cpu1 - cpu0) / simple["transactions"] * 1000, 4)
     # The same transaction plus a NOTIFY: PostgreSQL serializes the commits
     # of notifying transactions cluster-wide (the notify queue lock is held
     # through the commit's WAL flush), and every chatd state change notifies.
@@ -61,6 +68,7 @@ def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
         "command": f"pgbench -N -c {clients} -j {jobs} -T {seconds} (scale 10)",
         "tps": simple.get("tps"),
         "latency_avg_ms": simple.get("latency_avg_ms"),
+        "server_cpu_ms_per_txn": simple.get("server_cpu_ms_per_txn"),
         "with_notify": {"command": "the -N script plus SELECT pg_notify(...) before END", **notify},
         "output_tail": simple.get("output_tail"),
     }
@@ -86,8 +94,10 @@ def _pgbench(exe: str, dsn: str, script: list[str], clients: int, jobs: str, sec
     )
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", run.stdout)
     latency = re.search(r"latency average = ([\d.]+) ms", run.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", run.stdout)
     return {
         "tps": float(match.group(1)) if match else None,
+        "transactions": int(processed.group(1)) if processed else None,
         "latency_avg_ms": float(latency.group(1)) if latency else None,
         "output_tail": None if match else run.stdout[-500:] + run.stderr[-500:],
     }

@@ -47,6 +47,9 @@ def table(results: dict[str, Any]) -> str:
 
     if ceiling:  # not with --only without pgbench
         row("pgbench -N (simple update) tps", ceiling, "", True)
+    txn_cpu = results.get("pgbench", {}).get("server_cpu_ms_per_txn")
+    if txn_cpu:
+        row("  PostgreSQL CPU ms / pgbench -N transaction", f"{txn_cpu:.3f}")
     notify_tps = results.get("pgbench", {}).get("with_notify", {}).get("tps")
     if notify_tps:
         row("pgbench -N + pg_notify() tps", notify_tps, "", True)
@@ -63,6 +66,8 @@ def table(results: dict[str, Any]) -> str:
         row("  CPU ms / turn: workers; PostgreSQL",
             f"{d['worker_cpu_ms_per_turn']:.2f}; {d['server_cpu_ms_per_turn'] or float('nan'):.2f}")
         row("  machine CPU busy (all users)", f"{d['machine_cpu_busy']:.0%}")
+        if txn_cpu and d["server_cpu_ms_per_turn"]:  # steady whatever the machine's speed
+            row("  PostgreSQL CPU / turn, in pgbench -N transactions", f"{d['server_cpu_ms_per_turn'] / txn_cpu:.2f}")
     _ratio_rows(results.get("dispatch_rounds"), row)
     p = results.get("pickup", {})
     for key, label in (("listen", "pickup LISTEN"), ("poll_only", "pickup --poll-only")):

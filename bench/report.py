@@ -23,6 +23,20 @@ def _header(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pgbench_rows(pgbench: dict[str, Any], row: Callable[..., None]) -> float | None:
+    """The ceiling (not with --only without pgbench); returns the cluster's
+    CPU ms per pgbench -N transaction, when measured."""
+    if pgbench.get("tps"):
+        row("pgbench -N (simple update) tps", pgbench["tps"], "", True)
+    txn_cpu: float | None = pgbench.get("server_cpu_ms_per_txn")
+    if txn_cpu:
+        row("  PostgreSQL CPU ms / pgbench -N transaction", f"{txn_cpu:.3f}")
+    notify_tps = pgbench.get("with_notify", {}).get("tps")
+    if notify_tps:
+        row("pgbench -N + pg_notify() tps", notify_tps, "", True)
+    return txn_cpu
+
+
 def _ratio_rows(rounds: dict[str, Any] | None, row: Callable[..., None]) -> None:
     """bench/ratio.py: the median ratio to pgbench -N over alternating
     rounds, the steadier figure on a noisy machine."""
@@ -45,14 +59,7 @@ def table(results: dict[str, Any]) -> str:
         r = f"{float(value) / ceiling:.1%}" if ratio and ceiling and isinstance(value, float | int) else ""
         lines.append(f"{name:<52} {shown + unit:>14} {r:>11}")
 
-    if ceiling:  # not with --only without pgbench
-        row("pgbench -N (simple update) tps", ceiling, "", True)
-    txn_cpu = results.get("pgbench", {}).get("server_cpu_ms_per_txn")
-    if txn_cpu:
-        row("  PostgreSQL CPU ms / pgbench -N transaction", f"{txn_cpu:.3f}")
-    notify_tps = results.get("pgbench", {}).get("with_notify", {}).get("tps")
-    if notify_tps:
-        row("pgbench -N + pg_notify() tps", notify_tps, "", True)
+    txn_cpu = _pgbench_rows(results.get("pgbench", {}), row)
     for d in results.get("dispatch", []):
         n = d["worker_processes"]
         row(f"dispatch, {n} worker proc(s): turns/s (DB window)", d["turns_per_s_db"], "", True)

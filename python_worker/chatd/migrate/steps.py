@@ -115,18 +115,18 @@ def run_step(
         return
     row = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
     previous = str(row[0]) if row else "0"
-    if lock_timeout:
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
+    set_lock_timeout(conn, lock_timeout, local=False)
     try:
         run_file(conn, path, text, transactional=False)
     finally:
         if not conn.closed and not conn.broken:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (previous,))
+            set_lock_timeout(conn, previous, local=False)
     with conn.transaction():
         record()
 
 
-def set_lock_timeout(conn: psycopg.Connection[TupleRow], lock_timeout: str | None) -> None:
-    """SET LOCAL lock_timeout for the current transaction (None: the server's)."""
+def set_lock_timeout(conn: psycopg.Connection[TupleRow], lock_timeout: str | None, *, local: bool = True) -> None:
+    """SET LOCAL lock_timeout for the current transaction, or with ``local``
+    False for the session (None: leave it as it is)."""
     if lock_timeout:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+        conn.execute("SELECT set_config('lock_timeout', %s, %s)", (lock_timeout, local))

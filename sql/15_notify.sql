@@ -22,42 +22,13 @@
 -- applies exactly the notifications whose version is greater than the
 -- version of its snapshot.
 
-CREATE OR REPLACE FUNCTION chatd._chat_payload(p_kind text, p_chat chatd.chats)
-RETURNS jsonb
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, chatd, pg_temp
-AS $$
-BEGIN
-    RETURN jsonb_build_object(
-        'kind', p_kind,
-        'chat_id', p_chat.id,
-        'version', p_chat.version,
-        'status', p_chat.status,
-        'archived', p_chat.archived,
-        'worker_id', p_chat.worker_id,
-        'lease', p_chat.lease,
-        'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = p_chat.id)
-    );
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chatd._owner_payload(p_kind text, p_chat chatd.chats)
-RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, chatd, pg_temp
-AS $$
-BEGIN
-    RETURN jsonb_build_object(
-        'kind', p_kind,
-        'chat_id', p_chat.id,
-        'version', p_chat.version,
-        'status', p_chat.status,
-        'archived', p_chat.archived,
-        'parent_chat_id', p_chat.parent_chat_id,
-        'organization_id', p_chat.organization_id
-    );
-END
-$$;
+-- The chat and owner payloads are built inside chats_notify (their only
+-- caller), not by helper functions: a helper call per notification, with
+-- its search_path switch and the row passed as a composite, cost about a
+-- third of the trigger, which runs for every chat of every claim and
+-- finish (docs/benchmarks.md, "Dispatch, fourth pass").
+DROP FUNCTION IF EXISTS chatd._chat_payload(text, chatd.chats);
+DROP FUNCTION IF EXISTS chatd._owner_payload(text, chatd.chats);
 
 -- The hint on a parent's channel that one of its sub-agent chats was
 -- created or changed status, archived flag or title (a snapshot of the
@@ -97,6 +68,15 @@ BEGIN
 END
 $$;
 
+-- Payloads, every field of the chat row after the change (before it, for a
+-- DELETE):
+--   chat channel   {kind, chat_id, version, status, archived, worker_id,
+--                  lease, last_message_id} (kinds below), or {kind deleted,
+--                  chat_id, version} for a row deleted outright
+--   owner channel  {kind, chat_id, version, status, archived,
+--                  parent_chat_id, organization_id}
+--   parent channel _child_payload
+--   chatd_wake     {chat_id}
 CREATE OR REPLACE FUNCTION chatd.chats_notify()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -111,30 +91,22 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify(chatd._chat_channel(OLD.id),
             jsonb_build_object('kind', 'deleted', 'chat_id', OLD.id, 'version', OLD.version)::text);
-        PERFORM pg_notify(chatd._user_channel(OLD.owner_id), chatd._owner_payload('deleted', OLD)::text);
+        PERFORM pg_notify(chatd._user_channel(OLD.owner_id), jsonb_build_object(
+            'kind', 'deleted', 'chat_id', OLD.id, 'version', OLD.version, 'status', OLD.status,
+            'archived', OLD.archived, 'parent_chat_id', OLD.parent_chat_id, 'organization_id', OLD.organization_id
+        )::text);
         RETURN NULL;
     END IF;
 
     IF TG_OP = 'INSERT' THEN
-        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload('created', NEW)::text);
-        IF NEW.parent_chat_id IS NOT NULL THEN
-            PERFORM pg_notify(chatd._chat_channel(NEW.parent_chat_id), chatd._child_payload(NEW)::text);
-        END IF;
-        IF NEW.status = 'pending' AND NOT NEW.archived THEN
-            PERFORM pg_notify('chatd_wake', jsonb_build_object('chat_id', NEW.id)::text);
-        END IF;
-        RETURN NULL;
-    END IF;
-
+        v_owner_kind := 'created';
     -- UPDATE (the trigger fires only when version changed)
-    IF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
+    ELSIF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
         -- chatd.delete_chat: the fields of a status hint (no content), so
         -- the worker of a running chat sees its lease bumped and stops now
-        PERFORM pg_notify(chatd._chat_channel(NEW.id), chatd._chat_payload('deleted', NEW)::text);
-        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload('deleted', NEW)::text);
-        RETURN NULL;
-    END IF;
-    IF OLD.archived <> NEW.archived THEN
+        v_kind := 'deleted';
+        v_owner_kind := 'deleted';
+    ELSIF OLD.archived <> NEW.archived THEN
         v_kind := 'archived';
         v_owner_kind := 'archived';
     ELSIF OLD.status <> NEW.status AND NEW.status = 'error' THEN
@@ -165,39 +137,54 @@ BEGIN
         v_kind := 'status';
     END IF;
 
-    v_payload := chatd._chat_payload(v_kind, NEW);
-    IF v_kind = 'retry' THEN
-        v_payload := v_payload || jsonb_build_object(
-            'attempt', NEW.attempt,
-            'delay_ms', NEW.retry_state -> 'delay_ms',
-            'retrying_at', NEW.retry_state -> 'retrying_at',
-            'error', chatd._error_hint(NEW.last_error)
+    IF v_kind IS NOT NULL THEN
+        v_payload := jsonb_build_object(
+            'kind', v_kind,
+            'chat_id', NEW.id,
+            'version', NEW.version,
+            'status', NEW.status,
+            'archived', NEW.archived,
+            'worker_id', NEW.worker_id,
+            'lease', NEW.lease,
+            'last_message_id', (SELECT max(m.id) FROM chatd.messages AS m WHERE m.chat_id = NEW.id)
         );
-    ELSIF v_kind = 'error' THEN
-        v_payload := v_payload || jsonb_build_object('error', chatd._error_hint(NEW.last_error));
-    ELSIF v_kind = 'requires_action' THEN
-        -- ids only (at most 20 of at most 100 characters: the payload stays
-        -- small); names, inputs and outputs are read through the snapshot
-        v_payload := v_payload || (
-            SELECT jsonb_build_object(
-                'tool_call_ids', coalesce(jsonb_agg(p.tool_call_id) FILTER (WHERE p.n <= 20), '[]'),
-                'tool_calls_pending', count(*)
-            )
-            FROM (
-                SELECT t.tool_call_id, row_number() OVER () AS n FROM chatd._pending_tool_calls(NEW.id) AS t
-            ) AS p
-        );
+        IF v_kind = 'retry' THEN
+            v_payload := v_payload || jsonb_build_object(
+                'attempt', NEW.attempt,
+                'delay_ms', NEW.retry_state -> 'delay_ms',
+                'retrying_at', NEW.retry_state -> 'retrying_at',
+                'error', chatd._error_hint(NEW.last_error)
+            );
+        ELSIF v_kind = 'error' THEN
+            v_payload := v_payload || jsonb_build_object('error', chatd._error_hint(NEW.last_error));
+        ELSIF v_kind = 'requires_action' THEN
+            -- ids only (at most 20 of at most 100 characters: the payload
+            -- stays small); names, inputs and outputs are read through the
+            -- snapshot
+            v_payload := v_payload || (
+                SELECT jsonb_build_object(
+                    'tool_call_ids', coalesce(jsonb_agg(p.tool_call_id) FILTER (WHERE p.n <= 20), '[]'),
+                    'tool_calls_pending', count(*)
+                )
+                FROM (
+                    SELECT t.tool_call_id, row_number() OVER () AS n FROM chatd._pending_tool_calls(NEW.id) AS t
+                ) AS p
+            );
+        END IF;
+        PERFORM pg_notify(chatd._chat_channel(NEW.id), v_payload::text);
     END IF;
-    PERFORM pg_notify(chatd._chat_channel(NEW.id), v_payload::text);
 
     IF v_owner_kind IS NOT NULL THEN
-        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), chatd._owner_payload(v_owner_kind, NEW)::text);
+        PERFORM pg_notify(chatd._user_channel(NEW.owner_id), jsonb_build_object(
+            'kind', v_owner_kind, 'chat_id', NEW.id, 'version', NEW.version, 'status', NEW.status,
+            'archived', NEW.archived, 'parent_chat_id', NEW.parent_chat_id, 'organization_id', NEW.organization_id
+        )::text);
     END IF;
-    IF NEW.parent_chat_id IS NOT NULL AND v_owner_kind IN ('status', 'archived', 'title') THEN
+    IF NEW.parent_chat_id IS NOT NULL AND v_owner_kind IN ('created', 'status', 'archived', 'title') THEN
         PERFORM pg_notify(chatd._chat_channel(NEW.parent_chat_id), chatd._child_payload(NEW)::text);
     END IF;
-
-    IF NEW.status = 'pending' AND NOT NEW.archived AND (OLD.status <> 'pending' OR OLD.archived) THEN
+    IF NEW.status = 'pending' AND NOT NEW.archived AND v_kind IS DISTINCT FROM 'deleted'
+        AND (TG_OP = 'INSERT' OR OLD.status <> 'pending' OR OLD.archived) THEN
         PERFORM pg_notify('chatd_wake', jsonb_build_object('chat_id', NEW.id)::text);
     END IF;
     RETURN NULL;

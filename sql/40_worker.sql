@@ -191,8 +191,10 @@ BEGIN
             c.id, c.lease, c.attempt, c.model_config_id, c.next_attempt_at, c.summary_message_id,
             c.tools, c.mcp_servers, c.agents
     ),
-    -- once per model, not per chat (a claim's chats mostly share a few)
-    models AS (
+    -- once per model, not per chat (a claim's chats mostly share a few);
+    -- MATERIALIZED: a CTE referenced once is otherwise inlined, and the
+    -- join then called _model_json for every claimed chat
+    models AS MATERIALIZED (
         SELECT
             m.id,
             chatd._model_json(m.id) AS model,
@@ -206,7 +208,14 @@ BEGIN
         cl.attempt,
         md.model,
         head.messages || page.messages,
-        NOT chatd._messages_after(cl.id, coalesce(page.last_id, win.after_id), TRUE),
+        -- NOT chatd._messages_after, written out like the page below
+        (
+            SELECT m.id FROM chatd.messages AS m
+            WHERE m.chat_id = cl.id AND m.id > coalesce(page.last_id, win.after_id, 0)
+                AND NOT m.deleted AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
+            ORDER BY m.chat_id, m.id
+            LIMIT 1
+        ) IS NULL,
         -- a chat with no client tools, MCP servers or agents, on a model
         -- with none either, has no tools (what _turn_tools would say)
         CASE
@@ -291,18 +300,35 @@ BEGIN
         FROM chatd.messages AS m
         WHERE m.id IN ((ctx.w ->> 'system_id')::bigint, (ctx.w ->> 'summary_id')::bigint)
     ) AS head
+    -- The first page of the window: chatd._message_page(cl.id,
+    -- win.after_id, TRUE, 200, 4194304, FALSE), written out so that each
+    -- message is read once and no function plan is started per chat (about
+    -- 40 us a chat; tests/python/test_claim_page.py holds the two to the
+    -- same answer)
     CROSS JOIN LATERAL (
         SELECT
             coalesce(
-                jsonb_agg(jsonb_build_object('id', m.id, 'role', m.role, 'content', m.content) ORDER BY m.id),
+                jsonb_agg(jsonb_build_object('id', sized.id, 'role', sized.role, 'content', sized.content)
+                    ORDER BY sized.id),
                 '[]'::jsonb
             ) AS messages,
-            max(m.id) AS last_id
-        FROM chatd.messages AS m
-        -- the page's ids as an array for messages_chat_idx: a join with the
-        -- function's rows may be planned as a hash join over every message
-        WHERE m.chat_id = cl.id
-            AND m.id = ANY (ARRAY(SELECT p.id FROM chatd._message_page(cl.id, win.after_id, TRUE, 200, 4194304, FALSE) AS p))
+            max(sized.id) AS last_id
+        FROM (
+            SELECT
+                limited.id,
+                limited.role,
+                limited.content,
+                sum(octet_length(limited.content::text)::bigint) OVER (ORDER BY limited.id) AS total
+            FROM (
+                SELECT m.id, m.role, m.content
+                FROM chatd.messages AS m
+                WHERE m.chat_id = cl.id AND m.id > coalesce(win.after_id, 0)
+                    AND NOT m.deleted AND m.visibility IN ('both', 'model') AND m.summary_through_id IS NULL
+                ORDER BY m.chat_id, m.id  -- messages_chat_idx order: never the primary key's
+                LIMIT 200
+            ) AS limited
+        ) AS sized
+        WHERE sized.total <= 4194304
     ) AS page
     ORDER BY cl.next_attempt_at, cl.id;
 END

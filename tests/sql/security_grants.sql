@@ -69,8 +69,6 @@ INSERT INTO expected_fn (signature, audience) VALUES
 ('chatd._running_parts(uuid,bigint,boolean)', 'owner'),
 ('chatd._message_json(chatd.messages)', 'owner'),
 ('chatd._versioned_by_this_xact(xid,timestamp with time zone)', 'owner'),
-('chatd._chat_payload(text,chatd.chats)', 'owner'),
-('chatd._owner_payload(text,chatd.chats)', 'owner'),
 ('chatd._touch_chat(uuid)', 'owner'),
 ('chatd._lock_subtree(chatd.chats)', 'owner'),
 ('chatd._start_turn(uuid,uuid,bigint)', 'owner'),

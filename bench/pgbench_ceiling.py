@@ -31,15 +31,31 @@ def _exe() -> str | None:
     return exe
 
 
-def pgbench_again(server: Server, seconds: int, clients: int) -> float | None:
-    """tps of one more `pgbench -N` run on the database bench_pgbench set up
-    (for the alternating rounds of bench/ratio.py); None when it failed."""
+def pgbench_again(server: Server, seconds: int, clients: int) -> dict[str, Any]:
+    """One more `pgbench -N` run on the database bench_pgbench set up (for
+    the alternating rounds of bench/ratio.py): its tps and the cluster's CPU
+    per transaction (None each when it failed or could not be measured)."""
     exe = _exe()
     if exe is None:
-        return None
+        return {"tps": None, "server_cpu_ms_per_txn": None}
     jobs = str(min(clients, os.cpu_count() or 1))
-    tps: float | None = _pgbench(exe, with_db(server.admin_dsn, DATABASE), ["-N"], clients, jobs, seconds)["tps"]
-    return tps
+    return _measured(server, exe, with_db(server.admin_dsn, DATABASE), clients, jobs, seconds)
+
+
+def _measured(server: Server, exe: str, dsn: str, clients: int, jobs: str, seconds: int) -> dict[str, Any]:
+    """A `pgbench -N` run with the CPU a transaction costs the cluster: what
+    a turn's PostgreSQL CPU compares with, whatever the machine's speed that
+    hour. The first run after `pgbench -i` also pays for the load's
+    checkpoint and first page images, so bench/ratio.py takes the median
+    over its rounds."""
+    cpu0 = server_cpu_seconds(server)
+    run = _pgbench(exe, dsn, ["-N"], clients, jobs, seconds)
+    cpu1 = server_cpu_seconds(server)  # its backends have exited: in the postmaster's cutime
+    run["server_cpu_ms_per_txn"] = (
+        round((cpu1 - cpu0) / run["transactions"] * 1000, 4)
+        if cpu0 is not None and cpu1 is not None and run.get("transactions") else None
+    )
+    return run
 
 
 def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
@@ -51,13 +67,7 @@ def bench_pgbench(server: Server, seconds: int, clients: int) -> dict[str, Any]:
     if init.returncode != 0:
         return {"error": init.stderr.strip()[-500:]}
     jobs = str(min(clients, os.cpu_count() or 1))
-    cpu0 = server_cpu_seconds(server)
-    simple = _pgbench(exe, dsn, ["-N"], clients, jobs, seconds)
-    cpu1 = server_cpu_seconds(server)  # its backends have exited: in the postmaster's cutime
-    if cpu0 is not None and cpu1 is not None and simple.get("transactions"):
-        # the CPU a pgbench -N transaction costs the cluster: what a turn's
-        # PostgreSQL CPU compares with, whatever the machine's speed that hour
-        simple["server_cpu_ms_per_txn"] = round((cpu1 - cpu0) / simple["transactions"] * 1000, 4)
+    simple = _measured(server, exe, dsn, clients, jobs, seconds)
     # The same transaction plus a NOTIFY: PostgreSQL serializes the commits
     # of notifying transactions cluster-wide (the notify queue lock is held
     # through the commit's WAL flush), and every chatd state change notifies.

@@ -30,13 +30,15 @@ def bench_ratio_rounds(
     worker process count."""
     per_round: list[dict[str, Any]] = [{
         "pgbench_tps": first_pgbench.get("tps"),
+        "pgbench_cpu_ms_per_txn": first_pgbench.get("server_cpu_ms_per_txn"),
         "turns_per_s": {str(d["worker_processes"]): d["turns_per_s_db"] for d in first_dispatch},
     }]
     procs_list = [int(d["worker_processes"]) for d in first_dispatch]
     for number in range(2, rounds + 1):
         log(f"round {number}/{rounds}: pgbench -N, then dispatch at {procs_list} worker process(es) ...")
-        row: dict[str, Any] = {"pgbench_tps": pgbench_again(server, pgbench_seconds, pgbench_clients),
-                               "turns_per_s": {}}
+        again = pgbench_again(server, pgbench_seconds, pgbench_clients)
+        row: dict[str, Any] = {"pgbench_tps": again["tps"],
+                               "pgbench_cpu_ms_per_txn": again["server_cpu_ms_per_txn"], "turns_per_s": {}}
         for procs in procs_list:
             run = bench_dispatch(server, dsn, fixture, procs, turns, max_chats, pool_size, tag=f"-r{number}")
             row["turns_per_s"][str(procs)] = run["turns_per_s_db"]
@@ -49,4 +51,6 @@ def bench_ratio_rounds(
         if values:
             ratios[str(procs)] = {"median": round(statistics.median(values), 4),
                                   "min": round(values[0], 4), "max": round(values[-1], 4)}
-    return {"rounds": per_round, "ratio_to_pgbench": ratios}
+    cpu = [r["pgbench_cpu_ms_per_txn"] for r in per_round if r["pgbench_cpu_ms_per_txn"]]
+    return {"rounds": per_round, "ratio_to_pgbench": ratios,
+            "pgbench_cpu_ms_per_txn": round(statistics.median(cpu), 4) if cpu else None}

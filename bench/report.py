@@ -23,14 +23,20 @@ def _header(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _pgbench_rows(pgbench: dict[str, Any], row: Callable[..., None]) -> float | None:
+def _pgbench_rows(
+    pgbench: dict[str, Any], rounds: dict[str, Any] | None, row: Callable[..., None]
+) -> float | None:
     """The ceiling (not with --only without pgbench); returns the cluster's
-    CPU ms per pgbench -N transaction, when measured."""
+    CPU ms per pgbench -N transaction, when measured: the median over the
+    rounds of bench/ratio.py when there are several (the first run, right
+    after `pgbench -i`, also pays for the load's checkpoint)."""
     if pgbench.get("tps"):
         row("pgbench -N (simple update) tps", pgbench["tps"], "", True)
-    txn_cpu: float | None = pgbench.get("server_cpu_ms_per_txn")
+    txn_cpu: float | None = (rounds or {}).get("pgbench_cpu_ms_per_txn") or pgbench.get("server_cpu_ms_per_txn")
     if txn_cpu:
-        row("  PostgreSQL CPU ms / pgbench -N transaction", f"{txn_cpu:.3f}")
+        n = len(rounds["rounds"]) if rounds else 1
+        row(f"  PostgreSQL CPU ms / pgbench -N transaction{f' (median of {n})' if n > 1 else ''}",
+            f"{txn_cpu:.3f}")
     notify_tps = pgbench.get("with_notify", {}).get("tps")
     if notify_tps:
         row("pgbench -N + pg_notify() tps", notify_tps, "", True)
@@ -59,7 +65,7 @@ def table(results: dict[str, Any]) -> str:
         r = f"{float(value) / ceiling:.1%}" if ratio and ceiling and isinstance(value, float | int) else ""
         lines.append(f"{name:<52} {shown + unit:>14} {r:>11}")
 
-    txn_cpu = _pgbench_rows(results.get("pgbench", {}), row)
+    txn_cpu = _pgbench_rows(results.get("pgbench", {}), results.get("dispatch_rounds"), row)
     for d in results.get("dispatch", []):
         n = d["worker_processes"]
         row(f"dispatch, {n} worker proc(s): turns/s (DB window)", d["turns_per_s_db"], "", True)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,10 @@ def _measured(server: Server, exe: str, dsn: str, clients: int, jobs: str, secon
     over its rounds."""
     cpu0 = server_cpu_seconds(server)
     run = _pgbench(exe, dsn, ["-N"], clients, jobs, seconds)
-    cpu1 = server_cpu_seconds(server)  # its backends have exited: in the postmaster's cutime
+    # its backends have exited; their CPU reaches the postmaster's cutime
+    # only once it has reaped them (read before that, it is missing)
+    time.sleep(0.5)
+    cpu1 = server_cpu_seconds(server)
     run["server_cpu_ms_per_txn"] = (
         round((cpu1 - cpu0) / run["transactions"] * 1000, 4)
         if cpu0 is not None and cpu1 is not None and run.get("transactions") else None

@@ -161,9 +161,11 @@ async def _run_through(formation: Formation, fake: FakeLLM, fail: Callable[[], N
     for chat in [c for c in chats if c not in texts]:  # what a missing subscriber knew, for the diagnosis
         sub = subs.get(chat)
         state = None if sub is None or sub.chat is None else (sub.chat.status, sub.chat.version, sub.chat.lease)
+        task = seen[chat]
+        ended = "cancelled" if task.cancelled() else repr(task.exception())
         print(f"missed {chat}: subscribed={sub is not None} last_message_id="
               f"{None if sub is None else sub.last_message_id} chat(status, version, lease)={state} "
-              f"refresh_failures={None if sub is None else sub.refresh_failures}")
+              f"refresh_failures={None if sub is None else sub.refresh_failures} ended={ended}")
     print(f"figures: {figures}")
     assert set(answers) == set(everything), "no acknowledged chat was lost"
     assert [c for c, n in answers.items() if n != 1] == [], "every turn answered exactly once"

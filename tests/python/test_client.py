@@ -590,3 +590,20 @@ async def test_snapshot_call_has_a_default_timeout(db: str, setup: Setup,
             with pytest.raises(TimeoutError):
                 await c.interrupt(setup.user, chat)
             assert time.monotonic() - started < 3
+
+
+async def test_a_subscription_whose_first_read_times_out_waits_and_then_reads(
+    db: str, setup: Setup
+) -> None:
+    async with await Client.connect(db, timeout=0.5) as c:
+        chat = await c.create_chat(setup.user, setup.org, "hello")
+        # a second connection holds the messages table: the first snapshot
+        # blocks past the client's timeout (a database at the wrong moment)
+        with psycopg.connect(db) as blocker:
+            blocker.execute("LOCK TABLE chatd.messages IN ACCESS EXCLUSIVE MODE")
+            async with c.subscribe(setup.user, chat) as sub:
+                first = asyncio.create_task(take(sub, 1))
+                await eventually(lambda: sub.refresh_failures >= 1, "a first read that timed out")
+                blocker.rollback()
+                events = await first
+    assert [e.message.text for e in events if isinstance(e, MessageEvent)] == ["hello"]

@@ -130,12 +130,9 @@ class Subscription:
     async def _run(self) -> AsyncIterator[Event]:
         client = self._client
         try:
-            await client._hub.register(self)
-            if client.after_listen is not None:
-                await client.after_listen(self.chat_id)
-            snapshot = await client.snapshot(
-                self.user_id, self.chat_id, self.last_message_id, newest=self._newest
-            )
+            snapshot = await self._subscribe()
+            if snapshot is None:
+                return  # the client closed before the first read succeeded
             if self._newest is not None and snapshot.messages:
                 # a full re-read (after an edit) starts where the first page did
                 self._after = max(self._after, snapshot.messages[0].id - 1)
@@ -164,6 +161,39 @@ class Subscription:
                             return
         finally:
             client._hub.unregister(self)
+
+    async def _subscribe(self) -> Snapshot | None:
+        """LISTEN, then the first snapshot. A transient failure (the
+        database unreachable or failing over, a timeout) is retried with the
+        re-read backoff until it succeeds, as a refresh is: a subscription
+        that starts during an outage waits it out instead of failing.
+        ChatNotFound, Forbidden and other chatd errors end it; None when the
+        client closed meanwhile."""
+        client, listened = self._client, False
+        while True:
+            try:
+                await client._hub.register(self)
+                if not listened and client.after_listen is not None:
+                    await client.after_listen(self.chat_id)
+                listened = True
+                snapshot = await client.snapshot(
+                    self.user_id, self.chat_id, self.last_message_id, newest=self._newest
+                )
+            except (*_TRANSIENT, psycopg.Error) as exc:
+                self._failed("the first read", exc)
+                delay = min(0.1 * 2 ** max(self._failures - 1, 0), RETRY_CAP)
+                try:
+                    async with asyncio.timeout(delay):
+                        item = await self._queue.get()  # hints wait for the snapshot
+                except TimeoutError:
+                    continue
+                if isinstance(item, _Closed):
+                    return None
+                continue
+            if self._failures:
+                log.info("chat %s: subscribed after %d failed attempt(s)", self.chat_id, self._failures)
+            self._stale, self._failures = False, 0
+            return snapshot
 
     async def _next(self) -> _Item:
         """The next queued item; while the subscription is stale (a re-read

@@ -181,13 +181,9 @@ class Subscription:
                 )
             except (*_TRANSIENT, psycopg.Error) as exc:
                 self._failed("the first read", exc)
-                delay = min(0.1 * 2 ** max(self._failures - 1, 0), RETRY_CAP)
-                try:
-                    async with asyncio.timeout(delay):
-                        item = await self._queue.get()  # hints wait for the snapshot
-                except TimeoutError:
-                    continue
-                if isinstance(item, _Closed):
+                # the stale subscription's wait: its backoff, or a hint
+                # (which the snapshot covers), or the client closing
+                if isinstance(await self._next(), _Closed):
                     return None
                 continue
             if self._failures:

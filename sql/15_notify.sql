@@ -91,14 +91,9 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify(chatd._chat_channel(OLD.id),
             jsonb_build_object('kind', 'deleted', 'chat_id', OLD.id, 'version', OLD.version)::text);
-        PERFORM pg_notify(chatd._user_channel(OLD.owner_id), jsonb_build_object(
-            'kind', 'deleted', 'chat_id', OLD.id, 'version', OLD.version, 'status', OLD.status,
-            'archived', OLD.archived, 'parent_chat_id', OLD.parent_chat_id, 'organization_id', OLD.organization_id
-        )::text);
-        RETURN NULL;
-    END IF;
-
-    IF TG_OP = 'INSERT' THEN
+        NEW := OLD;  -- the owner notification below describes the row as it was
+        v_owner_kind := 'deleted';
+    ELSIF TG_OP = 'INSERT' THEN
         v_owner_kind := 'created';
     -- UPDATE (the trigger fires only when version changed)
     ELSIF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
@@ -183,7 +178,7 @@ BEGIN
     IF NEW.parent_chat_id IS NOT NULL AND v_owner_kind IN ('created', 'status', 'archived', 'title') THEN
         PERFORM pg_notify(chatd._chat_channel(NEW.parent_chat_id), chatd._child_payload(NEW)::text);
     END IF;
-    IF NEW.status = 'pending' AND NOT NEW.archived AND v_kind IS DISTINCT FROM 'deleted'
+    IF NEW.status = 'pending' AND NOT NEW.archived AND v_owner_kind IS DISTINCT FROM 'deleted'
         AND (TG_OP = 'INSERT' OR OLD.status <> 'pending' OR OLD.archived) THEN
         PERFORM pg_notify('chatd_wake', jsonb_build_object('chat_id', NEW.id)::text);
     END IF;

@@ -127,7 +127,15 @@ def test_each_function_emits_exactly_its_notifications(
         assert events[2][1]["version"] == events[5][1]["version"]
 
         conn.execute("DELETE FROM chatd.chats WHERE id = %s", (chat,))
-        assert kinds(cap.drain()) == [("chat", "deleted"), ("user", "deleted")]
+        deleted = cap.drain()
+        assert kinds(deleted) == [("chat", "deleted"), ("user", "deleted")]
+        # the owner's hint describes the row as it was
+        owner_hint = deleted[1][1]
+        assert set(owner_hint) == {
+            "kind", "chat_id", "version", "status", "archived", "parent_chat_id", "organization_id"
+        }
+        assert (owner_hint["chat_id"], owner_hint["version"]) == (str(chat), deleted[0][1]["version"])
+        assert owner_hint["status"] is not None and owner_hint["organization_id"] is not None
     finally:
         cap.close()
 
